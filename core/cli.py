@@ -1,0 +1,184 @@
+"""The ``claude-auth-sync`` command line.
+
+Commands: ``run`` (one health cycle for the OS user running it), ``diagnose`` (read-only report),
+``plugins``, ``policy USER``, ``check`` (monitoring-plugin mode), ``--version``. ``run`` and
+``diagnose`` take ``--json``: one JSON object on stdout and nothing else there.
+
+``run`` stays fast: rich and hvac are imported only by the commands and plugins that use them.
+Exit codes of ``run`` are the contract's: 0 OK, 1 FAIL (log in again), 75 WARN, 78 FAIL (fix config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .errors import CasError
+from .model import ExitCode
+
+__all__ = ["main", "build_parser"]
+
+RELOGIN = "claude auth login --claudeai --sso --email <enterprise-email>"
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "backend", None):
+        out["backend"] = args.backend
+    if getattr(args, "sink", None):
+        out["sinks"] = list(args.sink)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="claude-auth-sync",
+        description="Keep this user's Claude Code login alive: probe, back up, restore.",
+    )
+    parser.add_argument("--version", action="version", version=f"claude-auth-sync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="one health cycle for the OS user running it")
+    run.add_argument("--json", action="store_true", help="print the status event as one JSON object")
+    run.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND for this run")
+    run.add_argument("--sink", action="append", help="override CLAUDE_AUTH_SYNC_SINKS (repeatable)")
+
+    diag = sub.add_parser("diagnose", help="read-only report of this user's login, store and settings")
+    diag.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    diag.add_argument("--probe", action="store_true", help="also run a real inference probe")
+    diag.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND")
+
+    plugins = sub.add_parser("plugins", help="registered plugins, their hooks, which are active")
+    plugins.add_argument("--json", action="store_true")
+
+    policy = sub.add_parser("policy", help="the Vault policy (HCL) USER's token must carry")
+    policy.add_argument("user", metavar="USER")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "diagnose":
+            from .diagnose import command_diagnose
+
+            return command_diagnose(json_output=args.json, probe=args.probe, overrides=_overrides(args))
+        if args.command == "plugins":
+            return _cmd_plugins(args)
+        if args.command == "policy":
+            return _cmd_policy(args)
+    except CasError as err:
+        print(f"claude-auth-sync: {err}", file=sys.stderr)
+        return int(err.exit_code)
+    except KeyboardInterrupt:
+        return 130
+    return 2  # pragma: no cover - argparse enforces a command
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .cycle import failure_event
+    from .lock import sigterm_raises_systemexit
+    from .model import UserIdentity
+    from .runner import build_runtime, emit_to_sinks, run_cycle
+
+    user = UserIdentity.current()
+    with sigterm_raises_systemexit():
+        try:
+            runtime = build_runtime(_overrides(args), user=user)
+        except CasError as err:
+            event = failure_event(user.name, err)
+            # No settings means no sinks: stderr reaches the journal under SyslogIdentifier.
+            print(f"{event.status} user={user.name} action=none reason={err.reason}: {err}", file=sys.stderr)
+            _print_event(event, args.json)
+            return int(err.exit_code)
+        try:
+            event = run_cycle(runtime)
+        except CasError as err:  # pragma: no cover - run_cycle converts CasErrors itself
+            event = failure_event(user.name, err)
+        except Exception as err:  # a bug: report FAIL without the exception text (it could hold data)
+            event = failure_event(user.name, CasError(f"internal error: {type(err).__name__}", reason="internal_error"))
+        failed = emit_to_sinks(runtime.sinks_or_report(), event)
+    for warning in str(event.details.get("warnings") or "").split(","):
+        if warning:
+            print(f"claude-auth-sync: warning: {warning} is set in the environment and was not passed to claude", file=sys.stderr)
+    if event.exit_code != ExitCode.OK and not args.json:
+        print(f"claude-auth-sync: {event.status} reason={event.reason} ({_next_step(event.reason or '', event.exit_code)})", file=sys.stderr)
+    _print_event(event, args.json, sink_failures=failed)
+    return int(event.exit_code)
+
+
+def _next_step(reason: str, code: int) -> str:
+    if code == ExitCode.FAIL:
+        return f"log in again: {RELOGIN}"
+    if code == ExitCode.TEMPFAIL:
+        return "nothing to do now: the next run retries"
+    return "fix the configuration: claude-auth-sync diagnose"
+
+
+def _print_event(event: Any, as_json: bool, sink_failures: list[str] | None = None) -> None:
+    if as_json:
+        payload = event.to_json()
+        payload["sink_failures"] = sink_failures or []
+        print(json.dumps(payload, sort_keys=True))
+    elif sys.stdout.isatty():
+        from .plugins.sink_file import format_status_line
+
+        sys.stdout.write(format_status_line(event))
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugin_manager import get_plugin_manager
+    from .runner import build_runtime
+
+    plugins = get_plugin_manager()
+    runtime = build_runtime(plugins=plugins)
+    s = runtime.settings
+    active = {
+        ("backend", s.backend), ("probe", s.probe), ("restorer", s.restorer), *(("sink", n) for n in s.sinks)
+    }
+    rows: list[dict[str, Any]] = []
+    kinds = {
+        "backend": plugins.stores(), "probe": plugins.probes(), "restorer": plugins.restorers(), "sink": plugins.sinks()
+    }
+    for kind, specs in kinds.items():
+        for name, spec in sorted(specs.items()):
+            rows.append({"kind": kind, "name": name, "active": (kind, name) in active, "description": spec.description})
+    hooks = plugins.hooks_by_plugin()
+    broken = [{"name": b.name, "error": b.error} for b in plugins.broken]
+    if args.json:
+        print(json.dumps({"provides": rows, "plugins": hooks, "broken": broken}, sort_keys=True))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="claude-auth-sync plugins")
+    for column in ("kind", "name", "active", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["kind"], row["name"], "yes" if row["active"] else "", row["description"])
+    console.print(table)
+    hooks_table = Table(title="registered plugins and their hooks")
+    hooks_table.add_column("plugin")
+    hooks_table.add_column("hooks")
+    for name, names in sorted(hooks.items()):
+        hooks_table.add_row(name, ", ".join(names))
+    for item in broken:
+        hooks_table.add_row(f"[red]{item['name']} (broken)[/red]", item["error"])
+    console.print(hooks_table)
+    return 0
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from .plugins.backend_vault.policy import render_policy
+    from .runner import build_runtime
+
+    runtime = build_runtime()
+    sys.stdout.write(render_policy(args.user, runtime.settings.section("vault")))
+    return 0

@@ -1,0 +1,359 @@
+"""The whole write path of ``.credentials.json``: read, classify, merge, atomic write, rollback.
+
+This module is the built-in ``credentials_file`` restorer (hook ``cas_restorers``). It is the only
+code that writes the user's Claude Code login. Guarantees:
+
+* **Only ``claudeAiOauth`` changes.** Every other top-level key (``mcpOAuth``, ...) is carried over
+  with its exact JSON content and in its original order.
+* **Atomic.** A temporary file is created in the same directory with
+  ``O_CREAT|O_EXCL|O_NOFOLLOW`` and mode 0600, written, ``fsync``-ed, renamed over the target, and
+  the directory is ``fsync``-ed. A crash at any point leaves either the old or the new file,
+  complete; a temporary file left by a crash is private (0600) and removed by the next write.
+* **Never through a symlink, never someone else's file.** The credentials file must be a regular
+  file owned by the running user; the config directory (after resolving a symlink) must be owned
+  by the running user. Anything else raises :class:`CredentialsUnsafe` and nothing is touched.
+* **Under Claude Code's own lock.** Both ``proper-lockfile`` directories are held only around
+  read-merge-rename (see :mod:`claude_auth_sync.lock`); the file is re-read under the lock, and if
+  its OAuth object is no longer the one the caller saw, :class:`ConcurrentChange` is raised and
+  nothing is written.
+* **Reversible.** :meth:`CredentialsFile.restore` returns the exact previous bytes; before it writes
+  it also leaves a 0600 copy beside the file (``.credentials.json.pre-restore``), so even a crash
+  between restore and rollback loses nothing. :meth:`CredentialsFile.rollback` puts the previous
+  bytes back atomically (or removes the file if there was none).
+* **Unparseable files are kept**: copied to ``.credentials.json.corrupt-<UTC timestamp>`` (0600)
+  before being replaced; the path is reported in the status event.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import stat
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConcurrentChange, CredentialsBusy, CredentialsError, CredentialsUnsafe
+from .hookspecs import PluginContext, RestorerSpec, hookimpl
+from .lock import LockBusy, LockCompromised, LockError, claude_credentials_lock
+from .model import ExitCode, LocalLogin, LoginState, OAuth, RestoreSnapshot
+
+__all__ = [
+    "CREDENTIALS_NAME",
+    "ClaudeAiOauth",
+    "CredentialsFile",
+    "CredentialsWriteFailed",
+    "classify",
+    "merge_oauth",
+    "atomic_write",
+]
+
+CREDENTIALS_NAME = ".credentials.json"
+OAUTH_KEY = "claudeAiOauth"
+TEMP_PREFIX = f"{CREDENTIALS_NAME}.tmp-"
+PRE_RESTORE_SUFFIX = ".pre-restore"
+RELOGIN = "claude auth login --claudeai --sso --email <enterprise-email>"
+
+
+class CredentialsWriteFailed(CredentialsError):
+    """The disk refused the write (EIO, ENOSPC, ...). The old file is intact (exit 75)."""
+
+    exit_code = ExitCode.TEMPFAIL
+    default_reason = "credentials_write_failed"
+
+
+class ClaudeAiOauth(BaseModel):
+    """Claude Code's ``claudeAiOauth`` object. Unknown fields are kept, never dropped."""
+
+    model_config = ConfigDict(extra="allow")
+
+    accessToken: str = ""
+    refreshToken: str = ""
+    expiresAt: int | None = None
+    scopes: list[str] | None = None
+    subscriptionType: str | None = None
+
+
+def classify(path: Path, raw: bytes | None, *, now_ms: int | None = None) -> LocalLogin:
+    """Tell apart: missing file, not JSON, no ``claudeAiOauth``, blanked tokens, expired, healthy."""
+    if raw is None:
+        return LocalLogin(LoginState.MISSING, path, detail="no credentials file")
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return LocalLogin(LoginState.NOT_JSON, path, detail="the file is not valid JSON")
+    if not isinstance(document, dict):
+        return LocalLogin(LoginState.NOT_JSON, path, detail="the file is not a JSON object")
+    others = tuple(k for k in document if k != OAUTH_KEY)
+    oauth = document.get(OAUTH_KEY)
+    if not isinstance(oauth, dict):
+        return LocalLogin(LoginState.NO_OAUTH, path, other_keys=others, detail="no claudeAiOauth object")
+    try:
+        parsed = ClaudeAiOauth.model_validate(oauth)
+    except ValidationError:
+        return LocalLogin(LoginState.NO_OAUTH, path, other_keys=others, detail="claudeAiOauth has invalid fields")
+    if not parsed.accessToken or not parsed.refreshToken:
+        return LocalLogin(
+            LoginState.BLANKED, path, oauth=oauth, other_keys=others, expires_at_ms=parsed.expiresAt,
+            detail="access or refresh token is empty (Claude Code blanks them after invalid_grant)",
+        )
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if parsed.expiresAt is not None and parsed.expiresAt <= now_ms:
+        return LocalLogin(
+            LoginState.EXPIRED, path, oauth=oauth, other_keys=others, expires_at_ms=parsed.expiresAt,
+            detail="access token expired (normal: the CLI refreshes it)",
+        )
+    return LocalLogin(LoginState.HEALTHY, path, oauth=oauth, other_keys=others, expires_at_ms=parsed.expiresAt)
+
+
+def merge_oauth(raw: bytes | None, oauth: OAuth) -> bytes:
+    """The file content with ``claudeAiOauth`` replaced and every other key kept exactly.
+
+    An unparseable or non-object document contributes nothing (the caller keeps a copy of it).
+    """
+    document: dict[str, Any] = {}
+    if raw is not None:
+        try:
+            parsed = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            parsed = None
+        if isinstance(parsed, dict):
+            document = parsed
+    document[OAUTH_KEY] = dict(oauth)
+    return json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
+
+
+def _open_dir(directory: Path, uid: int) -> int:
+    """Open the (resolved) config directory, refusing one owned by someone else."""
+    real = directory.resolve()
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CredentialsUnsafe(
+            f"the Claude config directory {directory} does not exist", reason="config_dir_missing", remedy=RELOGIN
+        ) from None
+    st = os.fstat(fd)
+    if st.st_uid != uid:
+        os.close(fd)
+        via = f" (a symlink to {real})" if real != directory.absolute() else ""
+        raise CredentialsUnsafe(
+            f"the Claude config directory {directory}{via} is owned by uid {st.st_uid}, not by you (uid {uid}); refusing to touch it",
+            remedy=f"make {directory} a directory you own (check for a planted symlink)",
+        )
+    return fd
+
+
+def _check_target(dir_fd: int, name: str, uid: int, shown: Path) -> os.stat_result | None:
+    """lstat the file: None if absent; refuse a symlink, a non-regular file, a foreign owner."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise CredentialsUnsafe(
+            f"{shown} is a symlink; refusing to read or write through it",
+            remedy=f"replace the symlink {shown} with the real file (mv it after checking where it points)",
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise CredentialsUnsafe(f"{shown} is not a regular file", remedy=f"move {shown} aside and log in again")
+    if st.st_uid != uid:
+        raise CredentialsUnsafe(
+            f"{shown} is owned by uid {st.st_uid}, not by you (uid {uid})",
+            remedy=f"remove {shown} and log in again as yourself: {RELOGIN}",
+        )
+    return st
+
+
+def _read_at(dir_fd: int, name: str) -> bytes | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def atomic_write(dir_fd: int, name: str, data: bytes) -> None:
+    """Write ``data`` to ``name`` in the directory ``dir_fd``: temp (0600, O_EXCL|O_NOFOLLOW),
+    write, fsync, rename, fsync(dir). On any error the temp file is removed and the old file is
+    untouched; the error is raised as :class:`CredentialsWriteFailed`."""
+    temp = f"{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+    except OSError as err:
+        raise CredentialsWriteFailed(f"cannot create a temporary file beside {name}: {os.strerror(err.errno or 0)}") from None
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as err:
+        try:
+            os.unlink(temp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise CredentialsWriteFailed(
+            f"writing {name} failed ({errno.errorcode.get(err.errno or 0, err.errno)}: {os.strerror(err.errno or 0)}); the previous file is intact",
+            remedy="check the disk (df -h ~; dmesg) and rerun",
+        ) from None
+    try:
+        os.fsync(dir_fd)
+    except OSError as err:
+        raise CredentialsWriteFailed(
+            f"fsync of the directory after writing {name} failed ({os.strerror(err.errno or 0)})",
+            remedy="check the disk (dmesg) and rerun",
+        ) from None
+
+
+def _remove_stale_temps(dir_fd: int, uid: int) -> None:
+    """Remove temp files a crashed run of ours left (only ours: our prefix and our uid)."""
+    for entry in os.listdir(dir_fd):
+        if not entry.startswith(TEMP_PREFIX):
+            continue
+        try:
+            st = os.lstat(entry, dir_fd=dir_fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+                os.unlink(entry, dir_fd=dir_fd)
+        except OSError:
+            pass
+
+
+def _utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+class CredentialsFile:
+    """Read, restore into and roll back ``$CLAUDE_CONFIG_DIR/.credentials.json``."""
+
+    def __init__(self, config_dir: Path, *, uid: int | None = None, lock_wait_timeout_s: float = 30.0) -> None:
+        self.config_dir = config_dir
+        self.path = config_dir / CREDENTIALS_NAME
+        self.uid = os.getuid() if uid is None else uid
+        self.lock_wait_timeout_s = lock_wait_timeout_s
+
+    def read(self) -> LocalLogin:
+        """The classified current state. Raises CredentialsUnsafe for a symlink or foreign file."""
+        if not self.config_dir.exists():
+            return classify(self.path, None)
+        dir_fd = _open_dir(self.config_dir, self.uid)
+        try:
+            _check_target(dir_fd, CREDENTIALS_NAME, self.uid, self.path)
+            return classify(self.path, _read_at(dir_fd, CREDENTIALS_NAME))
+        finally:
+            os.close(dir_fd)
+
+    def restore(self, oauth: OAuth, *, expected: OAuth | None) -> RestoreSnapshot:
+        """Merge ``oauth`` in, under the lock, if the file's OAuth object is still ``expected``."""
+        with self._locked() as (dir_fd, held):
+            _remove_stale_temps(dir_fd, self.uid)
+            _check_target(dir_fd, CREDENTIALS_NAME, self.uid, self.path)
+            raw = _read_at(dir_fd, CREDENTIALS_NAME)
+            current = classify(self.path, raw)
+            if _normalise(current.oauth) != _normalise(expected):
+                raise ConcurrentChange(
+                    f"{self.path} changed while the restore was prepared; not overwriting it",
+                    remedy="nothing: the next run probes the new login",
+                )
+            kept: Path | None = None
+            if raw is not None:
+                if current.state == LoginState.NOT_JSON:
+                    kept_name = f"{CREDENTIALS_NAME}.corrupt-{_utc_stamp()}"
+                    kept = self.config_dir / kept_name
+                else:
+                    kept_name = CREDENTIALS_NAME + PRE_RESTORE_SUFFIX
+                    _unlink_if_ours(dir_fd, kept_name, self.uid)
+                atomic_write(dir_fd, kept_name, raw)
+            data = merge_oauth(raw, oauth)
+            held.check()
+            atomic_write(dir_fd, CREDENTIALS_NAME, data)
+            return RestoreSnapshot(path=self.path, previous_bytes=raw, kept_copy=kept)
+
+    def rollback(self, snapshot: RestoreSnapshot) -> None:
+        """Put back the exact bytes from before :meth:`restore` (remove the file if it was absent)."""
+        with self._locked() as (dir_fd, held):
+            _check_target(dir_fd, CREDENTIALS_NAME, self.uid, self.path)
+            held.check()
+            if snapshot.previous_bytes is None:
+                _unlink_if_ours(dir_fd, CREDENTIALS_NAME, self.uid)
+                os.fsync(dir_fd)
+            else:
+                atomic_write(dir_fd, CREDENTIALS_NAME, snapshot.previous_bytes)
+
+    def _locked(self) -> _Locked:
+        return _Locked(self)
+
+
+class _Locked:
+    """Context manager: Claude Code's locks plus an fd on the resolved config directory."""
+
+    def __init__(self, owner: CredentialsFile) -> None:
+        self.owner = owner
+        self._cm: Any = None
+        self._dir_fd = -1
+
+    def __enter__(self) -> tuple[int, Any]:
+        owner = self.owner
+        if not owner.config_dir.exists():
+            owner.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._dir_fd = _open_dir(owner.config_dir, owner.uid)
+        self._cm = claude_credentials_lock(owner.config_dir, wait_timeout_s=owner.lock_wait_timeout_s)
+        try:
+            held = self._cm.__enter__()
+        except LockBusy as err:
+            os.close(self._dir_fd)
+            raise CredentialsBusy(
+                f"Claude Code holds its credentials lock {err.path} (waited {err.waited_s:.0f}s); nothing was written",
+                remedy="nothing: the next run tries again (a lock older than 60 s is treated as stale)",
+            ) from None
+        except LockError as err:
+            os.close(self._dir_fd)
+            raise CredentialsUnsafe(f"cannot take Claude Code's lock: {err}", remedy=f"inspect {err.path}") from None
+        return self._dir_fd, held
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if isinstance(exc, LockCompromised):
+                self._cm.__exit__(exc_type, exc, tb)
+                raise CredentialsBusy(
+                    f"Claude Code's lock was taken over while we held it ({exc.path}); nothing was written",
+                    remedy="nothing: the next run tries again",
+                ) from None
+            self._cm.__exit__(exc_type, exc, tb)
+        finally:
+            os.close(self._dir_fd)
+
+
+def _unlink_if_ours(dir_fd: int, name: str, uid: int) -> None:
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode) and st.st_uid == uid or stat.S_ISLNK(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _normalise(oauth: Mapping[str, Any] | None) -> str | None:
+    return None if oauth is None else json.dumps(oauth, sort_keys=True)
+
+
+@hookimpl
+def cas_restorers() -> list[RestorerSpec]:
+    def build(ctx: PluginContext) -> CredentialsFile:
+        assert ctx.settings.claude_config_dir is not None
+        return CredentialsFile(
+            ctx.settings.claude_config_dir, uid=ctx.user.uid, lock_wait_timeout_s=ctx.settings.lock_wait_timeout
+        )
+
+    return [RestorerSpec("credentials_file", build, "Claude Code's .credentials.json (atomic, locked)")]

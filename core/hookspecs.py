@@ -1,0 +1,218 @@
+"""Hook specifications: the four extension points of claude-auth-sync, plus settings.
+
+Every hook is a *provider* hook: it returns small frozen records (a name and a factory) that the
+core collects, checks for duplicate names, and selects from by the configured name. The core then
+calls the selected objects itself, so one broken sink never hides another and no plugin decides
+the cycle's outcome. Plugins return data and never print.
+
+A plugin module or object implements any subset of these hooks with the ``hookimpl`` marker::
+
+    from claude_auth_sync.hookspecs import hookimpl, SinkSpec
+
+    class SlackSink:
+        def emit(self, event): ...
+
+    @hookimpl
+    def cas_sinks():
+        return [SinkSpec(name="slack", factory=lambda ctx: SlackSink())]
+
+and registers it under the entry-point group ``claude_auth_sync`` (the built-ins do the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import pluggy
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from .model import CredentialStore, LocalCredentials, Probe, Sink, UserIdentity
+    from .settings import Settings
+
+__all__ = [
+    "PROJECT",
+    "hookimpl",
+    "PluginContext",
+    "SettingsSection",
+    "StoreSpec",
+    "ProbeSpec",
+    "RestorerSpec",
+    "SinkSpec",
+    "cas_settings_sections",
+    "cas_credential_stores",
+    "cas_probes",
+    "cas_restorers",
+    "cas_sinks",
+]
+
+PROJECT = "claude_auth_sync"
+_hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What a factory gets: the resolved settings and the OS user the cycle runs for.
+
+    A plugin reads its own section with ``ctx.settings.section("<name>")``; it never reads the
+    environment itself: ``environ`` is the process environment, captured once by the core (the
+    probe passes it, scrubbed, to the ``claude`` CLI).
+    """
+
+    settings: Settings
+    user: UserIdentity
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SettingsSection:
+    """A plugin's own settings section.
+
+    :param name: the section name (``vault`` -> ``CLAUDE_AUTH_SYNC_VAULT__ADDR``, ``[vault]`` in TOML).
+    :param model: a pydantic ``BaseModel`` with defaults for every field and ``extra="forbid"``.
+    :param standard_env: neighbouring tools' variables that feed a field, e.g.
+        ``{"addr": "VAULT_ADDR"}``; the ``CLAUDE_AUTH_SYNC_`` variable still wins over them.
+    """
+
+    name: str
+    model: type[BaseModel]
+    standard_env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Spec(Generic[T]):
+    name: str
+    factory: Callable[[PluginContext], T]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class StoreSpec(_Spec["CredentialStore"]):
+    """A credential store (backend): selected by ``CLAUDE_AUTH_SYNC_BACKEND``."""
+
+
+@dataclass(frozen=True)
+class ProbeSpec(_Spec["Probe"]):
+    """A health probe: selected by ``CLAUDE_AUTH_SYNC_PROBE``."""
+
+
+@dataclass(frozen=True)
+class RestorerSpec(_Spec["LocalCredentials"]):
+    """Local credentials access (read, restore, roll back): selected by ``CLAUDE_AUTH_SYNC_RESTORER``."""
+
+
+@dataclass(frozen=True)
+class SinkSpec(_Spec["Sink"]):
+    """A status sink: every sink named in ``CLAUDE_AUTH_SYNC_SINKS`` receives every event."""
+
+
+@_hookspec
+def cas_settings_sections() -> Sequence[SettingsSection]:
+    """Declare the plugin's settings sections.
+
+    Called once, before settings are loaded, so the root settings model can include the
+    sections (environment ``CLAUDE_AUTH_SYNC_<SECTION>__<FIELD>``, TOML table ``[<section>]``).
+
+    :returns: a sequence of :class:`SettingsSection`; section names must be unique across plugins.
+
+    Must never: read the environment or files itself, or return a model without defaults.
+
+    Example::
+
+        @hookimpl
+        def cas_settings_sections():
+            return [SettingsSection("vault", VaultSettings, {"addr": "VAULT_ADDR"})]
+    """
+
+
+@_hookspec
+def cas_credential_stores() -> Sequence[StoreSpec]:
+    """Offer credential stores (where the ``claudeAiOauth`` object is backed up).
+
+    Called when the core selects the backend named by ``CLAUDE_AUTH_SYNC_BACKEND``; only the
+    selected spec's factory is called, once per cycle, with a :class:`PluginContext`.
+
+    :returns: a sequence of :class:`StoreSpec`. The object the factory builds implements
+        :class:`claude_auth_sync.model.CredentialStore`: ``renew()``, ``read_latest()`` (only the
+        latest version, never an older one), ``write(oauth, expected_version=...)`` (check-and-set)
+        and ``describe()``; it raises :class:`~claude_auth_sync.errors.StoreRefused` (exit 78) or
+        :class:`~claude_auth_sync.errors.StoreUnavailable` (exit 75).
+
+    Must never: store anything but the OAuth object it is given, put a secret into an exception
+    message or ``describe()``, or fall back silently to another store.
+
+    Example::
+
+        @hookimpl
+        def cas_credential_stores():
+            return [StoreSpec("memory", lambda ctx: MemoryStore())]
+    """
+
+
+@_hookspec
+def cas_probes() -> Sequence[ProbeSpec]:
+    """Offer health probes (a real check that the local login works).
+
+    Called when the core selects the probe named by ``CLAUDE_AUTH_SYNC_PROBE``. The cycle calls
+    ``run()`` once, and a second time after a restore.
+
+    :returns: a sequence of :class:`ProbeSpec` whose factory builds a
+        :class:`claude_auth_sync.model.Probe`; ``run()`` returns a ``ProbeResult`` classified as
+        authenticated, auth_failed, unavailable or broken, and never raises for those.
+
+    Must never: modify the credentials file itself, or put response bodies or tokens in the result.
+
+    Example::
+
+        @hookimpl
+        def cas_probes():
+            return [ProbeSpec("inference", lambda ctx: InferenceProbe(ctx))]
+    """
+
+
+@_hookspec
+def cas_restorers() -> Sequence[RestorerSpec]:
+    """Offer local-credentials access: how a stored OAuth object is merged into the local login.
+
+    Called when the core selects ``CLAUDE_AUTH_SYNC_RESTORER`` (default ``credentials_file``).
+    The object implements :class:`claude_auth_sync.model.LocalCredentials`: ``read()``,
+    ``restore(oauth, expected=...)`` returning a snapshot, and ``rollback(snapshot)``.
+
+    :returns: a sequence of :class:`RestorerSpec`.
+
+    Must never: lose or alter any key other than ``claudeAiOauth``, write non-atomically, or write
+    without Claude Code's lock.
+
+    Example::
+
+        @hookimpl
+        def cas_restorers():
+            return [RestorerSpec("credentials_file", lambda ctx: CredentialsFile(ctx))]
+    """
+
+
+@_hookspec
+def cas_sinks() -> Sequence[SinkSpec]:
+    """Offer status sinks (the private log file, journald, metrics, ...).
+
+    Called when the core builds the sinks named by ``CLAUDE_AUTH_SYNC_SINKS``. Every active sink's
+    ``emit(event)`` receives every :class:`~claude_auth_sync.model.StatusEvent`; the core calls
+    each one in isolation, so a failing sink is reported on stderr and never stops the others or
+    changes the exit code.
+
+    :returns: a sequence of :class:`SinkSpec`.
+
+    Must never: print, or receive/write a secret (the event carries fingerprints only).
+
+    Example::
+
+        @hookimpl
+        def cas_sinks():
+            return [SinkSpec("file", lambda ctx: FileSink(ctx))]
+    """

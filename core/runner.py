@@ -1,0 +1,105 @@
+"""Wiring: plugins -> settings -> the selected store, probe, restorer and sinks -> one cycle.
+
+``run_cycle`` is what ``claude-auth-sync run`` does. Sinks are called one by one in isolation: a
+failing sink is reported on stderr and never stops the others or changes the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from .cycle import HealthCycle, failure_event
+from .errors import CasError
+from .hookspecs import PluginContext
+from .model import CredentialStore, LocalCredentials, Probe, Sink, StatusEvent, UserIdentity
+from .plugin_manager import Plugins, get_plugin_manager
+from .settings import Settings, load_settings
+
+__all__ = ["Runtime", "build_runtime", "emit_to_sinks", "run_cycle", "load_runtime_settings"]
+
+
+@dataclass
+class Runtime:
+    plugins: Plugins
+    settings: Settings
+    user: UserIdentity
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @property
+    def context(self) -> PluginContext:
+        return PluginContext(settings=self.settings, user=self.user, environ=self.environ)
+
+    def store(self) -> CredentialStore:
+        return self.plugins.select(self.plugins.stores(), self.settings.backend, "backend").factory(self.context)
+
+    def probe(self) -> Probe:
+        return self.plugins.select(self.plugins.probes(), self.settings.probe, "probe").factory(self.context)
+
+    def local(self) -> LocalCredentials:
+        return self.plugins.select(self.plugins.restorers(), self.settings.restorer, "restorer").factory(self.context)
+
+    def validate_selection(self) -> None:
+        """Every configured plugin name exists; otherwise PluginError naming the available ones."""
+        self.plugins.select(self.plugins.stores(), self.settings.backend, "backend")
+        self.plugins.select(self.plugins.probes(), self.settings.probe, "probe")
+        self.plugins.select(self.plugins.restorers(), self.settings.restorer, "restorer")
+        available = self.plugins.sinks()
+        for name in self.settings.sinks:
+            self.plugins.select(available, name, "sink")
+
+    def sinks_or_report(self, stderr: TextIO | None = None) -> list[tuple[str, Sink]]:
+        """Build every configured sink; one that fails to build is reported and left out."""
+        available = self.plugins.sinks()
+        built: list[tuple[str, Sink]] = []
+        for name in self.settings.sinks:
+            try:
+                built.append((name, self.plugins.select(available, name, "sink").factory(self.context)))
+            except Exception as err:
+                print(f"claude-auth-sync: sink {name!r} unavailable: {err}", file=stderr or sys.stderr)
+        return built
+
+
+def load_runtime_settings(plugins: Plugins, user: UserIdentity, overrides: Mapping[str, Any] | None = None) -> Settings:
+    return load_settings(plugins.settings_sections(), user, overrides=overrides)
+
+
+def build_runtime(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    plugins: Plugins | None = None,
+    user: UserIdentity | None = None,
+) -> Runtime:
+    """Load plugins and settings. Raises ConfigurationError / PluginError (exit 78)."""
+    plugins = plugins or get_plugin_manager()
+    user = user or UserIdentity.current()
+    settings = load_runtime_settings(plugins, user, overrides)
+    runtime = Runtime(plugins=plugins, settings=settings, user=user)
+    runtime.validate_selection()
+    return runtime
+
+
+def emit_to_sinks(sinks: list[tuple[str, Sink]], event: StatusEvent, stderr: TextIO = sys.stderr) -> list[str]:
+    """Hand ``event`` to every sink; return the names of those that failed (reported on stderr)."""
+    failed: list[str] = []
+    for name, sink in sinks:
+        try:
+            sink.emit(event)
+        except Exception as err:  # isolate: one broken sink never hides the others
+            failed.append(name)
+            print(f"claude-auth-sync: sink {name!r} failed: {type(err).__name__}: {err}", file=stderr)
+    return failed
+
+
+def run_cycle(runtime: Runtime) -> StatusEvent:
+    """Build the selected plugins and run one health cycle. Raises CasError only while building."""
+    try:
+        store = runtime.store()
+        probe = runtime.probe()
+        local = runtime.local()
+    except CasError as err:
+        return failure_event(runtime.user.name, err)
+    return HealthCycle(user=runtime.user.name, store=store, probe=probe, local=local).run()

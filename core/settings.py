@@ -1,0 +1,261 @@
+"""Settings: one pydantic-settings root, plugin sections added through ``cas_settings_sections``.
+
+Precedence, lowest to highest (each layer overrides the ones before it):
+
+1. defaults (in the models);
+2. ``/etc/claude-auth-sync/config.toml`` (root's);
+3. ``$XDG_CONFIG_HOME/claude-auth-sync/config.toml`` (the user's; default ``~/.config/...``);
+4. the neighbouring tools' standard variables: ``CLAUDE_CONFIG_DIR``, ``XDG_STATE_HOME``,
+   ``XDG_CONFIG_HOME``, and those a plugin section declares (``VAULT_ADDR``, ``VAULT_CACERT``);
+5. ``CLAUDE_AUTH_SYNC_*`` variables (nested delimiter ``__``);
+6. command-line flags.
+
+Settings are resolved once per process and passed to plugins in a ``PluginContext``; no plugin
+reads the environment itself. Invalid settings raise :class:`ConfigurationError` (exit 78).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigurationError
+from .hookspecs import SettingsSection
+from .model import UserIdentity
+
+__all__ = [
+    "ENV_PREFIX",
+    "SYSTEM_CONFIG_FILE",
+    "Settings",
+    "ResolvedPaths",
+    "load_settings",
+    "settings_provenance",
+    "user_config_file",
+]
+
+ENV_PREFIX = "CLAUDE_AUTH_SYNC_"
+SYSTEM_CONFIG_FILE = Path("/etc/claude-auth-sync/config.toml")
+APP_DIR = "claude-auth-sync"
+
+
+def user_config_file(user: UserIdentity, environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/claude-auth-sync/config.toml``, default ``~/.config/claude-auth-sync/config.toml``."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CONFIG_HOME") or str(user.home / ".config")
+    return Path(base) / APP_DIR / "config.toml"
+
+
+class Settings(BaseSettings):
+    """The root settings. Plugin sections are added as fields by :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    backend: str = Field("vault", description="credential store: vault, file or memory")
+    sinks: list[str] = Field(default_factory=lambda: ["file", "journald"], description="status sinks")
+    probe: str = Field("inference", description="health probe")
+    restorer: str = Field("credentials_file", description="local credentials access")
+    claude_config_dir: Path | None = Field(None, description="Claude Code's config dir (CLAUDE_CONFIG_DIR)")
+    state_dir: Path | None = Field(None, description="private log directory ($XDG_STATE_HOME/claude-auth-sync)")
+    config_dir: Path | None = Field(None, description="user config directory ($XDG_CONFIG_HOME/claude-auth-sync)")
+    lock_wait_timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for Claude Code's lock")
+
+    # Set on the per-load subclass by load_settings(); not settings themselves.
+    _toml_files: ClassVar[tuple[Path, ...]] = ()
+    _standard_env: ClassVar[dict[str, Any]] = {}
+    _overrides: ClassVar[dict[str, Any]] = {}
+
+    def section(self, name: str) -> Any:
+        """A plugin's own section (``settings.section("vault")``)."""
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise ConfigurationError(f"no settings section {name!r}", reason="invalid_settings") from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return tuple(source for _, source in _sources(settings_cls, init_settings, env_settings))
+
+
+class _StandardEnvSource(PydanticBaseSettingsSource):
+    """The neighbouring tools' variables, mapped onto our fields (already computed)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._values
+
+
+def _sources(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+) -> list[tuple[str, PydanticBaseSettingsSource]]:
+    """The sources with a label each, highest precedence first."""
+    toml_files: tuple[Path, ...] = getattr(settings_cls, "_toml_files", ())
+    standard: dict[str, Any] = getattr(settings_cls, "_standard_env", {})
+    sources: list[tuple[str, PydanticBaseSettingsSource]] = [
+        ("command line", init_settings),
+        ("environment", env_settings),
+        ("standard variable", _StandardEnvSource(settings_cls, standard)),
+    ]
+    for path in reversed(toml_files):  # the user file overrides the system file
+        sources.append((str(path), TomlConfigSettingsSource(settings_cls, toml_file=path)))
+    return sources
+
+
+def _standard_env_values(sections: Sequence[SettingsSection], environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if environ.get("CLAUDE_CONFIG_DIR"):
+        values["claude_config_dir"] = environ["CLAUDE_CONFIG_DIR"]
+    if environ.get("XDG_STATE_HOME"):
+        values["state_dir"] = str(Path(environ["XDG_STATE_HOME"]) / APP_DIR)
+    if environ.get("XDG_CONFIG_HOME"):
+        values["config_dir"] = str(Path(environ["XDG_CONFIG_HOME"]) / APP_DIR)
+    for section in sections:
+        for field_name, variable in section.standard_env.items():
+            if environ.get(variable):
+                values.setdefault(section.name, {})[field_name] = environ[variable]
+    return values
+
+
+def _settings_class(
+    sections: Sequence[SettingsSection], toml_files: Sequence[Path], environ: Mapping[str, str]
+) -> type[Settings]:
+    seen: dict[str, SettingsSection] = {}
+    fields: dict[str, Any] = {}
+    for section in sections:
+        if section.name in seen or section.name in Settings.model_fields:
+            raise ConfigurationError(f"settings section {section.name!r} is declared twice", reason="plugin_error")
+        seen[section.name] = section
+        fields[section.name] = (section.model, Field(default_factory=section.model))
+    cls = create_model("Settings", __base__=Settings, **fields)
+    cls._toml_files = tuple(toml_files)
+    cls._standard_env = _standard_env_values(sections, environ)
+    return cls
+
+
+def load_settings(
+    sections: Sequence[SettingsSection],
+    user: UserIdentity,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    system_file: Path = SYSTEM_CONFIG_FILE,
+    user_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve the settings once, with every path filled in for ``user``.
+
+    :param overrides: command-line flags (highest precedence), only keys that were given.
+    :raises ConfigurationError: on any invalid value, naming the field and the source files.
+    """
+    env = os.environ if environ is None else environ
+    files = [p for p in (system_file, user_file or user_config_file(user, env)) if p.is_file()]
+    cls = _settings_class(sections, files, env)
+    cls._overrides = dict(overrides or {})
+    try:
+        settings = cls(**dict(overrides or {}))
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)
+        )
+        where = ", ".join(str(f) for f in files) or "no settings file"
+        raise ConfigurationError(
+            f"invalid settings: {problems}",
+            reason="invalid_settings",
+            remedy=f"fix the CLAUDE_AUTH_SYNC_* variables or the settings file ({where})",
+        ) from None
+    return _with_paths(settings, user)
+
+
+def _with_paths(settings: Settings, user: UserIdentity) -> Settings:
+    updates: dict[str, Path] = {}
+    if settings.claude_config_dir is None:
+        updates["claude_config_dir"] = user.home / ".claude"
+    if settings.state_dir is None:
+        updates["state_dir"] = user.home / ".local" / "state" / APP_DIR
+    if settings.config_dir is None:
+        updates["config_dir"] = user.home / ".config" / APP_DIR
+    return settings.model_copy(update=updates)
+
+
+@dataclass(frozen=True)
+class ResolvedPaths:
+    """The files the cycle touches, derived from settings."""
+
+    credentials_file: Path
+    claude_config_dir: Path
+    state_dir: Path
+    log_file: Path
+    config_dir: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> ResolvedPaths:
+        assert settings.claude_config_dir and settings.state_dir and settings.config_dir
+        return cls(
+            credentials_file=settings.claude_config_dir / ".credentials.json",
+            claude_config_dir=settings.claude_config_dir,
+            state_dir=settings.state_dir,
+            log_file=settings.state_dir / "sync.log",
+            config_dir=settings.config_dir,
+        )
+
+
+def settings_provenance(settings: Settings) -> dict[str, str]:
+    """Where each setting in effect came from: ``{"vault.addr": "environment", ...}``.
+
+    Keys are dotted (``section.field``); values are a source label (``default``, a file path,
+    ``environment``, ``standard variable``, ``command line``).
+    """
+    cls = type(settings)
+    init = InitSettingsSource(cls, init_kwargs=dict(cls._overrides))
+    env = EnvSettingsSource(cls)
+    found: dict[str, str] = {}
+    # Lowest precedence first, so higher ones overwrite.
+    for label, source in reversed(_sources(cls, init, env)):
+        for key in _flatten(source()):
+            found[key] = label
+    result: dict[str, str] = {}
+    for key in _flatten(settings.model_dump()):
+        result[key] = found.get(key, "default")
+    return result
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            keys.extend(_flatten(value, f"{dotted}."))
+        else:
+            keys.append(dotted)
+    return keys

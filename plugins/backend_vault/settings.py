@@ -1,0 +1,23 @@
+"""Settings section ``vault`` (``CLAUDE_AUTH_SYNC_VAULT__*``; ``VAULT_ADDR``/``VAULT_CACERT`` honoured)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["VaultSettings"]
+
+
+class VaultSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    addr: str | None = Field(None, description="Vault address; default $VAULT_ADDR")
+    cacert: Path | None = Field(None, description="CA bundle for TLS; default $VAULT_CACERT")
+    mount: str = Field("secret", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="KV v2 mount")
+    path_prefix: str = Field(
+        "workstation/claude-users", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", description="path under the mount"
+    )
+    token_file: Path | None = Field(None, description="default $XDG_CONFIG_HOME/claude-auth-sync/vault-token")
+    timeout: float = Field(10.0, gt=0, le=120, description="seconds per Vault request")
+    allow_insecure_http: bool = Field(False, description="allow plain http to a non-loopback address")

@@ -1,0 +1,70 @@
+"""Reading the per-user Vault token file safely.
+
+The token file (``~/.config/claude-auth-sync/vault-token``) must be a regular file (not a
+symlink), owned by the running user, with no group or world permission bits, and non-empty.
+Anything else is refused with :class:`StoreRefused` (exit 78) and a message that names the fix.
+The token itself never appears in a message.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from claude_auth_sync.errors import StoreRefused
+
+__all__ = ["PROVISION", "read_token_file", "token_file_facts"]
+
+PROVISION = "ask an administrator to rerun the root provisioner: sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
+
+
+def read_token_file(path: Path, uid: int) -> str:
+    """The token, after every check; raises StoreRefused naming the problem and the fix."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise StoreRefused(f"the Vault token file {path} does not exist", reason="vault_token_missing", remedy=PROVISION) from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise StoreRefused(f"the Vault token file {path} is a symlink; refusing it", reason="vault_token_unsafe",
+                               remedy=f"remove {path}, then {PROVISION}") from None
+        raise StoreRefused(f"cannot read the Vault token file {path}: {os.strerror(err.errno or 0)}",
+                           reason="vault_token_unreadable", remedy=f"check {path}, then {PROVISION}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreRefused(f"{path} is not a regular file", reason="vault_token_unsafe", remedy=f"remove {path}, then {PROVISION}")
+        if st.st_uid != uid:
+            raise StoreRefused(f"the Vault token file {path} is owned by uid {st.st_uid}, not by you (uid {uid})",
+                               reason="vault_token_unsafe", remedy=PROVISION)
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise StoreRefused(
+                f"the Vault token file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 (not group/world accessible)",
+                reason="vault_token_mode", remedy=f"chmod 600 {path}",
+            )
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    token = data.decode("utf-8", errors="replace").strip()
+    if not token:
+        raise StoreRefused(f"the Vault token file {path} is empty", reason="vault_token_missing", remedy=PROVISION)
+    if any(c.isspace() for c in token):
+        raise StoreRefused(f"the Vault token file {path} holds more than one word", reason="vault_token_unreadable", remedy=PROVISION)
+    return token
+
+
+def token_file_facts(path: Path) -> dict[str, object]:
+    """Mode, owner and size of the token file for diagnose (never its content)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return {"exists": False}
+    return {
+        "exists": True,
+        "symlink": stat.S_ISLNK(st.st_mode),
+        "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+        "uid": st.st_uid,
+        "size": st.st_size,
+    }

@@ -1,0 +1,64 @@
+#!/usr/bin/python3
+"""A stub ``claude`` executable for fast tests: answers like the real CLI's ``-p --output-format json``.
+
+It reads ``$CLAUDE_CONFIG_DIR/.credentials.json`` and accepts the access token whose SHA-256
+fingerprint (first 8 hex) is listed in ``STUB_CLAUDE_ACCEPT`` (comma-separated), so no token is
+ever put in the environment. ``STUB_CLAUDE_MODE``: ``auto`` (default), ``429``, ``529``, ``500``,
+``hang``, ``crash``. ``STUB_CLAUDE_REFRESH_TO``: when set to ``ACCESS:REFRESH`` the stub rewrites
+the file's tokens on success, like the CLI's own refresh. Only Debian's /usr/bin/python3 stdlib.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+
+def result(is_error, text, status=None, code=0):
+    record = {"type": "result", "subtype": "success", "is_error": is_error, "duration_ms": 1, "num_turns": 1,
+              "result": text, "session_id": "stub"}
+    if status is not None:
+        record["api_error_status"] = status
+    print(json.dumps(record))
+    sys.exit(code)
+
+
+def main():
+    if "--version" in sys.argv:
+        print("2.1.332 (Claude Code)")
+        return
+    mode = os.environ.get("STUB_CLAUDE_MODE", "auto")
+    if mode == "hang":
+        time.sleep(3600)
+    if mode == "crash":
+        sys.stderr.write("Segmentation fault\n")
+        sys.exit(139)
+    if mode in ("429", "500", "529"):
+        result(True, f"API Error: {mode}", int(mode), 1)
+    path = os.path.join(os.environ.get("CLAUDE_CONFIG_DIR", os.path.expanduser("~/.claude")), ".credentials.json")
+    try:
+        with open(path) as handle:
+            oauth = json.load(handle).get("claudeAiOauth") or {}
+    except (OSError, ValueError):
+        result(True, "Not logged in · Please run /login", None, 1)
+    token = oauth.get("accessToken") or ""
+    accepted = [fp for fp in os.environ.get("STUB_CLAUDE_ACCEPT", "").split(",") if fp]
+    if token and hashlib.sha256(token.encode()).hexdigest()[:8] in accepted:
+        refresh_to = os.environ.get("STUB_CLAUDE_REFRESH_TO")
+        if refresh_to:
+            with open(path) as handle:
+                document = json.load(handle)
+            access, refresh = refresh_to.split(":", 1)
+            document["claudeAiOauth"]["accessToken"] = access
+            document["claudeAiOauth"]["refreshToken"] = refresh
+            tmp = path + ".stub-tmp"
+            with open(tmp, "w") as handle:
+                json.dump(document, handle)
+            os.chmod(tmp, 0o600)
+            os.rename(tmp, path)
+        result(False, "ok")
+    result(True, "Failed to authenticate. API Error: 401 {\"type\":\"error\",\"error\":{\"type\":\"authentication_error\",\"message\":\"Invalid bearer token\"}}", 401, 1)
+
+
+main()

@@ -1,0 +1,165 @@
+"""Every branch of the health cycle, with the memory store, a fake probe and in-memory credentials."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from claude_auth_sync.cycle import HealthCycle
+from claude_auth_sync.errors import StoreRefused, StoreUnavailable
+from claude_auth_sync.model import Action, ExitCode, LocalLogin, ProbeOutcome, Status
+from claude_auth_sync.testing import FakeProbe, MemoryCredentials, MemoryStore, oauth_object
+
+GOOD = oauth_object("sk-ant-oat01-good-access", "sk-ant-ort01-good-refresh")
+BAD = oauth_object("sk-ant-oat01-bad-access", "sk-ant-ort01-bad-refresh")
+MCP = {"github": {"accessToken": "mcp-secret-token", "nested": [1, {"a": None}]}}
+
+A, F, U, B = ProbeOutcome.AUTHENTICATED, ProbeOutcome.AUTH_FAILED, ProbeOutcome.UNAVAILABLE, ProbeOutcome.BROKEN
+
+
+def local_with(oauth: dict) -> MemoryCredentials:
+    return MemoryCredentials.with_document({"claudeAiOauth": oauth, "mcpOAuth": MCP})
+
+
+def accepts(token: str):
+    def check(login: LocalLogin) -> bool:
+        return login.oauth is not None and login.oauth.get("accessToken") == token
+
+    return check
+
+
+def cycle(store: MemoryStore, local: MemoryCredentials, probe: FakeProbe) -> HealthCycle:
+    probe.local = local
+    return HealthCycle(user="alice", store=store, probe=probe, local=local)
+
+
+def test_healthy_and_unchanged_writes_nothing() -> None:
+    store = MemoryStore(versions=[GOOD])
+    local = local_with(GOOD)
+    event = cycle(store, local, FakeProbe([A])).run()
+    assert (event.status, event.exit_code, event.action, event.reason) == (Status.OK, ExitCode.OK, Action.NONE, None)
+    assert len(store.versions) == 1
+    assert store.calls == ["renew", "read_latest"]
+    assert local.writes == 0
+
+
+def test_healthy_and_changed_writes_once() -> None:
+    store = MemoryStore(versions=[BAD])
+    local = local_with(GOOD)
+    event = cycle(store, local, FakeProbe([A])).run()
+    assert (event.status, event.action) == (Status.OK, Action.BACKUP)
+    assert store.versions == [BAD, GOOD]
+    assert store.calls == ["renew", "read_latest", "write"]
+    assert event.details["backup_version"] == 2
+
+
+def test_first_backup_creates_version_one() -> None:
+    store = MemoryStore()
+    event = cycle(store, local_with(GOOD), FakeProbe([A])).run()
+    assert event.action == Action.BACKUP and store.versions == [GOOD]
+
+
+def test_auth_failure_with_good_stored_copy_restores_retries_and_backs_up() -> None:
+    store = MemoryStore(versions=[GOOD])
+    local = local_with(BAD)
+    refreshed = oauth_object("sk-ant-oat01-refreshed", "sk-ant-ort01-refreshed")
+
+    def cli_refreshes_on_retry(run: int) -> None:
+        if run == 1:  # the retry: the CLI refreshed the restored token and rewrote the file
+            local.raw = json.dumps({"claudeAiOauth": refreshed, "mcpOAuth": MCP}).encode()
+
+    probe = FakeProbe(accept=lambda login: login.oauth is not None and login.oauth["accessToken"] != BAD["accessToken"],
+                      on_run=cli_refreshes_on_retry)
+    event = cycle(store, local, probe).run()
+    assert (event.status, event.exit_code, event.action) == (Status.OK, ExitCode.OK, Action.RESTORE)
+    assert store.versions == [GOOD, refreshed]
+    assert local.document()["mcpOAuth"] == MCP
+    assert store.calls == ["renew", "read_latest", "write"]  # the latest copy is read once
+
+
+def test_auth_failure_with_bad_stored_copy_rolls_back_and_fails() -> None:
+    other_bad = oauth_object("sk-ant-oat01-also-bad", "sk-ant-ort01-also-bad")
+    store = MemoryStore(versions=[other_bad])
+    local = local_with(BAD)
+    before = local.raw
+    event = cycle(store, local, FakeProbe([F, F])).run()
+    assert (event.status, event.exit_code, event.action, event.reason) == (
+        Status.FAIL, ExitCode.FAIL, Action.ROLLBACK, "auth_failed_after_restore")
+    assert local.raw == before  # exact previous bytes
+    assert store.versions == [other_bad]
+
+
+def test_auth_failure_without_backup_fails_without_touching_anything() -> None:
+    store = MemoryStore()
+    local = local_with(BAD)
+    event = cycle(store, local, FakeProbe([F])).run()
+    assert (event.exit_code, event.reason, local.writes) == (ExitCode.FAIL, "auth_failed_no_backup", 0)
+
+
+def test_auth_failure_when_backup_equals_local_copy_does_not_restore() -> None:
+    store = MemoryStore(versions=[BAD])
+    local = local_with(BAD)
+    event = cycle(store, local, FakeProbe([F])).run()
+    assert (event.exit_code, event.reason, local.writes) == (ExitCode.FAIL, "auth_failed_backup_is_local_copy", 0)
+
+
+def test_blanked_stored_copy_is_never_restored() -> None:
+    blank = oauth_object("", "", expires_at_ms=0)
+    store = MemoryStore(versions=[blank])
+    local = local_with(BAD)
+    event = cycle(store, local, FakeProbe([F])).run()
+    assert (event.exit_code, event.reason, local.writes) == (ExitCode.FAIL, "auth_failed_backup_unusable", 0)
+
+
+def test_unavailable_reports_warn_and_writes_nothing() -> None:
+    store = MemoryStore(versions=[GOOD])
+    local = local_with(BAD)
+    event = cycle(store, local, FakeProbe([U])).run()
+    assert (event.status, event.exit_code, event.action) == (Status.WARN, ExitCode.TEMPFAIL, Action.NONE)
+    assert store.calls == ["renew"] and local.writes == 0
+
+
+def test_retry_unavailable_keeps_the_restored_copy_and_warns() -> None:
+    store = MemoryStore(versions=[GOOD])
+    local = local_with(BAD)
+    event = cycle(store, local, FakeProbe([F, U])).run()
+    assert (event.status, event.action) == (Status.WARN, Action.RESTORE)
+    assert local.document()["claudeAiOauth"] == GOOD
+    assert store.versions == [GOOD]
+
+
+def test_broken_probe_is_a_configuration_failure() -> None:
+    event = cycle(MemoryStore(), local_with(GOOD), FakeProbe([B])).run()
+    assert (event.status, event.exit_code, event.reason) == (Status.FAIL, ExitCode.CONFIG, "cli_missing")
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "status"),
+    [
+        (StoreRefused("token file mode 0644", reason="vault_token_mode"), ExitCode.CONFIG, Status.FAIL),
+        (StoreRefused("drift", reason="vault_token_drift"), ExitCode.CONFIG, Status.FAIL),
+        (StoreUnavailable("sealed"), ExitCode.TEMPFAIL, Status.WARN),
+    ],
+)
+def test_token_problems_stop_before_the_probe(error, code, status) -> None:
+    store = MemoryStore(versions=[GOOD], fail_with=error)
+    probe = FakeProbe([A])
+    event = cycle(store, local_with(GOOD), probe).run()
+    assert (event.exit_code, event.status, event.reason) == (code, status, error.reason)
+    assert probe.runs == 0
+
+
+def test_blanked_local_object_passing_the_probe_is_never_backed_up() -> None:
+    store = MemoryStore()
+    local = local_with(oauth_object("", "", expires_at_ms=0))
+    event = cycle(store, local, FakeProbe([A])).run()
+    assert event.exit_code == ExitCode.TEMPFAIL and event.reason == "local_blanked_not_backed_up"
+    assert store.versions == []
+
+
+def test_event_carries_fingerprints_not_tokens() -> None:
+    event = cycle(MemoryStore(), local_with(GOOD), FakeProbe([A])).run()
+    text = json.dumps(event.to_json())
+    assert GOOD["accessToken"] not in text and GOOD["refreshToken"] not in text
+    assert event.fingerprints["access"] is not None and len(event.fingerprints["access"]) == 8
