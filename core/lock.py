@@ -14,12 +14,21 @@ proper-lockfile 4.1.2 (``lib/lockfile.js``):
   was 10 s in older releases and is 60 s in recent ones.
 * Release is ``rmdir``.
 
-Claude Code takes two locks, in this order, and so do we (:func:`lock_paths`):
+Claude Code takes two locks, in this order, and so do we (:func:`lock_paths`).
+As read from the 2.1.332 bundle, both with ``stale: 60000, update: 5000``:
 
-1. ``<config dir>/.oauth_refresh.lock`` (``realpath: false``: the path is made
-   absolute, symlinks are not resolved);
-2. ``<realpath(config dir)>.lock``, e.g. ``~/.claude.lock`` (proper-lockfile's
-   default ``realpath: true`` names the lock after the resolved directory).
+1. ``<config dir>/.oauth_refresh.lock`` (``lockfilePath`` = ``join(dir, ...)``,
+   ``realpath: false``: symlinks are not resolved);
+2. ``<realpath(config dir)>.lock``, e.g. ``~/.claude.lock`` (falls back to the
+   unresolved path if realpath fails).  ``ELOCKED`` here makes Claude Code
+   release the first lock and retry later.
+
+Recent Claude Code also writes a regular file ``<config dir>/.oauth_refresh.lock.owner``
+(pid, lock birthtimes) and may take over a lock early when that record matches
+the lock's birthtime and its pid is provably dead.  Our directories never match
+such a record, so Claude Code breaks our locks only by staleness; we never
+touch that file.  Claude Code also judges a holder alive when the lock's mtime
+changes between two samples 7.5 s apart: another reason to refresh every <= 5 s.
 
 Guarantees of :func:`claude_credentials_lock`:
 

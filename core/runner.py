@@ -82,7 +82,7 @@ def build_runtime(
     return runtime
 
 
-def emit_to_sinks(sinks: list[tuple[str, Sink]], event: StatusEvent, stderr: TextIO = sys.stderr) -> list[str]:
+def emit_to_sinks(sinks: list[tuple[str, Sink]], event: StatusEvent, stderr: TextIO | None = None) -> list[str]:
     """Hand ``event`` to every sink; return the names of those that failed (reported on stderr)."""
     failed: list[str] = []
     for name, sink in sinks:
@@ -90,7 +90,7 @@ def emit_to_sinks(sinks: list[tuple[str, Sink]], event: StatusEvent, stderr: Tex
             sink.emit(event)
         except Exception as err:  # isolate: one broken sink never hides the others
             failed.append(name)
-            print(f"claude-auth-sync: sink {name!r} failed: {type(err).__name__}: {err}", file=stderr)
+            print(f"claude-auth-sync: sink {name!r} failed: {type(err).__name__}: {err}", file=stderr or sys.stderr)
     return failed
 
 

@@ -17,6 +17,7 @@ reads the environment itself. Invalid settings raise :class:`ConfigurationError`
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -182,13 +184,22 @@ def load_settings(
     files = [p for p in (system_file, user_file or user_config_file(user, env)) if p.is_file()]
     cls = _settings_class(sections, files, env)
     cls._overrides = dict(overrides or {})
+    where = ", ".join(str(f) for f in files) or "no settings file"
     try:
         settings = cls(**dict(overrides or {}))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigurationError(
+            f"a settings file is not valid TOML: {err}", reason="invalid_settings", remedy=f"fix the syntax of {where}"
+        ) from None
+    except SettingsError as err:  # a value that does not parse at all, e.g. a list that is not JSON
+        raise ConfigurationError(
+            f"invalid settings: {err}", reason="invalid_settings",
+            remedy=f"fix the CLAUDE_AUTH_SYNC_* variables or the settings file ({where}); lists are JSON, e.g. [\"file\"]",
+        ) from None
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)
         )
-        where = ", ".join(str(f) for f in files) or "no settings file"
         raise ConfigurationError(
             f"invalid settings: {problems}",
             reason="invalid_settings",
