@@ -56,7 +56,7 @@ __all__ = [
 
 CREDENTIALS_NAME = ".credentials.json"
 OAUTH_KEY = "claudeAiOauth"
-TEMP_PREFIX = f"{CREDENTIALS_NAME}.tmp-"
+TEMP_MARK = ".tmp-"  # atomic_write names its temp files "<name>.tmp-<pid>-<random>"
 PRE_RESTORE_SUFFIX = ".pre-restore"
 RELOGIN = "claude auth login --claudeai --sso --email <enterprise-email>"
 
@@ -183,7 +183,7 @@ def atomic_write(dir_fd: int, name: str, data: bytes) -> None:
     """Write ``data`` to ``name`` in the directory ``dir_fd``: temp (0600, O_EXCL|O_NOFOLLOW),
     write, fsync, rename, fsync(dir). On any error the temp file is removed and the old file is
     untouched; the error is raised as :class:`CredentialsWriteFailed`."""
-    temp = f"{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    temp = f"{name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
@@ -220,7 +220,7 @@ def atomic_write(dir_fd: int, name: str, data: bytes) -> None:
 def _remove_stale_temps(dir_fd: int, uid: int) -> None:
     """Remove temp files a crashed run of ours left (only ours: our prefix and our uid)."""
     for entry in os.listdir(dir_fd):
-        if not entry.startswith(TEMP_PREFIX):
+        if not (entry.startswith(CREDENTIALS_NAME) and TEMP_MARK in entry):
             continue
         try:
             st = os.lstat(entry, dir_fd=dir_fd)

@@ -120,7 +120,10 @@ def procs() -> Iterator[list[Proc]]:
 def node_hold(procs: list[Proc], node: str, which: str, config_dir: Path, *extra: str) -> Proc:
     p = Proc([node, str(HELPER), "hold", which, str(config_dir), *extra])
     procs.append(p)
-    p.expect('"locked"')
+    locked = json.loads(p.expect('"locked"'))
+    oauth, legacy = lock_paths(config_dir)
+    expected = {"oauth": [oauth], "legacy": [legacy], "both": [oauth, legacy]}[which]
+    assert [Path(f) for f in locked["lockfiles"]] == expected  # Node and we name the same directories
     return p
 
 

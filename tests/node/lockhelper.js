@@ -11,9 +11,10 @@
 //   node lockhelper.js count <oauth|legacy|both> <configDir> --n N --counter FILE
 //       N times: lock (retrying), read FILE, +1, write tmp + rename, unlock.
 //
-// Claude Code's calls (stale 60000, update 5000):
-//   oauth : lock(<configDir>/.oauth_refresh, {realpath: false})  -> <configDir>/.oauth_refresh.lock
-//   legacy: lock(<configDir>)  (realpath: true by default)       -> <realpath(configDir)>.lock
+// Claude Code's calls, as read from the 2.1.332 bundle (stale 60000, update 5000):
+//   oauth : lock(configDir, {lockfilePath: join(configDir, '.oauth_refresh.lock'), realpath: false})
+//   legacy: k = (realpath(configDir) or configDir) + '.lock'; lock(k, {lockfilePath: k, realpath: false})
+// taken in that order; an ELOCKED on the legacy lock releases the first one.
 'use strict';
 
 const fs = require('fs');
@@ -36,8 +37,12 @@ function parse(argv) {
 }
 
 function specs(which, configDir) {
-  const oauth = { file: path.join(configDir, '.oauth_refresh'), options: { realpath: false } };
-  const legacy = { file: configDir, options: {} };
+  const oauthPath = path.join(configDir, '.oauth_refresh.lock');
+  let real = configDir;
+  try { real = fs.realpathSync(configDir); } catch (e) { /* Claude Code falls back to the path */ }
+  const legacyPath = `${real}.lock`;
+  const oauth = { file: configDir, lockfile: path.resolve(oauthPath), options: { lockfilePath: oauthPath, realpath: false } };
+  const legacy = { file: legacyPath, lockfile: legacyPath, options: { lockfilePath: legacyPath, realpath: false } };
   return which === 'oauth' ? [oauth] : which === 'legacy' ? [legacy] : [oauth, legacy];
 }
 
@@ -94,8 +99,7 @@ async function main() {
 
   // hold
   const release = await lockAll(list, base);
-  emit({ event: 'locked', lockfiles: list.map((s) => s.options.realpath === false
-    ? path.resolve(s.file) + '.lock' : fs.realpathSync(s.file) + '.lock') });
+  emit({ event: 'locked', lockfiles: list.map((s) => s.lockfile) });
   const rl = readline.createInterface({ input: process.stdin });
   await new Promise((resolve) => {
     rl.on('line', (line) => { if (line.trim() === 'release') resolve(); });

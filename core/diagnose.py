@@ -1,0 +1,322 @@
+"""``claude-auth-sync diagnose``: a read-only report of what is wrong and the command that fixes it.
+
+Checks are plain functions returning :class:`Check` rows; each runs in isolation with a time
+bound, so one failing or hanging check never hides the others. Rows carry no secret: tokens are
+shown as fingerprints, other credential keys by name only. The same rows render as a rich table
+for people and as JSON (``schema_version``) for machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import CasError
+from .fingerprint import fingerprint, oauth_fingerprints
+from .model import LoginState, ProbeOutcome
+from .runner import Runtime, build_runtime
+from .settings import ResolvedPaths, settings_provenance
+
+__all__ = ["SCHEMA_VERSION", "Check", "collect", "command_diagnose", "render_table", "relative_time"]
+
+SCHEMA_VERSION = 1
+State = Literal["ok", "warn", "fail", "info"]
+RELOGIN = "claude auth login --claudeai --sso --email <enterprise-email>"
+PROVISION = "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
+LOGIN_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_OAUTH_REFRESH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+CHECK_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class Check:
+    group: str
+    name: str
+    state: State
+    detail: str
+    next_step: str | None = None
+
+
+def relative_time(seconds: float) -> str:
+    """``in 3h 12m`` / ``5m ago`` style, to the two largest units."""
+    future = seconds >= 0
+    s = int(abs(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size or (unit == "s" and not parts):
+            parts.append(f"{s // size}{unit}")
+            s %= size
+        if len(parts) == 2:
+            break
+    text = " ".join(parts)
+    return f"in {text}" if future else f"{text} ago"
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def check_local_login(rt: Runtime) -> list[Check]:
+    g = "local login"
+    paths = ResolvedPaths.of(rt.settings)
+    path = paths.credentials_file
+    rows: list[Check] = []
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return [Check(g, "credentials file", "fail", f"{path} does not exist", RELOGIN)]
+    if stat.S_ISLNK(st.st_mode):
+        return [Check(g, "credentials file", "fail", f"{path} is a symlink", f"replace {path} with the real file")]
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != rt.user.uid:
+        rows.append(Check(g, "owner", "fail", f"owned by uid {st.st_uid}, not {rt.user.name}", f"sudo chown {rt.user.name} {path}"))
+    else:
+        rows.append(Check(g, "owner", "ok", rt.user.name))
+    rows.append(Check(g, "mode", "ok" if mode == 0o600 else "warn", f"{mode:04o}", None if mode == 0o600 else f"chmod 600 {path}"))
+    login = rt.local().read()
+    state_rows = {
+        LoginState.NOT_JSON: Check(g, "parse", "fail", login.detail, f"the next run restores the backup; or {RELOGIN}"),
+        LoginState.NO_OAUTH: Check(g, "claudeAiOauth", "fail", login.detail, RELOGIN),
+        LoginState.BLANKED: Check(g, "tokens", "fail", login.detail, RELOGIN),
+        LoginState.MISSING: Check(g, "credentials file", "fail", "missing", RELOGIN),
+    }
+    if login.state in state_rows:
+        rows.append(state_rows[login.state])
+    else:
+        rows.append(Check(g, "parse", "ok", "valid JSON with claudeAiOauth"))
+        fps = oauth_fingerprints(login.oauth)
+        if login.expires_at_ms is not None:
+            delta = login.expires_at_ms / 1000 - time.time()
+            state: State = "ok" if delta > 0 else "info"
+            note = "" if delta > 0 else " (normal: the CLI refreshes it on next use)"
+            rows.append(Check(g, "access token", state, f"fp {fps['access']}, expires {relative_time(delta)}{note}"))
+        rows.append(Check(g, "refresh token", "ok", f"present, fp {fps['refresh']}"))
+        refresh_expiry = _refresh_expiry_ms(login.oauth or {})
+        if refresh_expiry is not None:
+            delta = refresh_expiry / 1000 - time.time()
+            state = "ok" if delta > 3 * 86400 else ("warn" if delta > 0 else "fail")
+            rows.append(Check(g, "refresh token expiry", state, relative_time(delta), None if state == "ok" else RELOGIN))
+    if login.other_keys:
+        rows.append(Check(g, "other keys", "info", ", ".join(login.other_keys) + " (kept untouched)"))
+    return rows
+
+
+def _refresh_expiry_ms(oauth: Mapping[str, Any]) -> int | None:
+    for key in ("refreshTokenExpiresAt", "refreshExpiresAt"):
+        value = oauth.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_environment(rt: Runtime) -> list[Check]:
+    g = "environment"
+    rows = []
+    found = [name for name in LOGIN_VARIABLES if rt.environ.get(name)]
+    if found:
+        rows.append(Check(g, "login variables", "warn", f"{', '.join(found)} set (never passed to claude by the agent)",
+                          f"unset {' '.join(found)} (environment credentials outrank the per-user login)"))
+    else:
+        rows.append(Check(g, "login variables", "ok", "none of " + ", ".join(LOGIN_VARIABLES)))
+    config_dir = rt.environ.get("CLAUDE_CONFIG_DIR")
+    rows.append(Check(g, "CLAUDE_CONFIG_DIR", "info", config_dir or f"unset (using {rt.settings.claude_config_dir})"))
+    return rows
+
+
+def check_cli(rt: Runtime) -> list[Check]:
+    info = rt.probe().describe()
+    binary = info.get("binary")
+    if not binary:
+        return [Check("claude CLI", "binary", "fail", "claude not found", "npm install -g @anthropic-ai/claude-code")]
+    return [
+        Check("claude CLI", "binary", "ok", str(binary)),
+        Check("claude CLI", "version", "ok" if info.get("version") else "warn", str(info.get("version") or "unknown")),
+    ]
+
+
+def check_store(rt: Runtime) -> list[Check]:
+    g = f"store ({rt.settings.backend})"
+    store = rt.store()
+    facts = store.describe()
+    rows = [Check(g, "backend", "ok", rt.settings.backend)]
+    token = facts.get("token")
+    if isinstance(token, dict):
+        rows.append(Check(g, "address", "ok", str(facts.get("addr"))))
+        ttl = token.get("ttl_s")
+        ttl_state: State = "ok" if isinstance(ttl, int) and ttl > 7 * 86400 else "warn"
+        rows.append(Check(g, "token TTL", ttl_state, relative_time(ttl or 0) if ttl is not None else "unknown",
+                          None if ttl_state == "ok" else f"run the service (it renews): systemctl start claude-auth-sync@{rt.user.name}.service"))
+        rows.append(Check(g, "token period", "info", f"{token.get('period_s')}s, renewable={token.get('renewable')}"))
+        drift = token.get("drifted")
+        rows.append(Check(g, "token policies", "fail" if drift else "ok", ", ".join(token.get("policies") or []),
+                          PROVISION if drift else None))
+    secret = facts.get("secret") or {}
+    if isinstance(secret, dict) and secret:
+        if secret.get("exists") is False:
+            rows.append(Check(g, "backup", "warn", "no backup yet", f"systemctl start claude-auth-sync@{rt.user.name}.service"))
+        elif "error" in secret:
+            rows.append(Check(g, "backup", "fail", str(secret["error"]), PROVISION))
+        else:
+            rows.append(Check(g, "backup", "ok", f"version {secret.get('current_version')}, updated {secret.get('updated_time')}, "
+                                                 f"{secret.get('versions_kept')} versions kept"))
+    if "current_version" in facts:
+        rows.append(Check(g, "backup", "ok" if facts["current_version"] else "warn",
+                          f"version {facts['current_version']}, updated {facts.get('updated')}"))
+    latest = store.read_latest()
+    local = rt.local().read()
+    if latest is not None and local.oauth is not None:
+        same = dict(latest.oauth) == dict(local.oauth)
+        stored_fp = fingerprint(latest.oauth.get("accessToken"))
+        rows.append(Check(g, "matches local", "ok" if same else "info",
+                          f"stored fp {stored_fp}" + ("" if same else " (differs: the next healthy run backs up)")))
+    return rows
+
+
+def check_timer(rt: Runtime) -> list[Check]:
+    g = "timer"
+    unit = f"claude-auth-sync@{rt.user.name}.timer"
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return [Check(g, unit, "info", "systemctl not found (not a systemd host)")]
+    enabled = subprocess.run([systemctl, "is-enabled", unit], capture_output=True, text=True, timeout=10)
+    state = enabled.stdout.strip() or enabled.stderr.strip()
+    rows = [Check(g, "enabled", "ok" if state == "enabled" else "warn", state or "unknown",
+                  None if state == "enabled" else f"sudo systemctl enable --now {unit}")]
+    if Path("/run/systemd/system").is_dir():
+        show = subprocess.run([systemctl, "show", unit, "-p", "LastTriggerUSec", "-p", "NextElapseUSecRealtime"],
+                              capture_output=True, text=True, timeout=10)
+        rows.append(Check(g, "schedule", "info", " ".join(show.stdout.split()) or "unknown"))
+    else:
+        rows.append(Check(g, "schedule", "info", "systemd is not running here: no last/next run"))
+    return rows
+
+
+def check_log(rt: Runtime) -> list[Check]:
+    path = ResolvedPaths.of(rt.settings).log_file
+    try:
+        lines = path.read_text().splitlines()[-5:]
+    except FileNotFoundError:
+        return [Check("private log", str(path), "warn", "no run recorded yet", f"systemctl start claude-auth-sync@{rt.user.name}.service")]
+    rows = []
+    for index, line in enumerate(lines):
+        word = line.split(" ", 2)[1] if line.count(" ") >= 1 else "?"
+        state: State = {"OK": "ok", "WARN": "warn", "FAIL": "fail"}.get(word, "info")
+        last = index == len(lines) - 1
+        rows.append(Check("private log", "last run" if last else "earlier run", state if last else "info", line))
+    if rows and rows[-1].state == "fail":
+        last = rows[-1]
+        fix = RELOGIN if "reason=auth_failed" in last.detail else "claude-auth-sync diagnose --probe"
+        rows[-1] = Check(last.group, last.name, last.state, last.detail, fix)
+    return rows
+
+
+def check_probe(rt: Runtime) -> list[Check]:
+    result = rt.probe().run()
+    state: State = {"authenticated": "ok", "unavailable": "warn"}.get(str(result.outcome), "fail")
+    fix = {ProbeOutcome.AUTH_FAILED: f"systemctl start claude-auth-sync@{rt.user.name}.service (restores the backup); else {RELOGIN}",
+           ProbeOutcome.BROKEN: "npm install -g @anthropic-ai/claude-code"}.get(result.outcome)
+    detail = f"{result.outcome} ({result.reason}) in {result.duration_s:.1f}s"
+    return [Check("probe", "inference", state, detail, fix)]
+
+
+CHECKS: list[tuple[str, Callable[[Runtime], list[Check]]]] = [
+    ("local login", check_local_login),
+    ("environment", check_environment),
+    ("claude CLI", check_cli),
+    ("store", check_store),
+    ("timer", check_timer),
+    ("private log", check_log),
+]
+
+
+def _isolated(group: str, check: Callable[[Runtime], list[Check]], rt: Runtime, timeout_s: float) -> list[Check]:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["rows"] = check(rt)
+        except CasError as err:
+            box["rows"] = [Check(group, "check", "fail", err.message, err.remedy)]
+        except Exception as err:  # isolate: report, never hide the other checks
+            box["rows"] = [Check(group, "check", "fail", f"check failed: {type(err).__name__}")]
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        return [Check(group, "check", "fail", f"no answer within {timeout_s:.0f}s", "claude-auth-sync diagnose (again), then check the network")]
+    return box.get("rows", [])
+
+
+def collect(rt: Runtime, *, probe: bool = False, timeout_s: float = CHECK_TIMEOUT_S) -> list[Check]:
+    checks = list(CHECKS) + ([("probe", check_probe)] if probe else [])
+    rows: list[Check] = []
+    for group, check in checks:
+        limit = max(timeout_s, rt.settings.section("inference").timeout + 5) if group == "probe" else timeout_s
+        rows.extend(_isolated(group, check, rt, limit))
+    return rows
+
+
+def report(rt: Runtime, rows: list[Check]) -> dict[str, Any]:
+    provenance = settings_provenance(rt.settings)
+    settings = json.loads(rt.settings.model_dump_json())
+    flat = {}
+    for key, source in provenance.items():
+        value: Any = settings
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        flat[key] = {"value": value, "source": source}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "user": rt.user.name,
+        "ok": not any(r.state == "fail" for r in rows),
+        "checks": [asdict(r) for r in rows],
+        "settings": flat,
+    }
+
+
+STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
+
+
+def render_table(data: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"claude-auth-sync diagnose: {data['user']}", show_lines=False, expand=False)
+    for column in ("check", "state", "detail", "next step"):
+        table.add_column(column, overflow="fold")
+    group = None
+    for row in data["checks"]:
+        if row["group"] != group:
+            group = row["group"]
+            table.add_section()
+            table.add_row(f"[bold]{group}[/bold]", "", "", "")
+        state = row["state"]
+        table.add_row(f"  {row['name']}", f"[{STYLE[state]}]{state.upper()}[/{STYLE[state]}]", row["detail"], row["next_step"] or "")
+    console.print(table)
+    settings = Table(title="settings in effect", expand=False)
+    for column in ("setting", "value", "source"):
+        settings.add_column(column, overflow="fold")
+    for key, item in sorted(data["settings"].items()):
+        settings.add_row(key, json.dumps(item["value"]), item["source"])
+    console.print(settings)
+
+
+def command_diagnose(*, json_output: bool, probe: bool, overrides: Mapping[str, Any]) -> int:
+    rt = build_runtime(overrides)
+    rows = collect(rt, probe=probe)
+    data = report(rt, rows)
+    if json_output:
+        print(json.dumps(data, sort_keys=True))
+    else:
+        from rich.console import Console
+
+        render_table(data, Console(file=sys.stdout))
+    return 0 if data["ok"] else 1
