@@ -1,7 +1,7 @@
 """The ``claude-auth-sync`` command line.
 
 Commands: ``run`` (one health cycle for the OS user running it), ``diagnose`` (read-only report),
-``plugins``, ``policy USER``, ``check`` (monitoring-plugin mode), ``--version``. ``run`` and
+``plugins``, ``policy USER``, ``check`` (monitoring-plugin mode, exit 0/1/2/3), ``--version``. ``run`` and
 ``diagnose`` take ``--json``: one JSON object on stdout and nothing else there.
 
 ``run`` stays fast: rich and hvac are imported only by the commands and plugins that use them.
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="registered plugins, their hooks, which are active")
     plugins.add_argument("--json", action="store_true")
 
+    check = sub.add_parser("check", help="monitoring-plugin check from state only (exit 0/1/2/3)")
+    check.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND")
+
     policy = sub.add_parser("policy", help="the Vault policy (HCL) USER's token must carry")
     policy.add_argument("user", metavar="USER")
     return parser
@@ -69,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .diagnose import command_diagnose
 
             return command_diagnose(json_output=args.json, probe=args.probe, overrides=_overrides(args))
+        if args.command == "check":
+            from .check import command_check
+
+            return command_check(_overrides(args))
         if args.command == "plugins":
             return _cmd_plugins(args)
         if args.command == "policy":

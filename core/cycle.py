@@ -43,7 +43,21 @@ from .model import (
     StoredCopy,
 )
 
-__all__ = ["HealthCycle", "Verdict", "failure_event", "utc_timestamp"]
+__all__ = ["HealthCycle", "Verdict", "failure_event", "refresh_expiry_ms", "utc_timestamp"]
+
+STORE_TTL_WARN_S = 7 * 86400  # a Vault token this close to expiry despite renewal needs a person
+REFRESH_WARN_S = 3 * 86400  # a refresh token this close to expiry needs a fresh login soon
+
+
+def refresh_expiry_ms(oauth: Any) -> int | None:
+    """The refresh token's expiry (epoch ms) when the credentials file carries one."""
+    if not isinstance(oauth, dict):
+        return None
+    for key in ("refreshTokenExpiresAt", "refreshExpiresAt"):
+        value = oauth.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def utc_timestamp(now: datetime | None = None) -> str:
@@ -110,7 +124,7 @@ class HealthCycle:
 
         first = self._probe("probe")
         if first.outcome == ProbeOutcome.AUTHENTICATED:
-            return _ok(self._back_up_if_changed(latest=None))
+            return self._early_warning(_ok(self._back_up_if_changed(latest=None)), health.ttl_s)
         if first.outcome != ProbeOutcome.AUTH_FAILED:
             return _verdict_for_probe(first, Action.NONE)
         return self._recover()
@@ -146,6 +160,15 @@ class HealthCycle:
         if retry.outcome == ProbeOutcome.AUTH_FAILED:
             return Verdict(ExitCode.FAIL, Action.ROLLBACK, "auth_failed_after_restore")
         return _verdict_for_probe(retry, Action.ROLLBACK)
+
+    def _early_warning(self, verdict: Verdict, store_ttl_s: int | None) -> Verdict:
+        """Healthy now, but heading for trouble renewal cannot fix: WARN so a person acts in time."""
+        if store_ttl_s is not None and store_ttl_s < STORE_TTL_WARN_S:
+            return Verdict(ExitCode.TEMPFAIL, verdict.action, "vault_token_expires_soon")
+        refresh_expiry = self.details.get("refresh_expires_at_ms")
+        if isinstance(refresh_expiry, int) and refresh_expiry / 1000 - time.time() < REFRESH_WARN_S:
+            return Verdict(ExitCode.TEMPFAIL, verdict.action, "refresh_token_expires_soon")
+        return verdict
 
     def _after_concurrent_change(self) -> Verdict:
         """Claude Code rewrote the login while we were about to restore: probe it, don't overwrite."""
@@ -194,6 +217,11 @@ class HealthCycle:
 
     def _note_local(self, login: LocalLogin) -> None:
         self.fingerprints = oauth_fingerprints(login.oauth)
+        if login.expires_at_ms:
+            self.details["access_expires_at_ms"] = login.expires_at_ms
+        refresh_expiry = refresh_expiry_ms(login.oauth)
+        if refresh_expiry is not None:
+            self.details["refresh_expires_at_ms"] = refresh_expiry
 
     @contextmanager
     def _timed(self, label: str) -> Iterator[None]:

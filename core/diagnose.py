@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .cycle import refresh_expiry_ms
 from .errors import CasError
 from .fingerprint import fingerprint, oauth_fingerprints
 from .model import LoginState, ProbeOutcome
@@ -99,7 +100,7 @@ def check_local_login(rt: Runtime) -> list[Check]:
             note = "" if delta > 0 else " (normal: the CLI refreshes it on next use)"
             rows.append(Check(g, "access token", state, f"fp {fps['access']}, expires {relative_time(delta)}{note}"))
         rows.append(Check(g, "refresh token", "ok", f"present, fp {fps['refresh']}"))
-        refresh_expiry = _refresh_expiry_ms(login.oauth or {})
+        refresh_expiry = refresh_expiry_ms(login.oauth)
         if refresh_expiry is not None:
             delta = refresh_expiry / 1000 - time.time()
             state = "ok" if delta > 3 * 86400 else ("warn" if delta > 0 else "fail")
@@ -107,14 +108,6 @@ def check_local_login(rt: Runtime) -> list[Check]:
     if login.other_keys:
         rows.append(Check(g, "other keys", "info", ", ".join(login.other_keys) + " (kept untouched)"))
     return rows
-
-
-def _refresh_expiry_ms(oauth: Mapping[str, Any]) -> int | None:
-    for key in ("refreshTokenExpiresAt", "refreshExpiresAt"):
-        value = oauth.get(key)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def check_environment(rt: Runtime) -> list[Check]:

@@ -152,3 +152,18 @@ def test_corrupt_credentials_file_is_kept_and_restored_from_backup(box: Sandbox)
     assert stat.S_IMODE(Path(kept).stat().st_mode) == 0o600
     assert json.loads(box.credentials.read_text())["claudeAiOauth"] == GOOD
     assert "kept_file=" in log_lines(box)[-1]
+
+
+def test_check_reports_the_last_run_in_monitoring_plugin_form(box: Sandbox) -> None:
+    box.write_credentials({"claudeAiOauth": GOOD})
+    box.run("run", STUB_CLAUDE_ACCEPT=fp(GOOD["accessToken"]))
+    ok = box.run("check")
+    assert ok.returncode == 0 and ok.stdout.startswith("CLAUDE-AUTH-SYNC OK - ")
+    assert re.search(r"\| access_ttl=\d+s;;;; last_ok_age=\d+s;43200;86400;;$", ok.stdout.strip())
+    box.run("run", STUB_CLAUDE_MODE="529")
+    warn = box.run("check")
+    assert warn.returncode == 1 and "WARNING" in warn.stdout
+    box.run("run", STUB_CLAUDE_ACCEPT="")
+    crit = box.run("check")
+    assert crit.returncode == 2 and "CRITICAL" in crit.stdout
+    assert_no_secret(ok.stdout, warn.stdout, crit.stdout)

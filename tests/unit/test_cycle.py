@@ -163,3 +163,26 @@ def test_event_carries_fingerprints_not_tokens() -> None:
     text = json.dumps(event.to_json())
     assert GOOD["accessToken"] not in text and GOOD["refreshToken"] not in text
     assert event.fingerprints["access"] is not None and len(event.fingerprints["access"]) == 8
+
+
+def test_vault_token_ttl_under_7_days_despite_renewal_warns() -> None:
+    store = MemoryStore(versions=[GOOD], ttl_s=6 * 86400)
+    event = cycle(store, local_with(GOOD), FakeProbe([A])).run()
+    assert (event.status, event.exit_code, event.reason) == (Status.WARN, ExitCode.TEMPFAIL, "vault_token_expires_soon")
+    assert event.details["store_ttl_s"] == 6 * 86400
+
+
+def test_refresh_token_expiring_within_3_days_warns_but_still_backs_up() -> None:
+    import time
+
+    soon = int((time.time() + 2 * 86400) * 1000)
+    oauth = {**GOOD, "refreshTokenExpiresAt": soon}
+    store = MemoryStore(ttl_s=32 * 86400)
+    event = cycle(store, local_with(oauth), FakeProbe([A])).run()
+    assert (event.status, event.action, event.reason) == (Status.WARN, Action.BACKUP, "refresh_token_expires_soon")
+    assert store.versions == [oauth]
+
+
+def test_healthy_event_carries_access_expiry_for_the_metrics() -> None:
+    event = cycle(MemoryStore(versions=[GOOD]), local_with(GOOD), FakeProbe([A])).run()
+    assert event.details["access_expires_at_ms"] == GOOD["expiresAt"]

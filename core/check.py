@@ -1,0 +1,138 @@
+"""``claude-auth-sync check``: the monitoring-plugins convention (Nagios, Icinga, Checkmk).
+
+Reads state only — the credentials file and the private log — and never makes an inference or a
+network call. Prints one line, ``CLAUDE-AUTH-SYNC <STATE> - <summary> | <perfdata>``, and exits
+0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. Performance data (seconds): ``access_ttl``,
+``refresh_ttl`` (when the credentials file carries that date), ``vault_ttl`` (the last run's
+renewed TTL minus the time since), ``last_ok_age``.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .cycle import refresh_expiry_ms
+from .errors import CasError
+from .model import LoginState
+
+__all__ = ["NagiosState", "LogRecord", "parse_log_line", "read_log", "evaluate", "command_check"]
+
+TIMER_PERIOD_S = 6 * 3600
+VAULT_WARN_S = 7 * 86400
+REFRESH_WARN_S = 3 * 86400
+
+
+class NagiosState(enum.IntEnum):
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    when: datetime
+    status: str
+    fields: Mapping[str, str]
+
+
+def parse_log_line(line: str) -> LogRecord | None:
+    """One ``sync.log`` line; None if it does not have the contract's shape."""
+    import shlex
+
+    try:
+        parts = shlex.split(line)
+    except ValueError:
+        return None
+    if len(parts) < 2 or parts[1] not in ("OK", "WARN", "FAIL"):
+        return None
+    try:
+        when = datetime.strptime(parts[0], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    fields = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
+    return LogRecord(when, parts[1], fields)
+
+
+def read_log(path: Path, limit: int = 200) -> list[LogRecord]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-limit:]
+    except FileNotFoundError:
+        return []
+    return [r for r in (parse_log_line(line) for line in lines) if r is not None]
+
+
+def _perf(label: str, value: float | None, warn: float | str = "", crit: float | str = "") -> str | None:
+    if value is None:
+        return None
+    return f"{label}={int(value)}s;{warn};{crit};;"
+
+
+def evaluate(records: list[LogRecord], login_state: LoginState | None, oauth: Any, now: float) -> tuple[NagiosState, str, str]:
+    """(state, summary, perfdata) from the log records and the local login."""
+    problems: list[tuple[NagiosState, str]] = []
+    access_ttl = refresh_ttl = vault_ttl = last_ok_age = None
+    if isinstance(oauth, dict) and isinstance(oauth.get("expiresAt"), int):
+        access_ttl = oauth["expiresAt"] / 1000 - now
+    refresh_ms = refresh_expiry_ms(oauth)
+    if refresh_ms is not None:
+        refresh_ttl = refresh_ms / 1000 - now
+        if refresh_ttl < REFRESH_WARN_S:
+            problems.append((NagiosState.CRITICAL if refresh_ttl <= 0 else NagiosState.WARNING, "refresh token expires soon"))
+    if login_state in (LoginState.MISSING, LoginState.NOT_JSON, LoginState.NO_OAUTH, LoginState.BLANKED):
+        problems.append((NagiosState.CRITICAL, f"local login {login_state}"))
+    if not records:
+        problems.append((NagiosState.UNKNOWN, "no run recorded in the private log"))
+    else:
+        last = records[-1]
+        age = now - last.when.timestamp()
+        ttl = last.fields.get("store_ttl_s")
+        if ttl and ttl.isdigit():
+            vault_ttl = int(ttl) - age
+            if vault_ttl < VAULT_WARN_S:
+                problems.append((NagiosState.WARNING if vault_ttl > 0 else NagiosState.CRITICAL, "Vault token expires soon"))
+        oks = [r for r in records if r.status == "OK"]
+        if oks:
+            last_ok_age = now - oks[-1].when.timestamp()
+        if last.status == "FAIL":
+            problems.append((NagiosState.CRITICAL, f"last run FAIL ({last.fields.get('reason', '?')})"))
+        elif last.status == "WARN":
+            problems.append((NagiosState.WARNING, f"last run WARN ({last.fields.get('reason', '?')})"))
+        if age > 2 * TIMER_PERIOD_S:
+            problems.append((NagiosState.CRITICAL, f"no run for {int(age // 3600)}h (timer period 6h)"))
+    state = max((p[0] for p in problems), default=NagiosState.OK)
+    if state == NagiosState.UNKNOWN and any(p[0] == NagiosState.CRITICAL for p in problems):
+        state = NagiosState.CRITICAL
+    summary = "; ".join(p[1] for p in problems) or "last run OK"
+    perf = " ".join(p for p in (
+        _perf("access_ttl", access_ttl),
+        _perf("refresh_ttl", refresh_ttl, REFRESH_WARN_S, 0),
+        _perf("vault_ttl", vault_ttl, VAULT_WARN_S, 0),
+        _perf("last_ok_age", last_ok_age, 2 * TIMER_PERIOD_S, 4 * TIMER_PERIOD_S),
+    ) if p)
+    return state, summary, perf
+
+
+def command_check(overrides: Mapping[str, Any] | None = None) -> int:
+    from .runner import build_runtime
+    from .settings import ResolvedPaths
+
+    try:
+        rt = build_runtime(overrides)
+        login = rt.local().read()
+        records = read_log(ResolvedPaths.of(rt.settings).log_file)
+    except CasError as err:
+        print(f"CLAUDE-AUTH-SYNC UNKNOWN - {err.message}")
+        return int(NagiosState.UNKNOWN)
+    state, summary, perf = evaluate(records, login.state, login.oauth, time.time())
+    line = f"CLAUDE-AUTH-SYNC {state.name} - {rt.user.name}: {summary}"
+    print(f"{line} | {perf}" if perf else line)
+    sys.stdout.flush()
+    return int(state)
