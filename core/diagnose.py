@@ -28,7 +28,7 @@ from .model import LoginState, ProbeOutcome
 from .runner import Runtime, build_runtime
 from .settings import ResolvedPaths, settings_provenance
 
-__all__ = ["SCHEMA_VERSION", "Check", "collect", "command_diagnose", "render_table", "relative_time"]
+__all__ = ["SCHEMA_VERSION", "JSON_SCHEMA", "Check", "collect", "command_diagnose", "render_table", "relative_time"]
 
 SCHEMA_VERSION = 1
 State = Literal["ok", "warn", "fail", "info"]
@@ -36,6 +36,42 @@ RELOGIN = "claude auth login --claudeai --sso --email <enterprise-email>"
 PROVISION = "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
 LOGIN_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_OAUTH_REFRESH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 CHECK_TIMEOUT_S = 15.0
+
+
+JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "claude-auth-sync diagnose --json",
+    "type": "object",
+    "required": ["schema_version", "user", "ok", "checks", "settings"],
+    "additionalProperties": False,
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "user": {"type": "string"},
+        "ok": {"type": "boolean"},
+        "checks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["group", "name", "state", "detail", "next_step"],
+                "additionalProperties": False,
+                "properties": {
+                    "group": {"type": "string"},
+                    "name": {"type": "string"},
+                    "state": {"enum": ["ok", "warn", "fail", "info"]},
+                    "detail": {"type": "string"},
+                    "next_step": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "settings": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object", "required": ["value", "source"], "additionalProperties": False,
+                "properties": {"value": {}, "source": {"type": "string"}},
+            },
+        },
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -136,11 +172,32 @@ def check_cli(rt: Runtime) -> list[Check]:
 
 
 def check_store(rt: Runtime) -> list[Check]:
-    g = f"store ({rt.settings.backend})"
-    store = rt.store()
-    facts = store.describe()
+    g = "store"
     rows = [Check(g, "backend", "ok", rt.settings.backend)]
+    try:
+        store = rt.store()
+        facts = store.describe()
+    except CasError as err:
+        return [*rows, Check(g, "reachable", "fail" if err.exit_code != 75 else "warn", err.message, err.remedy)]
+    token_file = facts.get("token_file")
+    if isinstance(token_file, dict):
+        path = token_file.get("path")
+        if not token_file.get("exists"):
+            rows.append(Check(g, "token file", "fail", f"{path} missing", PROVISION))
+        elif token_file.get("symlink") or token_file.get("mode") != "0600" or token_file.get("uid") != rt.user.uid:
+            rows.append(Check(g, "token file", "fail", f"{path}: mode {token_file.get('mode')}, uid {token_file.get('uid')}",
+                              f"chmod 600 {path} (and make sure {rt.user.name} owns it)"))
+        else:
+            rows.append(Check(g, "token file", "ok", f"{path} (0600)"))
     token = facts.get("token")
+    if isinstance(token, dict) and "error" in token:
+        unreachable = token.get("reason") in ("vault_unreachable", "store_unavailable")
+        rows.append(Check(g, "address", "info", str(facts.get("addr"))))
+        if unreachable:
+            rows.append(Check(g, "reachable", "warn", str(token["error"]), "nothing now: the next run retries; check the network and Vault"))
+        else:
+            rows.append(Check(g, "token", "fail", str(token["error"]), PROVISION))
+        return rows
     if isinstance(token, dict):
         rows.append(Check(g, "address", "ok", str(facts.get("addr"))))
         ttl = token.get("ttl_s")
@@ -163,8 +220,11 @@ def check_store(rt: Runtime) -> list[Check]:
     if "current_version" in facts:
         rows.append(Check(g, "backup", "ok" if facts["current_version"] else "warn",
                           f"version {facts['current_version']}, updated {facts.get('updated')}"))
-    latest = store.read_latest()
-    local = rt.local().read()
+    try:
+        latest = store.read_latest()
+        local = rt.local().read()
+    except CasError as err:
+        return [*rows, Check(g, "matches local", "fail", err.message, err.remedy)]
     if latest is not None and local.oauth is not None:
         same = dict(latest.oauth) == dict(local.oauth)
         stored_fp = fingerprint(latest.oauth.get("accessToken"))
@@ -176,14 +236,14 @@ def check_store(rt: Runtime) -> list[Check]:
 def check_timer(rt: Runtime) -> list[Check]:
     g = "timer"
     unit = f"claude-auth-sync@{rt.user.name}.timer"
-    systemctl = shutil.which("systemctl")
+    systemctl = shutil.which("systemctl", path=rt.environ.get("PATH", os.defpath))
     if systemctl is None:
         return [Check(g, unit, "info", "systemctl not found (not a systemd host)")]
     enabled = subprocess.run([systemctl, "is-enabled", unit], capture_output=True, text=True, timeout=10)
     state = enabled.stdout.strip() or enabled.stderr.strip()
     rows = [Check(g, "enabled", "ok" if state == "enabled" else "warn", state or "unknown",
                   None if state == "enabled" else f"sudo systemctl enable --now {unit}")]
-    if Path("/run/systemd/system").is_dir():
+    if Path("/run/systemd/system").is_dir() and state == "enabled":
         show = subprocess.run([systemctl, "show", unit, "-p", "LastTriggerUSec", "-p", "NextElapseUSecRealtime"],
                               capture_output=True, text=True, timeout=10)
         rows.append(Check(g, "schedule", "info", " ".join(show.stdout.split()) or "unknown"))
