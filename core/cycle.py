@@ -232,12 +232,12 @@ class HealthCycle:
             self.timings_ms[label] = round((self.clock() - started) * 1000)
 
     def _event(self, verdict: Verdict) -> StatusEvent:
-        fingerprints = self.fingerprints
-        if fingerprints is None:
+        if self.fingerprints is None:
             try:
-                fingerprints = oauth_fingerprints(self.local.read().oauth)
+                self._note_local(self.local.read())
             except CasError:
-                fingerprints = {}
+                self.fingerprints = {}
+        fingerprints = self.fingerprints or {}
         return StatusEvent(
             timestamp=utc_timestamp(),
             status=verdict.status,

@@ -3,7 +3,8 @@
 ``claude auth status`` can say "logged in" while every request returns HTTP 401, so the only
 truthful check is a real request. The probe runs::
 
-    claude -p --model haiku --no-session-persistence --tools "" --output-format json ok
+    claude -p --model haiku --no-session-persistence --tools "" --strict-mcp-config \\
+           --setting-sources "" --output-format json ok
 
 with the user's own login, a hard timeout that kills the whole process group, and the environment
 passed through except the variables that would replace the user's login

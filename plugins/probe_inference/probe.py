@@ -20,19 +20,24 @@ from . import InferenceSettings
 __all__ = ["LOGIN_VARIABLES", "InferenceProbe", "classify_output", "scrub_environment", "cli_version"]
 
 LOGIN_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_OAUTH_REFRESH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
-QUIET = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
+# Keep the probe minimal: no telemetry, no updater, a bounded number of the CLI's own retries
+# (each defaults only: an operator's explicit value wins).
+QUIET = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "CLAUDE_CODE_MAX_RETRIES": "2",
+}
 
-_AUTH_TEXT = re.compile(
-    r"invalid (api key|bearer token|x-api-key)|authentication_error|oauth token (has expired|revoked|.*invalid)"
-    r"|not logged in|please run /login|/login|permission_error|invalid_grant|token (expired|revoked)"
-    r"|credit balance|401|403",
+# Only used when the JSON carries no HTTP status (the CLI's own checks, transport errors).
+_NOT_LOGGED_IN = re.compile(r"not logged in|please run /login|oauth token (revoked|has expired)|log in again", re.IGNORECASE)
+_TRANSPORT = re.compile(
+    r"connection|econnrefused|econnreset|etimedout|enotfound|eai_again|socket hang up|timed out|timeout|network|fetch failed",
     re.IGNORECASE,
 )
-_UNAVAILABLE_TEXT = re.compile(
-    r"overloaded|rate.?limit|connection|econnrefused|econnreset|etimedout|enotfound|socket hang up|timed? ?out"
-    r"|fetch failed|network|api_error|internal server error|service unavailable|bad gateway|529|5\d\d|429",
-    re.IGNORECASE,
-)
+_AUTH_TYPES = {"authentication_error", "permission_error"}
+_UNAVAILABLE_TYPES = {"rate_limit_error", "overloaded_error", "api_error", "timeout_error"}
 
 
 def scrub_environment(environ: Mapping[str, str], config_dir: Path) -> tuple[dict[str, str], tuple[str, ...]]:
@@ -46,27 +51,36 @@ def scrub_environment(environ: Mapping[str, str], config_dir: Path) -> tuple[dic
 
 
 def classify_output(returncode: int, stdout: str) -> tuple[ProbeOutcome, str, int | None]:
-    """Classify the CLI's JSON result and exit code: (outcome, short reason, HTTP status)."""
+    """Classify the CLI's JSON result and exit code: (outcome, short reason, HTTP status).
+
+    The decision rests on ``is_error``, ``api_error_status`` and ``api_error_type`` (the result
+    text depends on the server's message); the text is consulted only when there is no status.
+    CLI 2.1.x reports ``subtype: "success"`` even for API errors, and exits 0 when interrupted.
+    """
     result = _last_json_object(stdout)
     if result is None:
         if returncode == 0:
             return ProbeOutcome.BROKEN, "cli_output_unparseable", None
         return ProbeOutcome.BROKEN, f"cli_exit_{returncode}", None
-    status = result.get("api_error_status")
-    status = int(status) if isinstance(status, (int, str)) and str(status).isdigit() else None
-    is_error = bool(result.get("is_error")) or result.get("subtype") not in (None, "success")
-    if not is_error and returncode == 0:
-        return ProbeOutcome.AUTHENTICATED, "ok", status
-    if status in (401, 403):
-        return ProbeOutcome.AUTH_FAILED, f"http_{status}", status
-    if status is not None and (status == 429 or status >= 500):
-        return ProbeOutcome.UNAVAILABLE, f"http_{status}", status
-    text = str(result.get("result") or result.get("error") or "")
-    if _AUTH_TEXT.search(text):
-        return ProbeOutcome.AUTH_FAILED, "auth_error", status
-    if _UNAVAILABLE_TEXT.search(text) or status is not None:
-        return ProbeOutcome.UNAVAILABLE, f"http_{status}" if status else "api_unreachable", status
-    return ProbeOutcome.BROKEN, f"cli_error_exit_{returncode}", status
+    raw_status = result.get("api_error_status")
+    status = int(raw_status) if isinstance(raw_status, int) or (isinstance(raw_status, str) and raw_status.isdigit()) else None
+    error_type = str(result.get("api_error_type") or "")
+    if not result.get("is_error") and result.get("subtype") in (None, "success") and returncode == 0:
+        return ProbeOutcome.AUTHENTICATED, "ok", None
+    if status in (401, 403) or error_type in _AUTH_TYPES:
+        return ProbeOutcome.AUTH_FAILED, f"http_{status}" if status else error_type, status
+    if (status is not None and (status == 429 or status >= 500)) or error_type in _UNAVAILABLE_TYPES:
+        return ProbeOutcome.UNAVAILABLE, f"http_{status}" if status else error_type, status
+    if status is not None:  # 400/404: e.g. an unknown model: configuration
+        return ProbeOutcome.BROKEN, f"http_{status}", status
+    text = str(result.get("result") or "")
+    if _NOT_LOGGED_IN.search(text):
+        return ProbeOutcome.AUTH_FAILED, "not_logged_in", None
+    if _TRANSPORT.search(text):
+        return ProbeOutcome.UNAVAILABLE, "api_unreachable", None
+    if result.get("subtype") == "error_during_execution":
+        return ProbeOutcome.UNAVAILABLE, "cli_interrupted", None
+    return ProbeOutcome.BROKEN, f"cli_error_exit_{returncode}", None
 
 
 def _last_json_object(stdout: str) -> dict[str, Any] | None:
@@ -118,9 +132,12 @@ class InferenceProbe:
         return shutil.which("claude", path=self.environ.get("PATH", os.defpath))
 
     def argv(self, binary: str) -> list[str]:
+        # --tools takes several values, so the prompt comes last. --setting-sources "" keeps the
+        # env block of a settings.json from replacing the login or the base URL behind our back.
         return [
             binary, "-p", "--model", self.settings.model, "--no-session-persistence",
-            "--tools", "", "--output-format", "json", self.settings.prompt,
+            "--tools", "", "--strict-mcp-config", "--setting-sources", "",
+            "--output-format", "json", self.settings.prompt,
         ]
 
     def run(self) -> ProbeResult:

@@ -54,7 +54,8 @@ def journal_fields(event: StatusEvent) -> dict[str, str]:
         "CAS_TIMESTAMP": event.timestamp,
     }
     for key, value in flat.items():
-        name = "CAS_" + re.sub(r"[^A-Z0-9_]", "_", key.upper())
+        # journald refuses names over 64 characters (the whole entry would be lost): truncate.
+        name = ("CAS_" + re.sub(r"[^A-Z0-9_]", "_", key.upper()))[:64]
         fields.setdefault(name, value)
     return fields
 

@@ -11,7 +11,7 @@ VENV=${CAS_TEST_VENV:-/opt/claude-auth-sync-test/venv}
 
 need_apt=()
 for pair in shellcheck:shellcheck promtool:prometheus strace:strace tmux:tmux journalctl:systemd \
-            systemd-analyze:systemd node:nodejs npm:npm runuser:util-linux useradd:passwd; do
+            systemd-analyze:systemd prometheus-node-exporter:prometheus-node-exporter node:nodejs npm:npm runuser:util-linux useradd:passwd; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
@@ -20,6 +20,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+
+# journald (tests run it in a namespace of its own) needs a machine id.
+[ -s /etc/machine-id ] || systemd-machine-id-setup >/dev/null
 
 if [ "$(claude --version 2>/dev/null | cut -d' ' -f1)" != "$CLAUDE_CODE_VERSION" ]; then
     npm install -g --silent "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" >/dev/null
