@@ -186,3 +186,22 @@ def test_refresh_token_expiring_within_3_days_warns_but_still_backs_up() -> None
 def test_healthy_event_carries_access_expiry_for_the_metrics() -> None:
     event = cycle(MemoryStore(versions=[GOOD]), local_with(GOOD), FakeProbe([A])).run()
     assert event.details["access_expires_at_ms"] == GOOD["expiresAt"]
+
+
+def test_claude_code_rewriting_the_login_during_restore_is_reprobed_not_overwritten() -> None:
+    """The restorer re-reads under the lock; a changed OAuth object means: probe again, don't write."""
+    store = MemoryStore(versions=[GOOD])
+    local = local_with(BAD)
+    fresh = oauth_object("sk-ant-oat01-claude-code-fresh", "sk-ant-ort01-claude-code-fresh")
+    original_restore = local.restore
+
+    def restore_after_claude_code_wrote(oauth, *, expected):
+        local.raw = json.dumps({"claudeAiOauth": fresh, "mcpOAuth": MCP}).encode()  # Claude Code won the race
+        return original_restore(oauth, expected=expected)
+
+    local.restore = restore_after_claude_code_wrote  # type: ignore[method-assign]
+    probe = FakeProbe(accept=accepts(fresh["accessToken"]))
+    event = cycle(store, local, probe).run()
+    assert (event.status, event.reason) == (Status.OK, "credentials_changed_concurrently")
+    assert local.document()["claudeAiOauth"] == fresh  # never overwritten with the stored copy
+    assert store.versions == [GOOD, fresh]  # the fresh, just-probed login is backed up
