@@ -1,0 +1,231 @@
+"""The roster: which OS users this workstation provisions, and their Enterprise e-mail.
+
+Source ``scripts/workstation/roster.yaml``, installed as ``/etc/claude-auth-sync/roster.yaml``
+(root, 0644)::
+
+    users:
+      - os_user: alice
+        email: alice@example.com
+
+Validation is strict and every problem names the line it came from (the YAML node marks are
+kept while the document is converted), so an operator can fix a 500-line roster without
+guessing:
+
+* unknown keys (anywhere), duplicate mapping keys (PyYAML would silently keep the last one);
+* ``os_user`` must match the same strict pattern the Vault policy paths use, and is never
+  ``root``;
+* ``email`` must be a plain ``local@domain.tld`` address (no display name, no whitespace);
+* duplicate ``os_user`` and duplicate ``email`` entries (one Enterprise identity per OS user:
+  credentials are never shared between users).
+
+All problems of a file are reported together in one :class:`RosterError` (exit 78).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigurationError
+from .plugins.backend_vault.policy import USERNAME_PATTERN
+
+__all__ = ["DEFAULT_ROSTER", "Roster", "RosterError", "RosterUser", "load_roster", "parse_roster"]
+
+DEFAULT_ROSTER = Path("/etc/claude-auth-sync/roster.yaml")
+
+# Deliberately simple and strict: one "@", no whitespace or quotes, a dotted domain with a
+# letter-only TLD. Enterprise SSO addresses look like this; anything else is a typo.
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+_RESERVED_USERS = frozenset({"root"})
+
+
+class RosterUser(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    os_user: str = Field(description="login name of the OS account")
+    email: str = Field(description="the user's Enterprise e-mail (for `claude auth login --email`)")
+
+    @field_validator("os_user")
+    @classmethod
+    def _check_user(cls, value: str) -> str:
+        if not USERNAME_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid user name (allowed: {USERNAME_PATTERN.pattern})")
+        if value in _RESERVED_USERS:
+            raise ValueError(f"{value!r} may not be provisioned")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _check_email(cls, value: str) -> str:
+        if not _EMAIL.fullmatch(value) or ".." in value:
+            raise ValueError(f"{value!r} is not a plain e-mail address (name@domain.tld)")
+        return value
+
+
+class Roster(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    users: list[RosterUser]
+
+    def names(self) -> list[str]:
+        return [u.os_user for u in self.users]
+
+    def __iter__(self) -> Iterator[RosterUser]:  # type: ignore[override]
+        return iter(self.users)
+
+
+class RosterError(ConfigurationError):
+    """The roster is missing or invalid; ``problems`` holds ``(line, message)`` pairs."""
+
+    default_reason = "invalid_roster"
+
+    def __init__(self, path: str, problems: list[tuple[int | None, str]]) -> None:
+        self.path = path
+        self.problems = sorted(problems, key=lambda p: (p[0] or 0, p[1]))
+        lines = [f"{path}:{line}: {msg}" if line else f"{path}: {msg}" for line, msg in self.problems]
+        super().__init__(
+            "invalid roster:\n  " + "\n  ".join(lines),
+            remedy=f"fix {path} (source: scripts/workstation/roster.yaml)",
+        )
+
+
+@dataclass
+class _Marked:
+    """Where each value of the converted document came from: loc tuple -> 1-based line."""
+
+    lines: dict[tuple[Any, ...], int]
+
+    def line(self, loc: tuple[Any, ...]) -> int | None:
+        # The most specific location we know (a missing key's error points at its mapping).
+        while loc not in self.lines and loc:
+            loc = loc[:-1]
+        return self.lines.get(loc)
+
+
+def _convert(node: yaml.Node, loader: yaml.SafeLoader, loc: tuple[Any, ...], marks: _Marked,
+             problems: list[tuple[int | None, str]], depth: int = 0) -> Any:
+    line = node.start_mark.line + 1
+    marks.lines.setdefault(loc, line)
+    if depth > 20:
+        problems.append((line, "document nested too deeply"))
+        return None
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append((key_node.start_mark.line + 1, "mapping keys must be plain strings"))
+                continue
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                problems.append((key_node.start_mark.line + 1, "YAML merge keys (<<) are not allowed"))
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            if key in out:
+                problems.append((key_node.start_mark.line + 1, f"duplicate key {key!r}"))
+                continue
+            marks.lines[loc + (key,)] = key_node.start_mark.line + 1
+            out[key] = _convert(value_node, loader, loc + (key,), marks, problems, depth + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(item, loader, loc + (i,), marks, problems, depth + 1) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def parse_roster(text: str, source: str = "roster.yaml") -> Roster:
+    """Validate roster text; raises :class:`RosterError` listing every problem with its line."""
+    problems: list[tuple[int | None, str]] = []
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise RosterError(source, [(None, "the roster is empty (expected a mapping with `users:`)")])
+        marks = _Marked({})
+        document = _convert(root, loader, (), marks, problems)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        raise RosterError(source, [(mark.line + 1 if mark else None, f"not valid YAML: {err.problem or err}")]) from None
+    except yaml.YAMLError as err:
+        raise RosterError(source, [(None, f"not valid YAML: {err}")]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(document, dict):
+        raise RosterError(source, [(root.start_mark.line + 1, "the roster must be a mapping with a `users:` list")])
+    problems.extend(_duplicates(document, marks))
+    roster: Roster | None = None
+    try:
+        roster = Roster.model_validate(document)
+    except ValidationError as err:
+        for e in err.errors(include_url=False):
+            loc = tuple(e["loc"])
+            what = _where(loc) or "roster"
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = f"unknown key {loc[-1]!r}"
+            elif e["type"] == "missing":
+                msg = f"missing key {loc[-1]!r}"
+                what = _where(loc[:-1]) or "roster"
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            problems.append((marks.line(loc), f"{what}: {msg}"))
+    if problems or roster is None:
+        raise RosterError(source, problems)
+    return roster
+
+
+def _duplicates(document: dict[Any, Any], marks: _Marked) -> list[tuple[int | None, str]]:
+    """Duplicate users and e-mails, checked on the raw entries so they show with other errors."""
+    problems: list[tuple[int | None, str]] = []
+    users = document.get("users")
+    if not isinstance(users, list):
+        return problems
+    seen: dict[str, dict[str, int | None]] = {"os_user": {}, "email": {}}
+    for index, entry in enumerate(users):
+        if not isinstance(entry, dict):
+            continue
+        for key in ("os_user", "email"):
+            value = entry.get(key)
+            if not isinstance(value, str):
+                continue
+            norm = value.lower() if key == "email" else value
+            line = marks.line(("users", index, key))
+            if norm in seen[key]:
+                why = "" if key == "os_user" else ": every OS user has their own Enterprise identity"
+                problems.append((line, f"users[{index}].{key}: duplicate {key} {value!r} "
+                                       f"(first on line {seen[key][norm]}){why}"))
+            else:
+                seen[key][norm] = line
+    return problems
+
+
+def load_roster(path: Path = DEFAULT_ROSTER) -> Roster:
+    """Read and validate the roster file (refusing anything but a regular file, at most 1 MiB)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read((1 << 20) + 1)
+    except FileNotFoundError:
+        raise RosterError(str(path), [(None, "the roster file does not exist")]) from None
+    except IsADirectoryError:
+        raise RosterError(str(path), [(None, "the roster is a directory")]) from None
+    except OSError as err:
+        raise RosterError(str(path), [(None, f"cannot read the roster: {err.strerror}")]) from None
+    if len(data) > 1 << 20:
+        raise RosterError(str(path), [(None, "the roster is larger than 1 MiB")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RosterError(str(path), [(None, "the roster is not UTF-8")]) from None
+    return parse_roster(text, str(path))

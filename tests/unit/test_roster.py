@@ -1,0 +1,146 @@
+"""Roster validation: every problem is refused with the line it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from claude_auth_sync.errors import ConfigurationError
+from claude_auth_sync.model import ExitCode
+from claude_auth_sync.roster import Roster, RosterError, load_roster, parse_roster
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def problems(text: str) -> list[tuple[int | None, str]]:
+    with pytest.raises(RosterError) as info:
+        parse_roster(text)
+    return info.value.problems
+
+
+def lines_of(text: str) -> list[int | None]:
+    return [line for line, _ in problems(text)]
+
+
+def test_the_shipped_example_roster_is_valid() -> None:
+    roster = load_roster(REPO / "scripts/workstation/roster.yaml")
+    assert isinstance(roster, Roster)
+    assert roster.names() and len(set(roster.names())) == len(roster.names())
+    assert all("@" in user.email for user in roster)
+
+
+def test_a_valid_roster_keeps_order_and_values() -> None:
+    roster = parse_roster(
+        "# comment\nusers:\n  - os_user: alice\n    email: alice@example.com\n"
+        "  - {os_user: bob_2, email: Bob.Smith+cc@corp.example.co.uk}\n"
+    )
+    assert roster.names() == ["alice", "bob_2"]
+    assert roster.users[1].email == "Bob.Smith+cc@corp.example.co.uk"
+
+
+def test_an_empty_user_list_is_valid() -> None:
+    assert parse_roster("users: []\n").names() == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Alice", "1alice", "al ice", "alice/../bob", "../etc", "alice*", "a" * 33, "root", "", "alice.smith", "ali\u00e9"],
+)
+def test_invalid_user_names_are_refused_with_their_line(name: str) -> None:
+    text = f"users:\n  - os_user: ok\n    email: ok@example.com\n  - os_user: '{name}'\n    email: x@example.com\n"
+    found = problems(text)
+    assert [line for line, _ in found] == [4]
+    assert "users[1].os_user" in found[0][1]
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["alice", "alice@", "@example.com", "alice@@example.com", "alice@example", "Alice <alice@example.com>",
+     "alice @example.com", "alice@exa mple.com", "alice@example.c0m", "a..b@example.com", "alice@-example.com"],
+)
+def test_invalid_emails_are_refused_with_their_line(email: str) -> None:
+    text = f'users:\n  - os_user: alice\n    email: "{email}"\n'
+    found = problems(text)
+    assert [line for line, _ in found] == [3]
+    assert "users[0].email" in found[0][1]
+
+
+def test_unknown_keys_are_refused_at_every_level() -> None:
+    text = (
+        "users:\n"
+        "  - os_user: alice\n"
+        "    email: alice@example.com\n"
+        "    shell: /bin/sh\n"
+        "groups: [wheel]\n"
+    )
+    found = problems(text)
+    assert found == [(4, "users[0].shell: unknown key 'shell'"), (5, "groups: unknown key 'groups'")]
+
+
+def test_duplicate_users_and_emails_are_refused_naming_both_lines() -> None:
+    text = (
+        "users:\n"
+        "  - os_user: alice\n"
+        "    email: alice@example.com\n"
+        "  - os_user: bob\n"
+        "    email: ALICE@example.com\n"
+        "  - os_user: alice\n"
+        "    email: carol@example.com\n"
+    )
+    found = problems(text)
+    assert [line for line, _ in found] == [5, 6]
+    assert "duplicate email" in found[0][1] and "first on line 3" in found[0][1]
+    assert "duplicate os_user 'alice'" in found[1][1] and "first on line 2" in found[1][1]
+
+
+def test_duplicate_mapping_keys_are_refused_instead_of_silently_keeping_the_last() -> None:
+    text = "users:\n  - os_user: alice\n    email: alice@example.com\n    os_user: mallory\n"
+    assert problems(text) == [(4, "duplicate key 'os_user'")]
+    assert lines_of("users: []\nusers: []\n") == [2]
+
+
+def test_missing_keys_and_wrong_types_name_the_entry() -> None:
+    found = problems("users:\n  - email: a@example.com\n  - os_user: 42\n    email: b@example.com\n  - just-a-string\n")
+    assert (2, "users[0]: missing key 'os_user'") in found
+    assert any(line == 3 and "users[1].os_user" in msg for line, msg in found)
+    assert any(line == 5 and "users[2]" in msg for line, msg in found)
+
+
+def test_document_shape_and_syntax_errors() -> None:
+    assert problems("") == [(None, "the roster is empty (expected a mapping with `users:`)")]
+    assert lines_of("- alice\n") == [1]
+    assert lines_of("users:\n") == [1]
+    assert lines_of("{}\n") == [1]  # users is required
+    assert lines_of("users: [\n  - os_user: a\n") == [2]
+    merged = problems("base: &b {email: a@example.com}\nusers:\n  - <<: *b\n    os_user: a\n")
+    assert any(line == 3 and "merge keys" in msg for line, msg in merged)
+    assert lines_of("users: []\n---\nusers: []\n") == [2]  # a second document
+
+
+def test_all_problems_are_reported_together_as_a_configuration_error() -> None:
+    text = "users:\n  - os_user: Bad\n    email: nope\n  - os_user: good\n    email: good@example.com\n    x: 1\n"
+    with pytest.raises(RosterError) as info:
+        parse_roster(text, "/etc/claude-auth-sync/roster.yaml")
+    err = info.value
+    assert isinstance(err, ConfigurationError) and err.exit_code == ExitCode.CONFIG
+    assert [line for line, _ in err.problems] == [2, 3, 6]
+    assert "/etc/claude-auth-sync/roster.yaml:2: users[0].os_user" in str(err)
+
+
+def test_load_roster_refuses_missing_huge_and_binary_files(tmp_path: Path) -> None:
+    with pytest.raises(RosterError, match="does not exist"):
+        load_roster(tmp_path / "missing.yaml")
+    with pytest.raises(RosterError, match="directory"):
+        load_roster(tmp_path)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("users: []\n" + "#" * (1 << 20))
+    with pytest.raises(RosterError, match="larger than 1 MiB"):
+        load_roster(huge)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"users: []\n# \xff\xfe\n")
+    with pytest.raises(RosterError, match="not UTF-8"):
+        load_roster(binary)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("users:\n  - os_user: alice\n    email: alice@example.com\n")
+    assert load_roster(ok).names() == ["alice"]
