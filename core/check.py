@@ -10,6 +10,7 @@ renewed TTL minus the time since), ``last_ok_age``.
 from __future__ import annotations
 
 import enum
+import shlex
 import sys
 import time
 from collections.abc import Mapping
@@ -45,8 +46,6 @@ class LogRecord:
 
 def parse_log_line(line: str) -> LogRecord | None:
     """One ``sync.log`` line; None if it does not have the contract's shape."""
-    import shlex
-
     try:
         parts = shlex.split(line)
     except ValueError:

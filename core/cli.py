@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     diag.add_argument("--probe", action="store_true", help="also run a real inference probe")
     diag.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND")
+    diag.add_argument("--all", action="store_true", help="(root) one row per roster user: the fleet view")
+    diag.add_argument("--roster", type=Path, default=Path("/etc/claude-auth-sync/roster.yaml"), help="roster for --all")
+    diag.add_argument("--systemd-root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
 
     plugins = sub.add_parser("plugins", help="registered plugins, their hooks, which are active")
     plugins.add_argument("--json", action="store_true")
@@ -68,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "diagnose" and args.all:
+            from .fleet import command_fleet
+
+            return command_fleet(roster=args.roster, json_output=args.json, systemd_root=args.systemd_root)
         if args.command == "diagnose":
             from .diagnose import command_diagnose
 

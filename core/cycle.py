@@ -151,7 +151,11 @@ class HealthCycle:
 
         retry = self._probe("retry")
         if retry.outcome == ProbeOutcome.AUTHENTICATED:
-            self._back_up_if_changed(latest=latest)
+            try:
+                self._back_up_if_changed(latest=latest)
+            except CasError as err:  # the restored login works and stays; only the backup failed
+                self.details["error"] = err.message
+                return Verdict(err.exit_code, Action.RESTORE, err.reason)
             return _ok(Action.RESTORE, "restored_latest_backup")
         if retry.outcome == ProbeOutcome.UNAVAILABLE:
             # The local copy is known bad; the restored one is untested. Keep it: next run decides.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["VaultSettings"]
 
@@ -21,3 +21,10 @@ class VaultSettings(BaseModel):
     token_file: Path | None = Field(None, description="default $XDG_CONFIG_HOME/claude-auth-sync/vault-token")
     timeout: float = Field(10.0, gt=0, le=120, description="seconds per Vault request")
     allow_insecure_http: bool = Field(False, description="allow plain http to a non-loopback address")
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _no_dot_segments(cls, value: str) -> str:
+        if any(part in (".", "..") for part in value.split("/")):
+            raise ValueError("path_prefix must not contain '.' or '..' segments")
+        return value

@@ -4,11 +4,18 @@ Guarantees:
 
 * The token comes only from the token file and is passed to hvac explicitly, with the address and
   CA bundle: hvac never falls back to ``VAULT_TOKEN`` or ``~/.vault-token``.
-* ``renew()`` is one ``renew-self`` request; its answer's policies must be exactly the expected set
-  (no ``root``, no ``default``, nothing extra) or the token is refused as drifted.
-* ``read_latest()`` reads only the latest version (one request). ``write()`` stores
+* ``renew()`` is one ``renew-self`` request; its answer's policies (token and identity policies)
+  must be exactly the expected set (no ``root``, no ``default``, nothing extra) or the token is
+  refused as drifted. The renewed TTL is reported (:attr:`StoreHealth.ttl_s`).
+* ``read_latest()`` reads only the latest version (one request); a 404 (nothing stored yet, or the
+  latest version deleted by an administrator) is ``None``. ``write()`` stores
   ``{"claudeAiOauth": ...}`` and nothing else, with check-and-set (``cas``) so a concurrent writer
   is never silently overwritten. A healthy, unchanged cycle is therefore two requests.
+* A redirect (a standby answering 307) is followed only to an address :func:`check_address`
+  accepts, so the token never follows a redirect onto plain http to another host.
+* Reads are never older than the renew that started the cycle: the ``X-Vault-Index`` of every
+  answer is sent back with ``X-Vault-Inconsistent: forward-active-node``, so a standby serving reads
+  from a lagging replica (OpenBao 2.7+ integrated storage) forwards to the active node instead.
 * Errors are classified, never dumped: unreachable, 5xx, sealed, 429 -> :class:`StoreUnavailable`
   (75); 403, an invalid/expired token, drift, TLS failure -> :class:`StoreRefused` (78). Messages
   carry the HTTP status and path only, never a token or a secret value.
@@ -17,21 +24,27 @@ Guarantees:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 from claude_auth_sync.errors import ConfigurationError, StoreConflict, StoreError, StoreRefused, StoreUnavailable
 from claude_auth_sync.model import OAuth, StoreHealth, StoredCopy
 
 from .policy import expected_policies, secret_paths
 from .settings import VaultSettings
-from .token_file import PROVISION, read_token_file
+from .token_file import PROVISION, read_token_file, token_file_facts
 
 if TYPE_CHECKING:
     import hvac
+    import requests
 
 __all__ = ["VaultStore", "check_address"]
+
+OAUTH_KEY = "claudeAiOauth"
+MAX_REDIRECTS = 5
+RETRY_LATER = "nothing now: the next run retries; check Vault's health"
 
 
 def check_address(addr: str | None, allow_insecure_http: bool) -> str:
@@ -42,6 +55,11 @@ def check_address(addr: str | None, allow_insecure_http: bool) -> str:
             remedy="set vault.addr in /etc/claude-auth-sync/config.toml (or CLAUDE_AUTH_SYNC_VAULT__ADDR / VAULT_ADDR)",
         )
     parsed = urlparse(addr)
+    try:
+        parsed.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        raise ConfigurationError(f"invalid Vault address {addr!r} (bad port)", reason="vault_addr_invalid",
+                                 remedy="use https://host:port") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigurationError(f"invalid Vault address {addr!r}", reason="vault_addr_invalid",
                                  remedy="use https://host:port")
@@ -62,6 +80,49 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class _UnsafeRedirect(Exception):
+    """A redirect to an address check_address refuses; raised before the token is sent there."""
+
+    def __init__(self, host: str | None) -> None:
+        super().__init__(host)
+        self.host = host
+
+
+def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Session:
+    """A requests session that follows a standby's redirect only to an acceptable address."""
+    import requests
+
+    class _VaultSession(requests.Session):
+        def get_redirect_target(self, resp: requests.Response) -> str | None:
+            target = super().get_redirect_target(resp)
+            if target:
+                absolute = urljoin(resp.url, target)
+                try:
+                    check_address(absolute, allow_insecure_http)
+                except ConfigurationError:
+                    raise _UnsafeRedirect(urlparse(absolute).hostname) from None
+            return target
+
+    session = _VaultSession()
+    # hvac prefers a given session's own ``verify`` over its ``verify`` argument: set it here.
+    session.verify = verify
+    session.max_redirects = MAX_REDIRECTS
+
+    def remember_index(resp: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        # Standbys that serve reads from their own replica (OpenBao 2.7+ integrated storage) can
+        # lag the active node. Every later request carries the newest storage index seen (the
+        # renew-self answer has one) and asks a standby that has not reached it to forward the
+        # request to the active node, so "the latest version" really is the latest.
+        index = resp.headers.get("X-Vault-Index")
+        if index and len(index) <= 4096 and index.isascii() and index.isprintable():
+            session.headers["X-Vault-Index"] = index
+            session.headers["X-Vault-Inconsistent"] = "forward-active-node"
+        return resp
+
+    session.hooks["response"].append(remember_index)
+    return session
+
+
 class VaultStore:
     """One user's secret ``<mount>/<path_prefix>/<user>`` in KV v2."""
 
@@ -72,52 +133,65 @@ class VaultStore:
         self.token_file = token_file
         self.relative_path, self.data_path, self.metadata_path = secret_paths(user, settings)
         self._client: hvac.Client | None = None
+        # The version number of a latest version that exists but was deleted/destroyed (read_latest
+        # saw a 404 carrying metadata): a new version must name it as its check-and-set value.
+        self._absent_version: int | None = None
 
     # -- CredentialStore ---------------------------------------------------------------------
 
     def renew(self) -> StoreHealth:
         answer = self._call("renew-self", lambda c: c.auth.token.renew_self())
         auth = answer.get("auth") or {}
-        policies = set(auth.get("token_policies") or auth.get("policies") or [])
+        policies = {
+            *(auth.get("token_policies") or []), *(auth.get("identity_policies") or []), *(auth.get("policies") or []),
+        }
         self._check_policies(policies)
         ttl = auth.get("lease_duration")
         return StoreHealth(ttl_s=int(ttl) if ttl is not None else None,
                            details={"policies": sorted(policies), "renewable": auth.get("renewable")})
 
     def read_latest(self) -> StoredCopy | None:
-        import hvac.exceptions
-
-        try:
-            answer = self._call(
-                "read", lambda c: c.secrets.kv.v2.read_secret_version(
-                    path=self.relative_path, mount_point=self.settings.mount, raise_on_deleted_version=True),
-                not_found_ok=True,
-            )
-        except hvac.exceptions.InvalidPath:
+        answer = self._call("read", self._read_request)
+        if answer.get("_absent"):
+            version = answer.get("version")
+            self._absent_version = version if isinstance(version, int) and version > 0 else None
             return None
-        if answer is None:
-            return None
+        self._absent_version = None
         data = (answer.get("data") or {}).get("data") or {}
         metadata = (answer.get("data") or {}).get("metadata") or {}
-        oauth = data.get("claudeAiOauth")
+        oauth = data.get(OAUTH_KEY) if isinstance(data, dict) else None
+        version = metadata.get("version")
         if not isinstance(oauth, dict):
-            raise StoreRefused(f"the secret {self.data_path} has no claudeAiOauth object", reason="store_damaged",
-                               remedy="the next healthy run writes a new version")
-        return StoredCopy(oauth=oauth, version=metadata.get("version"), updated=metadata.get("created_time"))
+            # A damaged secret: an empty object never equals the local one (so the next healthy
+            # cycle writes a new version over it) and is never restored (it has no tokens).
+            oauth = {}
+        return StoredCopy(oauth=oauth, version=version, updated=metadata.get("created_time"))
 
     def write(self, oauth: OAuth, *, expected_version: int | None) -> int | None:
-        payload = {"claudeAiOauth": dict(oauth)}
+        _check_payload(oauth)
+        payload = {OAUTH_KEY: dict(oauth)}
+        cas = expected_version if expected_version is not None else (self._absent_version or 0)
         answer = self._call(
             "write", lambda c: c.secrets.kv.v2.create_or_update_secret(
-                path=self.relative_path, secret=payload, cas=expected_version or 0, mount_point=self.settings.mount),
+                path=self.relative_path, secret=payload, cas=cas, mount_point=self.settings.mount),
         )
-        return ((answer or {}).get("data") or {}).get("version")
+        self._absent_version = None
+        version = (answer.get("data") or {}).get("version")
+        return version if isinstance(version, int) else None
 
     def describe(self) -> dict[str, Any]:
-        """Token facts (lookup-self) and the secret's metadata, never a value."""
-        facts: dict[str, Any] = {"addr": self.settings.addr, "path": f"{self.settings.mount}/{self.relative_path}"}
-        token = self._call("lookup-self", lambda c: c.auth.token.lookup_self()).get("data") or {}
-        policies = set(token.get("policies") or [])
+        """Token facts (lookup-self) and the secret's metadata, never a value. Never raises a StoreError."""
+        facts: dict[str, Any] = {
+            "addr": self.settings.addr,
+            "path": f"{self.settings.mount}/{self.relative_path}",
+            "token_file": {"path": str(self.token_file), **token_file_facts(self.token_file)},
+        }
+        try:
+            token = self._call("lookup-self", lambda c: c.auth.token.lookup_self()).get("data") or {}
+        except (StoreError, ConfigurationError) as err:
+            facts["token"] = {"error": err.message, "reason": err.reason}
+            return facts
+        policies = set(token.get("policies") or []) | set(token.get("identity_policies") or [])
         facts["token"] = {
             "ttl_s": token.get("ttl"), "period_s": token.get("period"), "policies": sorted(policies),
             "renewable": token.get("renewable"), "expire_time": token.get("expire_time"),
@@ -125,19 +199,25 @@ class VaultStore:
             "drifted": policies != set(expected_policies(self.user)),
         }
         try:
-            meta = self._call("metadata", lambda c: c.secrets.kv.v2.read_secret_metadata(
-                path=self.relative_path, mount_point=self.settings.mount), not_found_ok=True)
+            meta = self._call("metadata", lambda c: _absent_on_404(lambda: c.secrets.kv.v2.read_secret_metadata(
+                path=self.relative_path, mount_point=self.settings.mount)))
         except StoreError as err:
-            facts["secret"] = {"error": err.message}
+            facts["secret"] = {"error": err.message, "reason": err.reason}
         else:
-            data = (meta or {}).get("data") or {}
+            data = {} if meta.get("_absent") else (meta.get("data") or {})
             facts["secret"] = {
-                "exists": bool(data), "current_version": data.get("current_version"),
+                "exists": True, "current_version": data.get("current_version"),
+                "oldest_version": data.get("oldest_version"), "created_time": data.get("created_time"),
                 "updated_time": data.get("updated_time"), "versions_kept": len(data.get("versions") or {}),
+                "max_versions": data.get("max_versions"),
             } if data else {"exists": False}
         return facts
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _read_request(self, c: hvac.Client) -> Any:
+        return _absent_on_404(lambda: c.secrets.kv.v2.read_secret_version(
+            path=self.relative_path, mount_point=self.settings.mount, raise_on_deleted_version=True))
 
     def _check_policies(self, policies: set[str]) -> None:
         expected = set(expected_policies(self.user))
@@ -155,24 +235,48 @@ class VaultStore:
             import hvac
 
             addr = check_address(self.settings.addr, self.settings.allow_insecure_http)
+            verify: bool | str = True
+            if self.settings.cacert is not None:
+                if not self.settings.cacert.exists():
+                    raise ConfigurationError(
+                        f"the Vault CA bundle {self.settings.cacert} does not exist", reason="vault_cacert_missing",
+                        remedy="point VAULT_CACERT (or vault.cacert) at the CA bundle that signed Vault's certificate",
+                    )
+                verify = str(self.settings.cacert)
             token = read_token_file(self.token_file, self.uid)
-            verify: bool | str = str(self.settings.cacert) if self.settings.cacert else True
+            # token, url and verify are explicit, so hvac reads neither VAULT_TOKEN nor ~/.vault-token
+            # nor VAULT_ADDR/VAULT_CACERT itself.
             self._client = hvac.Client(url=addr, token=token, verify=verify, timeout=self.settings.timeout,
-                                       namespace=None, allow_redirects=True)
+                                       namespace=None, allow_redirects=True,
+                                       session=_make_session(verify, self.settings.allow_insecure_http))
         return self._client
 
-    def _call(self, what: str, request: Any, *, not_found_ok: bool = False) -> Any:
+    def _where(self, what: str) -> str:
+        path = {
+            "renew-self": "auth/token/renew-self", "lookup-self": "auth/token/lookup-self", "metadata": self.metadata_path,
+        }.get(what, self.data_path)
+        return f"Vault {what} ({path})"
+
+    def _target(self, err: Exception) -> str:
+        """The address that could not be reached, naming a standby's redirect to a leader that is gone."""
+        configured = self.settings.addr or ""
+        url = getattr(getattr(err, "request", None), "url", None) or ""
+        parsed, mine = urlparse(url), urlparse(configured)
+        if parsed.netloc and parsed.netloc != mine.netloc:
+            return (f"{parsed.scheme}://{parsed.netloc} (where {configured} redirected us: a standby naming an "
+                    "active node that is gone; normal during a leader election)")
+        return configured
+
+    def _call(self, what: str, request: Any) -> dict[str, Any]:
         """Run one hvac request, translating every failure into a classified StoreError."""
         import hvac.exceptions
         import requests
 
         client = self.client()
-        where = f"Vault {what} ({self.metadata_path if what == 'metadata' else self.data_path})"
+        where = self._where(what)
         try:
-            return request(client)
+            answer = request(client)
         except hvac.exceptions.InvalidPath:
-            if not_found_ok:
-                return None
             raise StoreRefused(f"{where}: not found (404)", reason="vault_not_found", remedy=PROVISION) from None
         except hvac.exceptions.Forbidden:
             raise StoreRefused(f"{where}: permission denied (403): the token is invalid, expired or lacks the policy",
@@ -180,21 +284,77 @@ class VaultStore:
         except hvac.exceptions.Unauthorized:
             raise StoreRefused(f"{where}: unauthorized (401)", reason="vault_forbidden", remedy=PROVISION) from None
         except hvac.exceptions.InvalidRequest as err:
-            if what == "write" and "check-and-set" in str(err):
+            if what == "write" and "check-and-set" in str(err.errors or err.message or ""):
                 raise StoreConflict(f"{where}: another writer stored a new version first (check-and-set)",
-                                    remedy="nothing: the next run compares again") from None
+                                    reason="vault_cas_conflict", remedy="nothing: the next run compares again") from None
             raise StoreRefused(f"{where}: invalid request (400)", reason="vault_invalid_request", remedy=PROVISION) from None
-        except (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway,
-                hvac.exceptions.RateLimitExceeded) as err:
-            status = getattr(err, "status_code", None) or type(err).__name__
-            raise StoreUnavailable(f"{where}: Vault unavailable ({status}, sealed or overloaded)",
-                                   remedy="nothing now: the next run retries; check Vault's health") from None
-        except hvac.exceptions.VaultError as err:
-            raise StoreUnavailable(f"{where}: unexpected Vault answer ({type(err).__name__})",
-                                   remedy="check Vault's health; the next run retries") from None
+        except hvac.exceptions.VaultDown as err:
+            sealed = "sealed" in str(err.errors or err.message or "").lower()
+            raise StoreUnavailable(f"{where}: Vault {'is sealed' if sealed else 'unavailable'} (503)",
+                                   reason="vault_sealed" if sealed else "vault_unavailable", remedy=RETRY_LATER) from None
+        except hvac.exceptions.RateLimitExceeded:
+            raise StoreUnavailable(f"{where}: rate limited (429)", reason="vault_rate_limited", remedy=RETRY_LATER) from None
+        except hvac.exceptions.VaultError as err:  # 5xx and anything else unexpected
+            status = _status(err)
+            raise StoreUnavailable(f"{where}: Vault answered {status}", reason="vault_unavailable",
+                                   remedy=RETRY_LATER) from None
+        except _UnsafeRedirect as err:
+            raise StoreRefused(
+                f"{where}: Vault redirected to plain http on {err.host}; the token would cross the network unencrypted",
+                reason="vault_insecure_redirect", remedy="set the Vault cluster's api_addr to an https address",
+            ) from None
         except requests.exceptions.SSLError:
             raise StoreRefused(f"{where}: TLS verification failed", reason="vault_tls",
                                remedy="set VAULT_CACERT (or vault.cacert) to the CA bundle that signed Vault's certificate") from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
-            raise StoreUnavailable(f"{where}: cannot reach {self.settings.addr}", reason="vault_unreachable",
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
+            raise StoreUnavailable(f"{where}: cannot reach {self._target(err)}", reason="vault_unreachable",
                                    remedy="nothing now: the next run retries; check the network and Vault") from None
+        except requests.exceptions.RequestException as err:  # too many redirects, a broken answer, ...
+            raise StoreUnavailable(f"{where}: HTTP error talking to Vault ({type(err).__name__})",
+                                   reason="vault_unavailable", remedy=RETRY_LATER) from None
+        if not isinstance(answer, dict):
+            # hvac hands back the raw response for anything but a JSON 200 (a 204, a 3xx without
+            # Location, a proxy's HTML page): never a Vault answer we can use.
+            status = getattr(answer, "status_code", "?")
+            raise StoreUnavailable(f"{where}: unexpected answer (HTTP {status}, not Vault JSON)",
+                                   reason="vault_unavailable", remedy=RETRY_LATER)
+        return answer
+
+
+def _absent_on_404(request: Any) -> Any:
+    """Run ``request``; a 404 becomes ``{"_absent": True, "version": <latest version or None>}``."""
+    import hvac.exceptions
+
+    try:
+        return request()
+    except hvac.exceptions.InvalidPath as err:
+        body = err.json if isinstance(err.json, dict) else {}
+        metadata = ((body.get("data") or {}) if isinstance(body.get("data"), dict) else {}).get("metadata") or {}
+        return {"_absent": True, "version": metadata.get("version") if isinstance(metadata, dict) else None}
+
+
+def _status(err: Exception) -> str:
+    import hvac.exceptions
+
+    codes = {
+        hvac.exceptions.InternalServerError: "500", hvac.exceptions.VaultNotInitialized: "501",
+        hvac.exceptions.BadGateway: "502", hvac.exceptions.PreconditionFailed: "412",
+        hvac.exceptions.UnsupportedOperation: "405",
+    }
+    for cls, code in codes.items():
+        if isinstance(err, cls):
+            return f"HTTP {code}"
+    return type(err).__name__
+
+
+def _check_payload(oauth: OAuth) -> None:
+    """Only a complete claudeAiOauth object is ever stored (never a whole credentials document)."""
+    if not isinstance(oauth, Mapping):
+        raise StoreRefused("refusing to store a non-object as claudeAiOauth", reason="vault_payload_refused")
+    if OAUTH_KEY in oauth or "mcpOAuth" in oauth:
+        raise StoreRefused("refusing to store a whole credentials document: only claudeAiOauth goes to Vault",
+                           reason="vault_payload_refused")
+    for key in ("accessToken", "refreshToken"):
+        value = oauth.get(key)
+        if not isinstance(value, str) or not value:
+            raise StoreRefused(f"refusing to store an OAuth object without {key}", reason="vault_payload_refused")

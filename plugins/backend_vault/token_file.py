@@ -1,7 +1,8 @@
 """Reading the per-user Vault token file safely.
 
 The token file (``~/.config/claude-auth-sync/vault-token``) must be a regular file (not a
-symlink), owned by the running user, with no group or world permission bits, and non-empty.
+symlink), owned by the running user, with no group or world permission bits, and hold exactly one
+word of printable ASCII (surrounding whitespace, such as a final newline, is ignored).
 Anything else is refused with :class:`StoreRefused` (exit 78) and a message that names the fix.
 The token itself never appears in a message.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 from claude_auth_sync.errors import StoreRefused
 
 __all__ = ["PROVISION", "read_token_file", "token_file_facts"]
+
+MAX_TOKEN_BYTES = 4096
 
 PROVISION = "ask an administrator to rerun the root provisioner: sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
 
@@ -44,14 +47,21 @@ def read_token_file(path: Path, uid: int) -> str:
                 f"the Vault token file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 (not group/world accessible)",
                 reason="vault_token_mode", remedy=f"chmod 600 {path}",
             )
-        data = os.read(fd, 4096)
+        data = os.read(fd, MAX_TOKEN_BYTES + 1)
     finally:
         os.close(fd)
+    if len(data) > MAX_TOKEN_BYTES:
+        raise StoreRefused(f"the Vault token file {path} is too large to hold a token", reason="vault_token_unreadable",
+                           remedy=PROVISION)
     token = data.decode("utf-8", errors="replace").strip()
     if not token:
         raise StoreRefused(f"the Vault token file {path} is empty", reason="vault_token_missing", remedy=PROVISION)
     if any(c.isspace() for c in token):
         raise StoreRefused(f"the Vault token file {path} holds more than one word", reason="vault_token_unreadable", remedy=PROVISION)
+    if not all(33 <= ord(c) < 127 for c in token):
+        # It would end up in an HTTP header; requests would fail with an encoding error.
+        raise StoreRefused(f"the Vault token file {path} holds characters no Vault token has",
+                           reason="vault_token_unreadable", remedy=PROVISION)
     return token
 
 

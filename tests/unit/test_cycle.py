@@ -205,3 +205,26 @@ def test_claude_code_rewriting_the_login_during_restore_is_reprobed_not_overwrit
     assert (event.status, event.reason) == (Status.OK, "credentials_changed_concurrently")
     assert local.document()["claudeAiOauth"] == fresh  # never overwritten with the stored copy
     assert store.versions == [GOOD, fresh]  # the fresh, just-probed login is backed up
+
+
+def test_store_failing_after_a_successful_restore_keeps_the_login_and_says_restore() -> None:
+    store = MemoryStore(versions=[GOOD])
+    local = local_with(BAD)
+    original_write = store.write
+
+    def vault_goes_down(*args, **kwargs):
+        raise StoreUnavailable("Vault went away")
+
+    store.write = vault_goes_down  # type: ignore[method-assign]
+    refreshed = oauth_object("sk-ant-oat01-after", "sk-ant-ort01-after")
+
+    def cli_refreshes(run: int) -> None:
+        if run == 1:
+            local.raw = json.dumps({"claudeAiOauth": refreshed, "mcpOAuth": MCP}).encode()
+
+    probe = FakeProbe(accept=lambda login: login.oauth is not None and login.oauth["accessToken"] != BAD["accessToken"],
+                      on_run=cli_refreshes)
+    event = cycle(store, local, probe).run()
+    assert (event.status, event.exit_code, event.action) == (Status.WARN, ExitCode.TEMPFAIL, Action.RESTORE)
+    assert local.document()["claudeAiOauth"] == refreshed  # the working login stays
+    assert original_write is not None

@@ -1,0 +1,159 @@
+"""``claude-auth-sync diagnose --all``: the administrator's one screen, one row per roster user.
+
+Runs as root, but every fact about a user is gathered **as that user**, in a privilege-dropped
+child (:func:`claude_auth_sync.provision.run_as_user`): their private log's last status, their
+access-token expiry, and their Vault token's TTL looked up with **their own** token. Root never
+opens a path inside a home, and no token leaves the child (only TTLs and fingerprints do).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .check import parse_log_line
+from .errors import CasError, ConfigurationError
+from .model import UserIdentity
+
+__all__ = ["fleet_rows", "command_fleet"]
+
+RELOGIN = "as {user}: claude auth login --claudeai --sso --email {email}"
+PROVISION = "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
+
+
+def _user_facts(vault_settings: dict[str, Any]) -> Any:
+    """The child job: runs as the user, returns facts (never a token)."""
+
+    def job(account: Any, _payload: bytes) -> dict[str, Any]:
+        from .credentials_file import CredentialsFile
+        from .plugins.backend_vault.settings import VaultSettings
+        from .plugins.backend_vault.store import VaultStore
+
+        home = Path(account.home)
+        facts: dict[str, Any] = {"ok": True}
+        try:
+            lines = (home / ".local/state/claude-auth-sync/sync.log").read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        record = parse_log_line(lines[-1]) if lines else None
+        if record is not None:
+            facts["last"] = {"status": record.status, "at": record.when.timestamp(), "reason": record.fields.get("reason")}
+        try:
+            login = CredentialsFile(home / ".claude", uid=account.uid).read()
+            facts["login"] = {"state": str(login.state), "expires_at_ms": login.expires_at_ms}
+        except CasError as err:
+            facts["login"] = {"state": "unsafe", "error": err.message}
+        if vault_settings.get("addr"):
+            store = VaultStore(VaultSettings(**vault_settings), account.name, account.uid,
+                               home / ".config/claude-auth-sync/vault-token")
+            token = store.describe().get("token") or {}
+            facts["vault"] = {k: token.get(k) for k in ("ttl_s", "drifted", "error", "reason")}
+        return facts
+
+    return job
+
+
+def _row(user: str, email: str, facts: dict[str, Any] | None, timer: bool, now: float, error: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"user": user, "timer_enabled": timer, "last_status": None, "last_age_s": None,
+                           "vault_ttl_s": None, "access_expires_in_s": None, "needs": []}
+    needs: list[str] = row["needs"]
+    if error is not None:
+        needs.append(error)
+        return row
+    assert facts is not None
+    last = facts.get("last")
+    if last:
+        row["last_status"] = last["status"]
+        row["last_age_s"] = int(now - last["at"])
+        if last["status"] == "FAIL":
+            reason = last.get("reason") or ""
+            if reason.startswith(("vault_", "store_")):
+                needs.append(f"admin: {PROVISION}")
+            elif reason.startswith("auth_failed") or reason.startswith("local_"):
+                needs.append(RELOGIN.format(user=user, email=email))
+            else:
+                needs.append(f"as {user}: claude-auth-sync diagnose ({reason})")
+        if row["last_age_s"] > 12 * 3600:
+            needs.append(f"no run for {row['last_age_s'] // 3600}h: systemctl status claude-auth-sync@{user}.timer")
+    else:
+        needs.append(f"never ran: systemctl start claude-auth-sync@{user}.service")
+    login = facts.get("login") or {}
+    if login.get("state") in ("missing", "not_json", "no_oauth", "blanked", "unsafe"):
+        needs.append(RELOGIN.format(user=user, email=email))
+    if login.get("expires_at_ms"):
+        row["access_expires_in_s"] = int(login["expires_at_ms"] / 1000 - now)
+    vault = facts.get("vault")
+    if vault is not None:
+        row["vault_ttl_s"] = vault.get("ttl_s")
+        if vault.get("error") or vault.get("drifted") or (vault.get("ttl_s") or 0) < 7 * 86400:
+            needs.append(f"admin: {PROVISION}")
+    if not timer:
+        needs.append(f"admin: systemctl enable --now claude-auth-sync@{user}.timer")
+    row["needs"] = list(dict.fromkeys(needs))
+    return row
+
+
+def fleet_rows(roster_path: Path, vault_settings: dict[str, Any], systemd_root: Path = Path("/")) -> list[dict[str, Any]]:
+    from .provision import WANTS, Account, ChildFailed, run_as_user, timer_unit
+    from .roster import load_roster
+
+    # Import before forking: the child runs as the user, who may not be able to read this venv.
+    import hvac  # noqa: F401
+    from .credentials_file import CredentialsFile  # noqa: F401
+    from .plugins.backend_vault.store import VaultStore  # noqa: F401
+
+    if os.geteuid() != 0:
+        raise ConfigurationError("diagnose --all reads every roster user's state: run it as root",
+                                 reason="not_root", remedy="sudo claude-auth-sync diagnose --all")
+    roster = load_roster(roster_path)
+    now = time.time()
+    rows = []
+    for entry in roster:
+        timer = (systemd_root / WANTS / timer_unit(entry.os_user)).is_symlink()
+        account = Account.lookup(entry.os_user)
+        if account is None:
+            rows.append(_row(entry.os_user, entry.email, None, timer, now, "no OS account on this host"))
+            continue
+        try:
+            facts = run_as_user(account, _user_facts(vault_settings))
+        except ChildFailed as err:
+            rows.append(_row(entry.os_user, entry.email, None, timer, now, f"cannot inspect: {err}"))
+            continue
+        rows.append(_row(entry.os_user, entry.email, facts, timer, now, None))
+    return rows
+
+
+def command_fleet(*, roster: Path, json_output: bool, systemd_root: Path = Path("/")) -> int:
+    from .diagnose import relative_time
+    from .runner import build_runtime
+
+    runtime = build_runtime(user=UserIdentity.current())
+    vault = runtime.settings.section("vault").model_dump(mode="json")
+    rows = fleet_rows(roster, vault, systemd_root)
+    if json_output:
+        print(json.dumps({"schema_version": 1, "users": rows}, sort_keys=True))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="claude-auth-sync fleet")
+        for column in ("user", "last status", "age", "timer", "Vault TTL", "access token", "needs a person"):
+            table.add_column(column, overflow="fold")
+        colour = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
+        for row in rows:
+            status = row["last_status"]
+            table.add_row(
+                row["user"],
+                f"[{colour.get(status, 'dim')}]{status or '-'}[/]",
+                relative_time(-row["last_age_s"]) if row["last_age_s"] is not None else "-",
+                "enabled" if row["timer_enabled"] else "[yellow]disabled[/]",
+                relative_time(row["vault_ttl_s"]) if row["vault_ttl_s"] is not None else "-",
+                relative_time(row["access_expires_in_s"]) if row["access_expires_in_s"] is not None else "-",
+                "\n".join(row["needs"]) or "[green]nothing[/]",
+            )
+        Console(file=sys.stdout).print(table)
+    return 1 if any(row["needs"] for row in rows) else 0
