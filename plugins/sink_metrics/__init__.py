@@ -218,7 +218,7 @@ def write_public(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         except PermissionError:
             raise MetricsUnavailable(
-                f"metrics directory {directory} is not writable by uid {os.getuid()} (see "Operations" in the README)"
+                f"metrics directory {directory} is not writable by uid {os.getuid()} (see Operations in the README)"
             ) from None
         except OSError as err:
             if err.errno != errno.EROFS:
