@@ -47,7 +47,16 @@ REFRESH = "sk-ant-ort01-test-refresh"
 #: Upper bound for one probe with retries disabled (observed: 0.4-1.3 s).
 FAST_S = 20.0
 
-needs_cli = pytest.mark.skipif(claude_path() is None, reason="claude CLI not installed")
+def _require_cli() -> None:
+    assert claude_path() is not None, "the real claude CLI is required (scripts/dev/test.sh installs it)"
+
+
+needs_cli = pytest.mark.usefixtures("require_cli")
+
+
+@pytest.fixture
+def require_cli() -> None:
+    _require_cli()
 
 
 @pytest.fixture

@@ -952,8 +952,7 @@ def test_tls_uses_vault_cacert(tls_bao: tuple[str, str, Path], tmp_path: Path, m
 def _console_script() -> str:
     beside = Path(sys.executable).parent / "claude-auth-sync"
     found = str(beside) if beside.exists() else shutil.which("claude-auth-sync")
-    if not found:
-        pytest.skip("claude-auth-sync console script not installed")
+    assert found, "the claude-auth-sync console script is not installed: pip install '.[test]'"
     return found
 
 
