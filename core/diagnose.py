@@ -263,12 +263,19 @@ def check_log(rt: Runtime) -> list[Check]:
         word = line.split(" ", 2)[1] if line.count(" ") >= 1 else "?"
         state: State = {"OK": "ok", "WARN": "warn", "FAIL": "fail"}.get(word, "info")
         last = index == len(lines) - 1
-        rows.append(Check("private log", "last run" if last else "earlier run", state if last else "info", line))
+        rows.append(Check("private log", "last run" if last else "earlier run", state if last else "info", _condensed(line)))
     if rows and rows[-1].state == "fail":
         last = rows[-1]
         fix = RELOGIN if "reason=auth_failed" in last.detail else "claude-auth-sync diagnose --probe"
         rows[-1] = Check(last.group, last.name, last.state, last.detail, fix)
     return rows
+
+
+def _condensed(line: str) -> str:
+    """``<time> <STATUS> action=.. reason=..`` of a status line (the rest is in the log itself)."""
+    parts = line.split(" ")
+    keep = [p for p in parts[2:] if p.split("=", 1)[0] in ("action", "reason")]
+    return " ".join(parts[:2] + keep)
 
 
 def check_probe(rt: Runtime) -> list[Check]:
