@@ -12,7 +12,6 @@ Usage: python bench/cycle.py [--runs N]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics

@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import stat
 import time
 from collections.abc import Mapping
@@ -39,6 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .fileio import DirectorySyncFailed, write_atomically
 from .errors import ConcurrentChange, CredentialsBusy, CredentialsError, CredentialsUnsafe
 from .hookspecs import PluginContext, RestorerSpec, hookimpl
 from .lock import LockBusy, LockCompromised, LockError, claude_credentials_lock
@@ -56,7 +56,7 @@ __all__ = [
 
 CREDENTIALS_NAME = ".credentials.json"
 OAUTH_KEY = "claudeAiOauth"
-TEMP_MARK = ".tmp-"  # atomic_write names its temp files "<name>.tmp-<pid>-<random>"
+TEMP_MARK = ".tmp-"  # write_atomically names its temp files "<name>.tmp-<pid>-<random>"
 PRE_RESTORE_SUFFIX = ".pre-restore"
 RELOGIN = "claude auth login --claudeai --sso --email <enterprise-email>"
 
@@ -180,40 +180,22 @@ def _read_at(dir_fd: int, name: str) -> bytes | None:
 
 
 def atomic_write(dir_fd: int, name: str, data: bytes) -> None:
-    """Write ``data`` to ``name`` in the directory ``dir_fd``: temp (0600, O_EXCL|O_NOFOLLOW),
-    write, fsync, rename, fsync(dir). On any error the temp file is removed and the old file is
-    untouched; the error is raised as :class:`CredentialsWriteFailed`."""
-    temp = f"{name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    """Write ``data`` to ``name`` in the directory ``dir_fd`` (0600): temp with
+    ``O_EXCL|O_NOFOLLOW``, write, fsync, rename, fsync(dir) — see :func:`fileio.write_atomically`.
+    On an error before the rename the temp file is removed and the old file is untouched; every
+    error is raised as :class:`CredentialsWriteFailed`, without any file content in it."""
     try:
-        fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
-    except OSError as err:
-        raise CredentialsWriteFailed(f"cannot create a temporary file beside {name}: {os.strerror(err.errno or 0)}") from None
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError as err:
-        try:
-            os.unlink(temp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise CredentialsWriteFailed(
-            f"writing {name} failed ({errno.errorcode.get(err.errno or 0, err.errno)}: {os.strerror(err.errno or 0)}); the previous file is intact",
-            remedy="check the disk (df -h ~; dmesg) and rerun",
-        ) from None
-    try:
-        os.fsync(dir_fd)
-    except OSError as err:
+        write_atomically(dir_fd, name, data, mode=0o600)
+    except DirectorySyncFailed as err:
         raise CredentialsWriteFailed(
             f"fsync of the directory after writing {name} failed ({os.strerror(err.errno or 0)})",
             remedy="check the disk (dmesg) and rerun",
+        ) from None
+    except OSError as err:
+        raise CredentialsWriteFailed(
+            f"writing {name} failed ({errno.errorcode.get(err.errno or 0, err.errno)}: {os.strerror(err.errno or 0)}); "
+            "the previous file is intact",
+            remedy="check the disk (df -h ~; dmesg) and rerun",
         ) from None
 
 

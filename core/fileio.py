@@ -7,12 +7,52 @@ opened through a symlink (``O_NOFOLLOW``); replacements are atomic (temp + fsync
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 
 from .errors import ConfigurationError
 
-__all__ = ["ensure_private_dir", "append_private", "replace_private", "read_private"]
+__all__ = ["DirectorySyncFailed", "write_atomically", "ensure_private_dir", "append_private", "replace_private",
+           "read_private"]
+
+
+class DirectorySyncFailed(OSError):
+    """The new file was renamed into place, but fsync of its directory failed (durability unknown)."""
+
+
+def write_atomically(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600, temp_name: str | None = None) -> None:
+    """Replace ``name`` in the directory ``dir_fd`` with ``data``, atomically.
+
+    A temporary file (``temp_name``, default ``<name>.tmp-<pid>-<random>``) is created with
+    ``O_CREAT|O_EXCL|O_NOFOLLOW`` and ``mode`` (set with fchmod, so the umask does not matter),
+    written, fsync-ed and renamed over ``name``; then the directory is fsync-ed. A crash leaves the
+    old or the new file, complete. Any error before the rename removes the temporary file and
+    raises the OSError with the old file untouched; an error of the final directory fsync raises
+    :class:`DirectorySyncFailed`.
+    """
+    temp = temp_name or f"{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(temp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    try:
+        os.fsync(dir_fd)
+    except OSError as err:
+        raise DirectorySyncFailed(err.errno, err.strerror) from None
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -41,12 +81,10 @@ def append_private(path: Path, line: str) -> None:
 
 def replace_private(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data`` (0600): temp, fsync, rename, fsync(dir)."""
-    from .credentials_file import atomic_write  # the one implementation of the atomic write
-
     ensure_private_dir(path.parent)
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        atomic_write(dir_fd, path.name, data)
+        write_atomically(dir_fd, path.name, data, mode=0o600)
     finally:
         os.close(dir_fd)
 

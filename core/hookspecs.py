@@ -30,7 +30,7 @@ import pluggy
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from .model import CredentialStore, LocalCredentials, Probe, Sink, UserIdentity
+    from .model import CredentialStore, LocalCredentials, Probe, Sink, UserIdentity  # noqa: F401 - named in string annotations
     from .settings import Settings
 
 __all__ = [

@@ -575,7 +575,7 @@ class StateFile:
             users = data["users"]
             assert isinstance(users, dict)
         except (ValueError, KeyError, AssertionError, TypeError):
-            raise ConfigurationError(f"{self.path} is damaged", remedy=f"inspect it; remove it to start over "
+            raise ConfigurationError(f"{self.path} is damaged", remedy="inspect it; remove it to start over "
                                      "(tokens minted before can then only be revoked by hand)") from None
         self.users = {str(k): dict(v) for k, v in users.items() if isinstance(v, dict)}
         self._loaded = self._dump()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from claude_auth_sync.errors import StoreConflict, StoreRefused, StoreUnavailable
-from claude_auth_sync.hookspecs import PluginContext, StoreSpec, hookimpl
+from claude_auth_sync.hookspecs import StoreSpec, hookimpl
 from claude_auth_sync.model import OAuth, StoreHealth, StoredCopy
 
 __all__ = ["MemoryStore"]

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from claude_auth_sync.fileio import append_private
-from claude_auth_sync.hookspecs import PluginContext, SinkSpec, hookimpl
+from claude_auth_sync.hookspecs import SinkSpec, hookimpl
 from claude_auth_sync.model import StatusEvent
 from claude_auth_sync.settings import ResolvedPaths
 

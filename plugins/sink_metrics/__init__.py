@@ -45,6 +45,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from claude_auth_sync.fileio import write_atomically
 from claude_auth_sync.hookspecs import PluginContext, SettingsSection, SinkSpec, hookimpl
 from claude_auth_sync.model import Status, StatusEvent
 
@@ -211,11 +212,11 @@ def write_public(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
     except NotADirectoryError:
         raise MetricsUnavailable(f"metrics directory {directory} is not a directory") from None
     try:
-        temp_prefix = f".{path.name}.tmp-"
+        temp_prefix = f".{path.name}.tmp-"  # hidden: node_exporter never reads a half-written file
         _remove_stale_temps(dir_fd, temp_prefix, time.time())
         temp = f"{temp_prefix}{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+            write_atomically(dir_fd, path.name, data, mode=mode, temp_name=temp)
         except PermissionError:
             raise MetricsUnavailable(
                 f"metrics directory {directory} is not writable by uid {os.getuid()} (see Operations in the README)"
@@ -227,23 +228,6 @@ def write_public(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
                 f"metrics directory {directory} is read-only here (a systemd unit with ProtectSystem=strict "
                 f"needs ReadWritePaths=-{directory})"
             ) from None
-        try:
-            try:
-                os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            try:
-                os.unlink(temp, dir_fd=dir_fd)
-            except OSError:
-                pass
-            raise
-        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 

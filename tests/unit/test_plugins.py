@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from claude_auth_sync.errors import PluginError
-from claude_auth_sync.hookspecs import SinkSpec, StoreSpec, hookimpl
+from claude_auth_sync.hookspecs import StoreSpec, hookimpl
 from claude_auth_sync.model import ExitCode, ProbeOutcome, UserIdentity
 from claude_auth_sync.plugin_manager import get_plugin_manager
 from claude_auth_sync.runner import build_runtime, emit_to_sinks, run_cycle
