@@ -167,3 +167,36 @@ def test_check_reports_the_last_run_in_monitoring_plugin_form(box: Sandbox) -> N
     crit = box.run("check")
     assert crit.returncode == 2 and "CRITICAL" in crit.stdout
     assert_no_secret(ok.stdout, warn.stdout, crit.stdout)
+
+
+def test_sigterm_during_the_probe_kills_the_cli_group_and_leaves_no_lock(box: Sandbox) -> None:
+    """systemd stops a hung run with SIGTERM: the agent exits at once, its claude child goes too."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.support.cli import console_script
+
+    box.write_credentials({"claudeAiOauth": GOOD})
+    proc = subprocess.Popen([console_script(), "run"], env=box.env(STUB_CLAUDE_MODE="hang"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    stub_pids: list[int] = []
+    while time.monotonic() < deadline and not stub_pids:
+        out = subprocess.run(["pgrep", "-f", "stub_claude.py"], capture_output=True, text=True).stdout
+        stub_pids = [int(p) for p in out.split() if int(p) != proc.pid]
+        time.sleep(0.1)
+    assert stub_pids, "the stub claude never started"
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=15)
+    assert proc.returncode in (143, -signal.SIGTERM)
+    time.sleep(0.5)
+    for pid in stub_pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError("the claude child survived the agent's SIGTERM")
+    assert not list(box.claude_dir.parent.glob("*.lock")) and not list(box.claude_dir.glob("*.lock"))
+    assert json.loads(box.credentials.read_text())["claudeAiOauth"] == GOOD
