@@ -19,15 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .cycle import refresh_expiry_ms
+from .cycle import REFRESH_WARN_S, STORE_TTL_WARN_S, refresh_expiry_ms
 from .errors import CasError
 from .model import LoginState
 
 __all__ = ["NagiosState", "LogRecord", "parse_log_line", "read_log", "evaluate", "command_check"]
 
 TIMER_PERIOD_S = 6 * 3600
-VAULT_WARN_S = 7 * 86400
-REFRESH_WARN_S = 3 * 86400
 
 
 class NagiosState(enum.IntEnum):
@@ -95,7 +93,7 @@ def evaluate(records: list[LogRecord], login_state: LoginState | None, oauth: An
         ttl = last.fields.get("store_ttl_s")
         if ttl and ttl.isdigit():
             vault_ttl = int(ttl) - age
-            if vault_ttl < VAULT_WARN_S:
+            if vault_ttl < STORE_TTL_WARN_S:
                 problems.append((NagiosState.WARNING if vault_ttl > 0 else NagiosState.CRITICAL, "Vault token expires soon"))
         oks = [r for r in records if r.status == "OK"]
         if oks:
@@ -113,7 +111,7 @@ def evaluate(records: list[LogRecord], login_state: LoginState | None, oauth: An
     perf = " ".join(p for p in (
         _perf("access_ttl", access_ttl),
         _perf("refresh_ttl", refresh_ttl, REFRESH_WARN_S, 0),
-        _perf("vault_ttl", vault_ttl, VAULT_WARN_S, 0),
+        _perf("vault_ttl", vault_ttl, STORE_TTL_WARN_S, 0),
         _perf("last_ok_age", last_ok_age, 2 * TIMER_PERIOD_S, 4 * TIMER_PERIOD_S),
     ) if p)
     return state, summary, perf

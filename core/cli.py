@@ -19,12 +19,9 @@ from typing import Any
 
 from . import __version__
 from .errors import CasError
-from .model import ExitCode
+from .model import RELOGIN_COMMAND, ExitCode
 
 __all__ = ["main", "build_parser"]
-
-RELOGIN = "claude auth login --claudeai --sso --email <enterprise-email>"
-
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -130,7 +127,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _next_step(reason: str, code: int) -> str:
     if code == ExitCode.FAIL:
-        return f"log in again: {RELOGIN}"
+        return f"log in again: {RELOGIN_COMMAND}"
     if code == ExitCode.TEMPFAIL:
         return "nothing to do now: the next run retries"
     return "fix the configuration: claude-auth-sync diagnose"

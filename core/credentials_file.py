@@ -42,7 +42,7 @@ from .fileio import DirectorySyncFailed, write_atomically
 from .errors import ConcurrentChange, CredentialsBusy, CredentialsError, CredentialsUnsafe
 from .hookspecs import PluginContext, RestorerSpec, hookimpl
 from .lock import LockBusy, LockCompromised, LockError, claude_credentials_lock
-from .model import ExitCode, LocalLogin, LoginState, OAuth, RestoreSnapshot
+from .model import RELOGIN_COMMAND, ExitCode, LocalLogin, LoginState, OAuth, RestoreSnapshot
 
 __all__ = [
     "CREDENTIALS_NAME",
@@ -58,7 +58,6 @@ CREDENTIALS_NAME = ".credentials.json"
 OAUTH_KEY = "claudeAiOauth"
 TEMP_MARK = ".tmp-"  # write_atomically names its temp files "<name>.tmp-<pid>-<random>"
 PRE_RESTORE_SUFFIX = ".pre-restore"
-RELOGIN = "claude auth login --claudeai --sso --email <enterprise-email>"
 
 
 class CredentialsWriteFailed(CredentialsError):
@@ -136,7 +135,7 @@ def _open_dir(directory: Path, uid: int) -> int:
         fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise CredentialsUnsafe(
-            f"the Claude config directory {directory} does not exist", reason="config_dir_missing", remedy=RELOGIN
+            f"the Claude config directory {directory} does not exist", reason="config_dir_missing", remedy=RELOGIN_COMMAND
         ) from None
     st = os.fstat(fd)
     if st.st_uid != uid:
@@ -165,7 +164,7 @@ def _check_target(dir_fd: int, name: str, uid: int, shown: Path) -> os.stat_resu
     if st.st_uid != uid:
         raise CredentialsUnsafe(
             f"{shown} is owned by uid {st.st_uid}, not by you (uid {uid})",
-            remedy=f"remove {shown} and log in again as yourself: {RELOGIN}",
+            remedy=f"remove {shown} and log in again as yourself: {RELOGIN_COMMAND}",
         )
     return st
 

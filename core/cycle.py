@@ -41,6 +41,7 @@ from .model import (
     Status,
     StatusEvent,
     StoredCopy,
+    status_for,
 )
 
 __all__ = ["HealthCycle", "Verdict", "failure_event", "refresh_expiry_ms", "utc_timestamp"]
@@ -75,9 +76,7 @@ class Verdict:
 
     @property
     def status(self) -> Status:
-        if self.exit_code == ExitCode.OK:
-            return Status.OK
-        return Status.WARN if self.exit_code == ExitCode.TEMPFAIL else Status.FAIL
+        return status_for(self.exit_code)
 
 
 def _ok(action: Action, reason: str | None = None) -> Verdict:

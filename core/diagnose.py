@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .cycle import refresh_expiry_ms
+from .cycle import REFRESH_WARN_S, STORE_TTL_WARN_S, refresh_expiry_ms
 from .errors import CasError
 from .fingerprint import fingerprint, oauth_fingerprints
-from .model import LoginState, ProbeOutcome
+from .model import LOGIN_VARIABLES, PROVISION_COMMAND, RELOGIN_COMMAND, LoginState, ProbeOutcome
 from .runner import Runtime, build_runtime
 from .settings import ResolvedPaths, settings_provenance
 
@@ -32,9 +32,6 @@ __all__ = ["SCHEMA_VERSION", "JSON_SCHEMA", "Check", "collect", "command_diagnos
 
 SCHEMA_VERSION = 1
 State = Literal["ok", "warn", "fail", "info"]
-RELOGIN = "claude auth login --claudeai --sso --email <enterprise-email>"
-PROVISION = "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
-LOGIN_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_OAUTH_REFRESH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 CHECK_TIMEOUT_S = 15.0
 
 
@@ -109,7 +106,7 @@ def check_local_login(rt: Runtime) -> list[Check]:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return [Check(g, "credentials file", "fail", f"{path} does not exist", RELOGIN)]
+        return [Check(g, "credentials file", "fail", f"{path} does not exist", RELOGIN_COMMAND)]
     if stat.S_ISLNK(st.st_mode):
         return [Check(g, "credentials file", "fail", f"{path} is a symlink", f"replace {path} with the real file")]
     mode = stat.S_IMODE(st.st_mode)
@@ -120,10 +117,10 @@ def check_local_login(rt: Runtime) -> list[Check]:
     rows.append(Check(g, "mode", "ok" if mode == 0o600 else "warn", f"{mode:04o}", None if mode == 0o600 else f"chmod 600 {path}"))
     login = rt.local().read()
     state_rows = {
-        LoginState.NOT_JSON: Check(g, "parse", "fail", login.detail, f"the next run restores the backup; or {RELOGIN}"),
-        LoginState.NO_OAUTH: Check(g, "claudeAiOauth", "fail", login.detail, RELOGIN),
-        LoginState.BLANKED: Check(g, "tokens", "fail", login.detail, RELOGIN),
-        LoginState.MISSING: Check(g, "credentials file", "fail", "missing", RELOGIN),
+        LoginState.NOT_JSON: Check(g, "parse", "fail", login.detail, f"the next run restores the backup; or {RELOGIN_COMMAND}"),
+        LoginState.NO_OAUTH: Check(g, "claudeAiOauth", "fail", login.detail, RELOGIN_COMMAND),
+        LoginState.BLANKED: Check(g, "tokens", "fail", login.detail, RELOGIN_COMMAND),
+        LoginState.MISSING: Check(g, "credentials file", "fail", "missing", RELOGIN_COMMAND),
     }
     if login.state in state_rows:
         rows.append(state_rows[login.state])
@@ -139,8 +136,8 @@ def check_local_login(rt: Runtime) -> list[Check]:
         refresh_expiry = refresh_expiry_ms(login.oauth)
         if refresh_expiry is not None:
             delta = refresh_expiry / 1000 - time.time()
-            state = "ok" if delta > 3 * 86400 else ("warn" if delta > 0 else "fail")
-            rows.append(Check(g, "refresh token expiry", state, relative_time(delta), None if state == "ok" else RELOGIN))
+            state = "ok" if delta > REFRESH_WARN_S else ("warn" if delta > 0 else "fail")
+            rows.append(Check(g, "refresh token expiry", state, relative_time(delta), None if state == "ok" else RELOGIN_COMMAND))
     if login.other_keys:
         rows.append(Check(g, "other keys", "info", ", ".join(login.other_keys) + " (kept untouched)"))
     return rows
@@ -183,7 +180,7 @@ def check_store(rt: Runtime) -> list[Check]:
     if isinstance(token_file, dict):
         path = token_file.get("path")
         if not token_file.get("exists"):
-            rows.append(Check(g, "token file", "fail", f"{path} missing", PROVISION))
+            rows.append(Check(g, "token file", "fail", f"{path} missing", PROVISION_COMMAND))
         elif token_file.get("symlink") or token_file.get("mode") != "0600" or token_file.get("uid") != rt.user.uid:
             rows.append(Check(g, "token file", "fail", f"{path}: mode {token_file.get('mode')}, uid {token_file.get('uid')}",
                               f"chmod 600 {path} (and make sure {rt.user.name} owns it)"))
@@ -196,24 +193,24 @@ def check_store(rt: Runtime) -> list[Check]:
         if unreachable:
             rows.append(Check(g, "reachable", "warn", str(token["error"]), "nothing now: the next run retries; check the network and Vault"))
         else:
-            rows.append(Check(g, "token", "fail", str(token["error"]), PROVISION))
+            rows.append(Check(g, "token", "fail", str(token["error"]), PROVISION_COMMAND))
         return rows
     if isinstance(token, dict):
         rows.append(Check(g, "address", "ok", str(facts.get("addr"))))
         ttl = token.get("ttl_s")
-        ttl_state: State = "ok" if isinstance(ttl, int) and ttl > 7 * 86400 else "warn"
+        ttl_state: State = "ok" if isinstance(ttl, int) and ttl > STORE_TTL_WARN_S else "warn"
         rows.append(Check(g, "token TTL", ttl_state, relative_time(ttl or 0) if ttl is not None else "unknown",
                           None if ttl_state == "ok" else f"run the service (it renews): systemctl start claude-auth-sync@{rt.user.name}.service"))
         rows.append(Check(g, "token period", "info", f"{token.get('period_s')}s, renewable={token.get('renewable')}"))
         drift = token.get("drifted")
         rows.append(Check(g, "token policies", "fail" if drift else "ok", ", ".join(token.get("policies") or []),
-                          PROVISION if drift else None))
+                          PROVISION_COMMAND if drift else None))
     secret = facts.get("secret") or {}
     if isinstance(secret, dict) and secret:
         if secret.get("exists") is False:
             rows.append(Check(g, "backup", "warn", "no backup yet", f"systemctl start claude-auth-sync@{rt.user.name}.service"))
         elif "error" in secret:
-            rows.append(Check(g, "backup", "fail", str(secret["error"]), PROVISION))
+            rows.append(Check(g, "backup", "fail", str(secret["error"]), PROVISION_COMMAND))
         else:
             rows.append(Check(g, "backup", "ok", f"version {secret.get('current_version')}, updated {secret.get('updated_time')}, "
                                                  f"{secret.get('versions_kept')} versions kept"))
@@ -266,7 +263,7 @@ def check_log(rt: Runtime) -> list[Check]:
         rows.append(Check("private log", "last run" if last else "earlier run", state if last else "info", _condensed(line)))
     if rows and rows[-1].state == "fail":
         last = rows[-1]
-        fix = RELOGIN if "reason=auth_failed" in last.detail else "claude-auth-sync diagnose --probe"
+        fix = RELOGIN_COMMAND if "reason=auth_failed" in last.detail else "claude-auth-sync diagnose --probe"
         rows[-1] = Check(last.group, last.name, last.state, last.detail, fix)
     return rows
 
@@ -281,7 +278,7 @@ def _condensed(line: str) -> str:
 def check_probe(rt: Runtime) -> list[Check]:
     result = rt.probe().run()
     state: State = {"authenticated": "ok", "unavailable": "warn"}.get(str(result.outcome), "fail")
-    fix = {ProbeOutcome.AUTH_FAILED: f"systemctl start claude-auth-sync@{rt.user.name}.service (restores the backup); else {RELOGIN}",
+    fix = {ProbeOutcome.AUTH_FAILED: f"systemctl start claude-auth-sync@{rt.user.name}.service (restores the backup); else {RELOGIN_COMMAND}",
            ProbeOutcome.BROKEN: "npm install -g @anthropic-ai/claude-code"}.get(result.outcome)
     detail = f"{result.outcome} ({result.reason}) in {result.duration_s:.1f}s"
     return [Check("probe", "inference", state, detail, fix)]

@@ -8,7 +8,7 @@ user names, HTTP statuses and fingerprints.
 
 from __future__ import annotations
 
-from .model import ExitCode, Status
+from .model import ExitCode, Status, status_for
 
 __all__ = [
     "CasError",
@@ -39,7 +39,7 @@ class CasError(Exception):
 
     @property
     def status(self) -> Status:
-        return Status.WARN if self.exit_code == ExitCode.TEMPFAIL else Status.FAIL
+        return status_for(self.exit_code)
 
     def __str__(self) -> str:
         return f"{self.message} (next step: {self.remedy})" if self.remedy else self.message

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .check import parse_log_line
+from .check import TIMER_PERIOD_S, parse_log_line
+from .cycle import STORE_TTL_WARN_S
 from .errors import CasError, ConfigurationError
-from .model import UserIdentity
+from .model import PROVISION_COMMAND, RELOGIN_COMMAND, UserIdentity
 
 __all__ = ["fleet_rows", "command_fleet"]
 
-RELOGIN = "as {user}: claude auth login --claudeai --sso --email {email}"
-PROVISION = "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
+RELOGIN_AS_USER = "as {user}: " + RELOGIN_COMMAND.replace("<enterprise-email>", "{email}")
 
 
 def _user_facts(vault_settings: dict[str, Any]) -> Any:
@@ -72,25 +72,25 @@ def _row(user: str, email: str, facts: dict[str, Any] | None, timer: bool, now: 
         if last["status"] == "FAIL":
             reason = last.get("reason") or ""
             if reason.startswith(("vault_", "store_")):
-                needs.append(f"admin: {PROVISION}")
+                needs.append(f"admin: {PROVISION_COMMAND}")
             elif reason.startswith("auth_failed") or reason.startswith("local_"):
-                needs.append(RELOGIN.format(user=user, email=email))
+                needs.append(RELOGIN_AS_USER.format(user=user, email=email))
             else:
                 needs.append(f"as {user}: claude-auth-sync diagnose ({reason})")
-        if row["last_age_s"] > 12 * 3600:
+        if row["last_age_s"] > 2 * TIMER_PERIOD_S:
             needs.append(f"no run for {row['last_age_s'] // 3600}h: systemctl status claude-auth-sync@{user}.timer")
     else:
         needs.append(f"never ran: systemctl start claude-auth-sync@{user}.service")
     login = facts.get("login") or {}
     if login.get("state") in ("missing", "not_json", "no_oauth", "blanked", "unsafe"):
-        needs.append(RELOGIN.format(user=user, email=email))
+        needs.append(RELOGIN_AS_USER.format(user=user, email=email))
     if login.get("expires_at_ms"):
         row["access_expires_in_s"] = int(login["expires_at_ms"] / 1000 - now)
     vault = facts.get("vault")
     if vault is not None:
         row["vault_ttl_s"] = vault.get("ttl_s")
-        if vault.get("error") or vault.get("drifted") or (vault.get("ttl_s") or 0) < 7 * 86400:
-            needs.append(f"admin: {PROVISION}")
+        if vault.get("error") or vault.get("drifted") or (vault.get("ttl_s") or 0) < STORE_TTL_WARN_S:
+            needs.append(f"admin: {PROVISION_COMMAND}")
     if not timer:
         needs.append(f"admin: systemctl enable --now claude-auth-sync@{user}.timer")
     row["needs"] = list(dict.fromkeys(needs))

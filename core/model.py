@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "LOGIN_VARIABLES",
+    "RELOGIN_COMMAND",
+    "PROVISION_COMMAND",
+    "status_for",
     "ExitCode",
     "Status",
     "Action",
@@ -38,6 +42,15 @@ __all__ = [
 OAuth = Mapping[str, Any]
 """The ``claudeAiOauth`` JSON object, exactly as Claude Code wrote it."""
 
+LOGIN_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_OAUTH_REFRESH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+"""Environment variables that would replace the user's own login (never passed to ``claude``)."""
+
+RELOGIN_COMMAND = "claude auth login --claudeai --sso --email <enterprise-email>"
+"""The runbook's fix when both the local and the stored login fail."""
+
+PROVISION_COMMAND = "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
+"""The runbook's fix for a missing, expired or drifted Vault token (an administrator runs it)."""
+
 
 class ExitCode(enum.IntEnum):
     """Exit status of ``claude-auth-sync run`` (sysexits)."""
@@ -52,6 +65,13 @@ class Status(enum.StrEnum):
     OK = "OK"
     WARN = "WARN"
     FAIL = "FAIL"
+
+
+def status_for(exit_code: int) -> Status:
+    """The contract's status word for an exit code: 0 OK, 75 WARN, anything else FAIL."""
+    if exit_code == ExitCode.OK:
+        return Status.OK
+    return Status.WARN if exit_code == ExitCode.TEMPFAIL else Status.FAIL
 
 
 class Action(enum.StrEnum):

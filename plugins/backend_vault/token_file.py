@@ -15,12 +15,13 @@ import stat
 from pathlib import Path
 
 from claude_auth_sync.errors import StoreRefused
+from claude_auth_sync.model import PROVISION_COMMAND
 
 __all__ = ["PROVISION", "read_token_file", "token_file_facts"]
 
 MAX_TOKEN_BYTES = 4096
 
-PROVISION = "ask an administrator to rerun the root provisioner: sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
+PROVISION = f"ask an administrator to rerun the root provisioner: {PROVISION_COMMAND}"
 
 
 def read_token_file(path: Path, uid: int) -> str:

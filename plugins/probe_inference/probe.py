@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from claude_auth_sync.model import ProbeOutcome, ProbeResult
+from claude_auth_sync.model import LOGIN_VARIABLES, ProbeOutcome, ProbeResult
 
 from . import InferenceSettings
 
 __all__ = ["LOGIN_VARIABLES", "InferenceProbe", "classify_output", "scrub_environment", "cli_version"]
 
-LOGIN_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_OAUTH_REFRESH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 # Keep the probe minimal: no telemetry, no updater, a bounded number of the CLI's own retries
 # (each defaults only: an operator's explicit value wins).
 QUIET = {
