@@ -278,7 +278,9 @@ class TestRealCli:
             run_cli(cli_env(config_dir, api.url), timeout=3)
         assert time.monotonic() - started < 10
 
-    def test_sigterm_gives_143_and_no_json(self, api: FakeMessagesAPI, config_dir: Path) -> None:
+    @staticmethod
+    def _interrupt_slow_probe(api: FakeMessagesAPI, config_dir: Path, sig: signal.Signals) -> tuple[int, bytes]:
+        """Start the probe against a slow API, send ``sig`` once the request is in; (exit code, stdout)."""
         api.mode = "slow"
         api.slow_seconds = 15
         env = cli_env(config_dir, api.url)
@@ -292,38 +294,24 @@ class TestRealCli:
         )
         try:
             assert api.wait_for_requests(1, timeout=15)
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             out, _ = proc.communicate(timeout=15)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert proc.returncode == 143
+        return proc.returncode, out
+
+    def test_sigterm_gives_143_and_no_json(self, api: FakeMessagesAPI, config_dir: Path) -> None:
+        returncode, out = self._interrupt_slow_probe(api, config_dir, signal.SIGTERM)
+        assert returncode == 143
         assert out == b""
 
     def test_sigint_exits_0_but_is_error(self, api: FakeMessagesAPI, config_dir: Path) -> None:
         """Surprise worth pinning: an interrupted probe exits 0; only is_error tells."""
-        api.mode = "slow"
-        api.slow_seconds = 15
-        env = cli_env(config_dir, api.url)
-        proc = subprocess.Popen(
-            [claude_path() or "claude", *PROBE_ARGV],
-            env=env,
-            cwd=env["HOME"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            assert api.wait_for_requests(1, timeout=15)
-            proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        returncode, out = self._interrupt_slow_probe(api, config_dir, signal.SIGINT)
         result = json.loads(out)
-        assert proc.returncode == 0
+        assert returncode == 0
         assert result["type"] == "result"
         assert result["subtype"] == "error_during_execution"
         assert result["is_error"] is True
