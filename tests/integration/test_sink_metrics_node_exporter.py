@@ -24,6 +24,7 @@ import pytest
 
 from claude_auth_sync.model import Action, ExitCode, Status, StatusEvent
 from claude_auth_sync.plugins.sink_metrics import MetricsSink
+from tests.support.processes import stop_process
 
 pytestmark = pytest.mark.real
 
@@ -87,12 +88,7 @@ def node_exporter(textfile_dir: Path) -> Iterator[str]:
                 time.sleep(0.05)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, timeout=5)
 
 
 def test_node_exporter_reads_the_sinks_file_and_not_a_private_one(textfile_dir: Path, node_exporter: str) -> None:

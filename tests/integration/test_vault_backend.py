@@ -43,6 +43,7 @@ from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
 from claude_auth_sync.plugins.backend_vault.store import VaultStore
 from claude_auth_sync.settings import load_settings
 from claude_auth_sync.testing import FakeProbe, oauth_object
+from tests.support.processes import stop_process
 from tests.support.openbao import OpenBaoServer, _die_with_parent, find_bao_binary, free_loopback_port
 
 pytestmark = pytest.mark.real
@@ -775,14 +776,7 @@ class RaftCluster:
 
     def stop(self) -> None:
         for node in self.nodes:
-            proc = node["proc"]
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(node["proc"])
             node["log"].close()
 
     @staticmethod
@@ -900,12 +894,7 @@ def tls_bao(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
             time.sleep(0.05)
         yield addr, root_token, ca
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_tls_uses_vault_cacert(tls_bao: tuple[str, str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
