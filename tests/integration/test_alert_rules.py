@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from claude_auth_sync.cli import RELOGIN
+from claude_auth_sync.model import RELOGIN_COMMAND as RELOGIN
 from claude_auth_sync.model import Action, ExitCode, Status, StatusEvent
 from claude_auth_sync.plugins.sink_journald import journal_fields
 from claude_auth_sync.plugins.sink_metrics import MetricsSink
