@@ -6,6 +6,7 @@ opened through a symlink (``O_NOFOLLOW``); replacements are atomic (temp + fsync
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -13,8 +14,16 @@ from pathlib import Path
 
 from .errors import ConfigurationError
 
-__all__ = ["DirectorySyncFailed", "write_atomically", "ensure_private_dir", "append_private", "replace_private",
-           "read_private"]
+__all__ = ["DirectorySyncFailed", "NotARegularFile", "write_atomically", "ensure_private_dir", "append_private",
+           "replace_private", "read_private", "read_regular", "read_tail", "open_regular"]
+
+MAX_READ_BYTES = 1 << 20  # no file this tool reads is legitimately larger than 1 MiB
+
+
+class NotARegularFile(ConfigurationError):
+    """A path that must be a regular file is a FIFO, device, socket, directory or symlink (exit 78)."""
+
+    default_reason = "not_a_regular_file"
 
 
 class DirectorySyncFailed(OSError):
@@ -67,10 +76,79 @@ def ensure_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
+def open_regular(path: Path | str, flags: int, mode: int = 0o600, *, dir_fd: int | None = None) -> int:
+    """Open ``path`` without following a symlink and without blocking, and insist on a regular file.
+
+    ``O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC`` are added to ``flags``: a symlink fails with ELOOP, a FIFO
+    or device never blocks the open. The open descriptor is then checked with ``fstat`` (no race
+    between check and use) and ``O_NONBLOCK`` is cleared again. Raises :class:`NotARegularFile`
+    for anything that is not a regular file (a symlink included), FileNotFoundError if absent.
+    """
+    shown = str(path)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise NotARegularFile(
+                f"{shown} is not a regular file ({os.strerror(err.errno)}); refusing to use it",
+                remedy=f"move {shown} aside (check who planted it); the next run recreates it",
+            ) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotARegularFile(
+            f"{shown} is not a regular file (a FIFO, device, socket or directory); refusing to use it",
+            remedy=f"move {shown} aside (check who planted it); the next run recreates it",
+        )
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_regular(path: Path | str, *, max_bytes: int = MAX_READ_BYTES, dir_fd: int | None = None) -> bytes | None:
+    """The whole content of a regular file, or None if it does not exist.
+
+    Never follows a symlink, never blocks on a FIFO (:func:`open_regular`), and refuses a file
+    larger than ``max_bytes`` (:class:`ConfigurationError`, reason ``file_too_large``).
+    """
+    try:
+        fd = open_regular(path, os.O_RDONLY, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ConfigurationError(
+            f"{path} is larger than {max_bytes} bytes; refusing to read it", reason="file_too_large",
+            remedy=f"move {path} aside and check what wrote it",
+        )
+    return data
+
+
+def read_tail(path: Path | str, *, max_bytes: int = 64 * 1024) -> bytes | None:
+    """At most the last ``max_bytes`` of a regular file (cut at a line start), or None if absent.
+
+    For logs that may be large or hostile: no symlink, no FIFO or device, bounded memory.
+    """
+    try:
+        fd = open_regular(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
+            handle.seek(size - max_bytes)
+            data = handle.read(max_bytes)
+            newline = data.find(b"\n")
+            return data[newline + 1 :] if newline >= 0 else b""
+        return handle.read(max_bytes)
+
+
 def append_private(path: Path, line: str) -> None:
-    """Append one line to a 0600 file (created if needed), never through a symlink."""
+    """Append one line to a 0600 regular file (created if needed): never through a symlink,
+    never blocking on a FIFO planted at ``path`` (:class:`NotARegularFile`)."""
     ensure_private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
             os.fchmod(fd, 0o600)
@@ -90,10 +168,5 @@ def replace_private(path: Path, data: bytes) -> None:
 
 
 def read_private(path: Path) -> bytes | None:
-    """Read a file without following a symlink; None when it does not exist."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
+    """Read a regular file without following a symlink or blocking on a FIFO; None when absent."""
+    return read_regular(path)
