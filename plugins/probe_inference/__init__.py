@@ -6,10 +6,12 @@ truthful check is a real request. The probe runs::
     claude -p --model haiku --no-session-persistence --tools "" --strict-mcp-config \\
            --setting-sources "" --output-format json ok
 
-with the user's own login, a hard timeout that kills the whole process group, and the environment
-passed through except the variables that would replace the user's login
-(``CLAUDE_CODE_OAUTH_TOKEN``, ``CLAUDE_CODE_OAUTH_REFRESH_TOKEN``, ``ANTHROPIC_API_KEY``,
-``ANTHROPIC_AUTH_TOKEN``: reported by name, never by value) and every ``VAULT_*`` variable.
+with the user's own login, a hard timeout that kills the whole process group, and an allow-listed
+environment (locale, ``PATH``/``HOME``/``XDG_*``, proxies, CA bundles, ``ANTHROPIC_BASE_URL`` and
+the CLI's off-switches; never a name containing TOKEN, KEY, SECRET, PASSWORD, CREDENTIAL or AUTH).
+The variables that would replace the user's login (``CLAUDE_CODE_OAUTH_TOKEN``,
+``CLAUDE_CODE_OAUTH_REFRESH_TOKEN``, ``ANTHROPIC_API_KEY``, ``ANTHROPIC_AUTH_TOKEN``) are reported
+by name, never by value.
 
 The outcome is classified from the CLI's JSON result (``is_error``, ``api_error_status``, the
 message) and its exit code: authenticated / auth_failed / unavailable / broken. Neither the

@@ -17,7 +17,7 @@ from claude_auth_sync.model import LOGIN_VARIABLES, ProbeOutcome, ProbeResult
 
 from . import InferenceSettings
 
-__all__ = ["LOGIN_VARIABLES", "InferenceProbe", "classify_output", "scrub_environment", "cli_version"]
+__all__ = ["LOGIN_VARIABLES", "InferenceProbe", "classify_output", "cli_version", "is_passed_to_probe", "scrub_environment"]
 
 # Keep the probe minimal: no telemetry, no updater, a bounded number of the CLI's own retries
 # (each defaults only: an operator's explicit value wins).
@@ -39,10 +39,43 @@ _AUTH_TYPES = {"authentication_error", "permission_error"}
 _UNAVAILABLE_TYPES = {"rate_limit_error", "overloaded_error", "api_error", "timeout_error"}
 
 
+# The probe's environment is an allow-list: what the CLI needs to find its home, speak the locale,
+# reach the API (proxies, CA bundles, the base URL) and behave quietly. Nothing else is passed.
+_PASSED_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR", "LANG", "LANGUAGE", "TZ",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+    "NODE_EXTRA_CA_CERTS", "NODE_USE_SYSTEM_CA", "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "ANTHROPIC_BASE_URL",
+    "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR",
+    "XDG_CONFIG_DIRS", "XDG_DATA_DIRS",
+    "CLAUDE_CODE_MAX_RETRIES", "API_TIMEOUT_MS",
+})
+# Locale categories and the CLI's off-switches (DISABLE_TELEMETRY, CLAUDE_CODE_DISABLE_...): flags, not secrets.
+_PASSED_PREFIXES = ("LC_", "DISABLE_", "CLAUDE_CODE_DISABLE_")
+# A name holding one of these is never passed, whatever list or prefix it matches.
+_CREDENTIAL_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH", "COOKIE", "SESSION")
+
+
+def is_passed_to_probe(name: str) -> bool:
+    """True for a variable on the allow-list (an exact name or a flag prefix) that names no credential."""
+    upper = name.upper()
+    if any(word in upper for word in _CREDENTIAL_WORDS):
+        return False
+    return name in _PASSED_NAMES or name.startswith(_PASSED_PREFIXES)
+
+
 def scrub_environment(environ: Mapping[str, str], config_dir: Path) -> tuple[dict[str, str], tuple[str, ...]]:
-    """The CLI's environment and the login-replacing variables that were found (names only)."""
+    """The CLI's environment and the login-replacing variables that were found (names only).
+
+    Guarantees: only allow-listed variables (:func:`is_passed_to_probe`) are passed, so no token,
+    key, password or other credential-like variable (``BAO_TOKEN``, ``VAULT_*``, the CLI's own
+    session/file-descriptor token variables, a provider switch such as ``CLAUDE_CODE_USE_BEDROCK``)
+    reaches the CLI; ``CLAUDE_CONFIG_DIR`` is always the probed directory; the quiet defaults
+    apply only where the operator set no value. The contract's login variables that are set are
+    returned by name, never by value.
+    """
     found = tuple(name for name in LOGIN_VARIABLES if environ.get(name))
-    env = {k: v for k, v in environ.items() if k not in LOGIN_VARIABLES and not k.startswith("VAULT_")}
+    env = {name: value for name, value in environ.items() if is_passed_to_probe(name)}
     env["CLAUDE_CONFIG_DIR"] = str(config_dir)
     for key, value in QUIET.items():
         env.setdefault(key, value)

@@ -92,6 +92,33 @@ def test_oauth_token_variable_cannot_rescue_a_rejected_file_token(tmp_path, api,
     assert token_fingerprint(GOOD) not in {r.token_fingerprint for r in api.requests}
 
 
+CREDENTIAL_LIKE = {
+    "BAO_TOKEN": "hvs.probe-env-bao", "VAULT_TOKEN": "hvs.probe-env-vault",
+    "CLAUDE_CODE_SESSION_ACCESS_TOKEN": "probe-env-session", "ANTHROPIC_IDENTITY_TOKEN": "probe-env-identity",
+    "ANTHROPIC_FOUNDRY_API_KEY": "probe-env-foundry", "CLAUDE_CODE_OAUTH_TOKEN_FILE_DESCRIPTOR": "0",
+    "GITHUB_TOKEN": "probe-env-github", "AWS_SECRET_ACCESS_KEY": "probe-env-aws", "PGPASSWORD": "probe-env-pg",
+    "ANTHROPIC_CUSTOM_HEADERS": "X-Probe-Env: probe-env-header", "NODE_TLS_REJECT_UNAUTHORIZED": "0",
+}
+
+
+def test_real_cli_process_gets_no_credential_like_variable(tmp_path, api, claude_bin) -> None:
+    """The environment the real claude process starts with (seen by a wrapper that records the
+    names, then execs the CLI unchanged) holds none of the credential-like variables, and the
+    probe still authenticates through the allow-listed base URL, HOME and locale."""
+    names_file = tmp_path / "claude-env-names"
+    wrapper = tmp_path / "claude-wrapper"
+    wrapper.write_text(f"#!/bin/sh\nenv -0 | tr '\\0\\n' '\\n ' | cut -d= -f1 > {names_file}\nexec {claude_bin} \"$@\"\n")
+    wrapper.chmod(0o755)
+    probe = probe_for(tmp_path, api, GOOD, **CREDENTIAL_LIKE)
+    probe.settings = InferenceSettings(claude_bin=str(wrapper), timeout=60)
+    result = probe.run()
+    assert (result.outcome, result.reason) == (A, "ok")
+    names = set(names_file.read_text().split())
+    assert sorted(set(CREDENTIAL_LIKE) & names) == []
+    assert {"ANTHROPIC_BASE_URL", "HOME", "PATH", "CLAUDE_CONFIG_DIR", "XDG_CONFIG_HOME"} <= names
+    assert [r.token_fingerprint for r in api.messages_requests] == [token_fingerprint(GOOD)]
+
+
 # -- the whole cycle through the installed CLI, with the real claude as the default probe ------
 
 

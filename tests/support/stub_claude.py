@@ -6,6 +6,10 @@ fingerprint (first 8 hex) is listed in ``STUB_CLAUDE_ACCEPT`` (comma-separated),
 ever put in the environment. ``STUB_CLAUDE_MODE``: ``auto`` (default), ``429``, ``529``, ``500``,
 ``hang``, ``crash``. ``STUB_CLAUDE_REFRESH_TO``: when set to ``ACCESS:REFRESH`` the stub rewrites
 the file's tokens on success, like the CLI's own refresh. Only Debian's /usr/bin/python3 stdlib.
+
+The probe passes the CLI an allow-listed environment, so the ``STUB_CLAUDE_*`` knobs are also read
+from the parent's (the agent's) initial environment in ``/proc/<ppid>/environ``; the stub's own
+environment wins.
 """
 
 import hashlib
@@ -24,11 +28,27 @@ def result(is_error, text, status=None, code=0):
     sys.exit(code)
 
 
+def knobs():
+    """STUB_CLAUDE_* from the parent's initial environment, overridden by our own environment."""
+    found = {}
+    try:
+        with open(f"/proc/{os.getppid()}/environ", "rb") as handle:
+            for entry in handle.read().split(b"\0"):
+                name, _, value = entry.decode("utf-8", "replace").partition("=")
+                if name.startswith("STUB_CLAUDE_"):
+                    found[name] = value
+    except OSError:
+        pass
+    found.update({k: v for k, v in os.environ.items() if k.startswith("STUB_CLAUDE_")})
+    return found
+
+
 def main():
+    knob = knobs()
     if "--version" in sys.argv:
         print("2.1.332 (Claude Code)")
         return
-    mode = os.environ.get("STUB_CLAUDE_MODE", "auto")
+    mode = knob.get("STUB_CLAUDE_MODE", "auto")
     if mode == "hang":
         time.sleep(3600)
     if mode == "crash":
@@ -43,9 +63,9 @@ def main():
     except (OSError, ValueError):
         result(True, "Not logged in · Please run /login", None, 1)
     token = oauth.get("accessToken") or ""
-    accepted = [fp for fp in os.environ.get("STUB_CLAUDE_ACCEPT", "").split(",") if fp]
+    accepted = [fp for fp in knob.get("STUB_CLAUDE_ACCEPT", "").split(",") if fp]
     if token and hashlib.sha256(token.encode()).hexdigest()[:8] in accepted:
-        refresh_to = os.environ.get("STUB_CLAUDE_REFRESH_TO")
+        refresh_to = knob.get("STUB_CLAUDE_REFRESH_TO")
         if refresh_to:
             with open(path) as handle:
                 document = json.load(handle)

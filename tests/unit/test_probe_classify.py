@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from claude_auth_sync.model import ProbeOutcome
 from claude_auth_sync.plugins.probe_inference import InferenceSettings
@@ -57,6 +59,58 @@ def test_scrub_strips_login_variables_and_vault_and_reports_names_only(tmp_path)
     assert scrubbed["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:1" and scrubbed["HTTPS_PROXY"] == "http://proxy:3128"
     assert scrubbed["CLAUDE_CONFIG_DIR"] == str(tmp_path)
     assert scrubbed["CLAUDE_CODE_MAX_RETRIES"] == "0"  # an explicit value wins over our default
+
+
+# Credential-like variables seen on real workstations and in the CLI's own bundle: none may reach
+# the probe, whatever its name looks like (allow-list, not deny-list).
+HOSTILE_ENV = {
+    "BAO_TOKEN": "hvs.bao-secret", "VAULT_TOKEN": "hvs.vault-secret", "CLAUDE_CODE_SESSION_ACCESS_TOKEN": "sess-secret",
+    "ANTHROPIC_IDENTITY_TOKEN": "id-secret", "ANTHROPIC_FOUNDRY_API_KEY": "foundry-secret",
+    "CLAUDE_CODE_OAUTH_TOKEN_FILE_DESCRIPTOR": "3", "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat-secret",
+    "CLAUDE_CODE_OAUTH_REFRESH_TOKEN": "sk-ant-ort-secret", "ANTHROPIC_API_KEY": "sk-ant-api-secret",
+    "ANTHROPIC_AUTH_TOKEN": "auth-secret", "ANTHROPIC_CUSTOM_HEADERS": "Authorization: Bearer hdr-secret",
+    "ANTHROPIC_AWS_API_KEY": "aws-api-secret", "AWS_SECRET_ACCESS_KEY": "aws-secret", "AWS_SESSION_TOKEN": "aws-sess",
+    "GITHUB_TOKEN": "ghp_secret", "GH_TOKEN": "gho_secret", "OPENAI_API_KEY": "sk-openai", "PGPASSWORD": "pg-secret",
+    "MYSQL_PWD": "mysql-secret", "DB_PASSWORD": "db-secret", "GOOGLE_APPLICATION_CREDENTIALS": "/home/u/key.json",
+    "SSH_AUTH_SOCK": "/run/user/1000/ssh", "NPM_CONFIG__AUTH": "npm-secret", "DOCKER_AUTH_CONFIG": "{}",
+    "CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_USE_VERTEX": "1", "ANTHROPIC_UNIX_SOCKET": "/tmp/s",
+    "NODE_OPTIONS": "--require /tmp/x.js", "NODE_TLS_REJECT_UNAUTHORIZED": "0", "XDG_SESSION_COOKIE": "cookie",
+    "LC_SECRET_TOKEN": "lc-secret", "DISABLE_AUTH_CHECK_KEY": "1", "CLAUDE_CODE_DISABLE_X_API_KEY": "k",
+    "CLAUDE_AUTH_SYNC_VAULT__ADDR": "https://vault", "SOME_RANDOM_VARIABLE": "x",
+}
+ALLOWED_ENV = {
+    "PATH": "/usr/bin:/bin", "HOME": "/home/u", "USER": "u", "LOGNAME": "u", "SHELL": "/bin/bash",
+    "TMPDIR": "/tmp", "LANG": "C.UTF-8", "LANGUAGE": "en", "LC_ALL": "C.UTF-8", "LC_CTYPE": "C.UTF-8", "TZ": "UTC",
+    "HTTP_PROXY": "http://proxy:3128", "HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "127.0.0.1",
+    "ALL_PROXY": "socks5://proxy:1080", "http_proxy": "http://proxy:3128", "https_proxy": "http://proxy:3128",
+    "no_proxy": "127.0.0.1", "all_proxy": "socks5://proxy:1080",
+    "NODE_EXTRA_CA_CERTS": "/etc/ssl/corp.pem", "NODE_USE_SYSTEM_CA": "1", "SSL_CERT_FILE": "/etc/ssl/ca.pem",
+    "SSL_CERT_DIR": "/etc/ssl/certs", "ANTHROPIC_BASE_URL": "http://127.0.0.1:1",
+    "XDG_CONFIG_HOME": "/home/u/.config", "XDG_CACHE_HOME": "/home/u/.cache", "XDG_DATA_HOME": "/home/u/.local/share",
+    "XDG_STATE_HOME": "/home/u/.local/state", "XDG_RUNTIME_DIR": "/run/user/1000",
+    "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "0", "API_TIMEOUT_MS": "5000",
+}
+CREDENTIAL_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH", "COOKIE")
+
+
+def test_probe_environment_is_an_allow_list(tmp_path) -> None:
+    scrubbed, found = scrub_environment({**HOSTILE_ENV, **ALLOWED_ENV}, tmp_path)
+    leaked = sorted(name for name in HOSTILE_ENV if name in scrubbed)
+    assert leaked == []
+    assert not any(secret in "\n".join(scrubbed.values()) for secret in HOSTILE_ENV.values() if len(secret) > 3)
+    assert {k: scrubbed.get(k) for k in ALLOWED_ENV} == ALLOWED_ENV
+    assert scrubbed["CLAUDE_CONFIG_DIR"] == str(tmp_path)
+    # The contract's login variables are still reported, by name only.
+    assert found == ("CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_OAUTH_REFRESH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+
+
+@given(st.from_regex(r"\A[A-Z][A-Z0-9_]{0,12}(TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL|AUTH)[A-Z0-9_]{0,12}\Z"))
+def test_no_credential_like_name_ever_reaches_the_probe(name: str) -> None:
+    for prefix in ("", "LC_", "DISABLE_", "CLAUDE_CODE_DISABLE_", "XDG_", "ANTHROPIC_", "NODE_"):
+        scrubbed, _ = scrub_environment({prefix + name: "value"}, Path("/tmp/cfg"))
+        assert prefix + name not in scrubbed
+    assert not any(word in key for key in scrub_environment(ALLOWED_ENV, Path("/c"))[0] for word in CREDENTIAL_WORDS)
 
 
 def test_argv_is_print_mode_haiku_no_persistence_no_tools_json_prompt_last(tmp_path) -> None:
