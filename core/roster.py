@@ -16,13 +16,22 @@ guessing:
   ``root``;
 * ``email`` must be a plain ``local@domain.tld`` address (no display name, no whitespace);
 * duplicate ``os_user`` and duplicate ``email`` entries (one Enterprise identity per OS user:
-  credentials are never shared between users).
+  credentials are never shared between users);
+* YAML anchors and aliases (``&a``/``*a``): refused while the document is composed, before
+  anything is expanded, so a few bytes of nested aliases ("billion laughs") cost nothing.
+
+:func:`load_roster` reads the file only after :func:`claude_auth_sync.trusted_file.open_trusted`
+accepted it (a regular file, never a FIFO, owned by root and not group/world-writable, in a
+directory only root can write), and at most 1 MiB of it. Duplicate uids and accounts outside
+``/etc/login.defs``' UID range are checked against the OS by the provisioner
+(:mod:`claude_auth_sync.accounts`).
 
 All problems of a file are reported together in one :class:`RosterError` (exit 78).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigurationError
+from .fileio import open_regular
 from .plugins.backend_vault.policy import USERNAME_PATTERN
 
 __all__ = ["DEFAULT_ROSTER", "Roster", "RosterError", "RosterUser", "load_roster", "parse_roster"]
@@ -145,10 +155,27 @@ def _where(loc: tuple[Any, ...]) -> str:
     return text
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """A SafeLoader whose composer refuses anchors and aliases instead of sharing nodes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, f"YAML aliases (*{event.anchor}) are not allowed in the "
+                                              "roster: write each entry out", event.start_mark)
+        if getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(None, None, f"YAML anchors (&{event.anchor}) are not allowed in the "
+                                              "roster: write each entry out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def parse_roster(text: str, source: str = "roster.yaml") -> Roster:
-    """Validate roster text; raises :class:`RosterError` listing every problem with its line."""
+    """Validate roster text; raises :class:`RosterError` listing every problem with its line.
+
+    Anchors and aliases are refused at the first one, before any expansion.
+    """
     problems: list[tuple[int | None, str]] = []
-    loader = yaml.SafeLoader(text)
+    loader = _NoAliasLoader(text)
     try:
         root = loader.get_single_node()
         if root is None:
@@ -211,15 +238,32 @@ def _duplicates(document: dict[Any, Any], marks: _Marked) -> list[tuple[int | No
     return problems
 
 
-def load_roster(path: Path = DEFAULT_ROSTER) -> Roster:
-    """Read and validate the roster file (refusing anything but a regular file, at most 1 MiB)."""
+def _read_roster_bytes(path: Path, trusted_only: bool) -> bytes:
+    """At most 1 MiB + 1 of the roster, after the file passed the trust checks (or the FIFO check)."""
+    from .trusted_file import open_trusted
+
+    fd = open_trusted(path) if trusted_only else open_regular(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read((1 << 20) + 1)
+
+
+def load_roster(path: Path = DEFAULT_ROSTER, *, trusted_only: bool = True) -> Roster:
+    """Read and validate the roster file.
+
+    Refuses (:class:`RosterError`, exit 78, one problem line) anything but a regular file (a FIFO
+    is refused without blocking), a file larger than 1 MiB and, with ``trusted_only`` (the
+    default; ``setup-devvm.sh`` turns it off only to validate a checkout before installing it as
+    root:root 0644), a file owned by anyone but root or writable by group or world, a symlink to
+    such a file, or one in a directory others can write.
+    """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read((1 << 20) + 1)
+        data = _read_roster_bytes(path, trusted_only)
     except FileNotFoundError:
         raise RosterError(str(path), [(None, "the roster file does not exist")]) from None
     except IsADirectoryError:
         raise RosterError(str(path), [(None, "the roster is a directory")]) from None
+    except ConfigurationError as err:
+        raise RosterError(str(path), [(None, str(err))]) from None
     except OSError as err:
         raise RosterError(str(path), [(None, f"cannot read the roster: {err.strerror}")]) from None
     if len(data) > 1 << 20:

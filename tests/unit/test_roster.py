@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,8 +117,10 @@ def test_document_shape_and_syntax_errors() -> None:
     assert lines_of("users:\n") == [1]
     assert lines_of("{}\n") == [1]  # users is required
     assert lines_of("users: [\n  - os_user: a\n") == [2]
-    merged = problems("base: &b {email: a@example.com}\nusers:\n  - <<: *b\n    os_user: a\n")
-    assert any(line == 3 and "merge keys" in msg for line, msg in merged)
+    merged = problems("users:\n  - <<: {email: a@example.com}\n    os_user: a\n")
+    assert any(line == 2 and "merge keys" in msg for line, msg in merged)
+    anchored = problems("base: &b {email: a@example.com}\nusers:\n  - <<: *b\n    os_user: a\n")
+    assert anchored == [(1, "not valid YAML: YAML anchors (&b) are not allowed in the roster: write each entry out")]
     assert lines_of("users: []\n---\nusers: []\n") == [2]  # a second document
 
 
@@ -144,3 +150,86 @@ def test_load_roster_refuses_missing_huge_and_binary_files(tmp_path: Path) -> No
     ok = tmp_path / "ok.yaml"
     ok.write_text("users:\n  - os_user: alice\n    email: alice@example.com\n")
     assert load_roster(ok).names() == ["alice"]
+
+
+# -- issue 11, item 14: hostile rosters ------------------------------------------------------
+
+
+def _finishes_within(seconds: float, func: Any) -> Any:
+    """Run ``func`` in a daemon thread; fail (not hang) if it takes longer than ``seconds``."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = func()
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            box["error"] = err
+
+    worker = threading.Thread(target=target, daemon=True)
+    began = time.monotonic()
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds}s"
+    box["elapsed"] = time.monotonic() - began
+    return box
+
+
+@pytest.mark.parametrize("text", [
+    "&a [*a,*a,*a,*a,*a]",  # 19 bytes, recursive: expands without end
+    "users: &u [*u, *u]\n",
+    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nusers: [*b, *b, *b]\n",
+])
+def test_yaml_aliases_are_refused_at_once_never_expanded(text: str) -> None:
+    box = _finishes_within(5.0, lambda: parse_roster(text))
+    err = box.get("error")
+    assert isinstance(err, RosterError), box
+    assert box["elapsed"] < 1.0
+    assert len(err.problems) == 1 and "are not allowed in the roster" in err.problems[0][1]
+    assert len(str(err)) < 300
+
+
+def test_a_fifo_roster_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "roster.yaml"
+    os.mkfifo(fifo, 0o644)
+    box = _finishes_within(5.0, lambda: load_roster(fifo))
+    assert isinstance(box.get("error"), RosterError), box
+    assert "not a regular file" in str(box["error"])
+
+
+def _plain_roster(path: Path) -> Path:
+    path.write_text("users:\n  - os_user: alice\n    email: alice@example.com\n")
+    path.chmod(0o644)
+    return path
+
+
+def test_a_roster_someone_else_could_write_is_refused(tmp_path: Path) -> None:
+    assert os.geteuid() == 0, "the suite runs as root"
+    owned = _plain_roster(tmp_path / "owned.yaml")
+    os.chown(owned, 65534, 65534)
+    with pytest.raises(RosterError, match="owned by uid 65534"):
+        load_roster(owned)
+    for mode in (0o664, 0o646, 0o666):
+        loose = _plain_roster(tmp_path / f"loose{mode:o}.yaml")
+        loose.chmod(mode)
+        with pytest.raises(RosterError, match="writable"):
+            load_roster(loose)
+    # A root-owned symlink to a user's file, and a user's symlink to a root file.
+    link = tmp_path / "link.yaml"
+    link.symlink_to(owned)
+    with pytest.raises(RosterError, match="owned by uid 65534"):
+        load_roster(link)
+    good = _plain_roster(tmp_path / "good.yaml")
+    user_link = tmp_path / "user-link.yaml"
+    user_link.symlink_to(good)
+    os.lchown(user_link, 65534, 65534)
+    with pytest.raises(RosterError, match="symlink owned by uid 65534"):
+        load_roster(user_link)
+    # A root-owned file in a directory a user can write (they could swap it).
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(RosterError, match="directory"):
+        load_roster(_plain_roster(shared / "roster.yaml"))
+    assert load_roster(good).names() == ["alice"]
+    # setup-devvm.sh validates a checkout (any owner) before installing it as root:root 0644.
+    assert load_roster(owned, trusted_only=False).names() == ["alice"]
