@@ -17,11 +17,40 @@ from pathlib import Path
 from claude_auth_sync.errors import StoreRefused
 from claude_auth_sync.model import PROVISION_COMMAND
 
-__all__ = ["PROVISION", "read_token_file", "token_file_facts"]
+__all__ = ["PROVISION", "MalformedToken", "read_token_file", "token_file_facts", "token_from_bytes"]
 
 MAX_TOKEN_BYTES = 4096
 
 PROVISION = f"ask an administrator to rerun the root provisioner: {PROVISION_COMMAND}"
+
+
+class MalformedToken(ValueError):
+    """The bytes of a token file hold no usable token; ``kind`` is empty, too_large, words or characters.
+
+    The message names the problem, never the content.
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def token_from_bytes(data: bytes) -> str:
+    """The token in a token file's bytes: one word of printable ASCII (33..126), surrounding
+    whitespace ignored, at most :data:`MAX_TOKEN_BYTES` bytes. Anything else (including bytes that
+    are not ASCII, which would break the HTTP header) raises :class:`MalformedToken`. Shared by the
+    agent and the root provisioner, so both accept exactly the same files.
+    """
+    if len(data) > MAX_TOKEN_BYTES:
+        raise MalformedToken("is too large to hold a token", "too_large")
+    token = data.decode("utf-8", errors="replace").strip()
+    if not token:
+        raise MalformedToken("is empty", "empty")
+    if any(c.isspace() for c in token):
+        raise MalformedToken("holds more than one word", "words")
+    if not all(33 <= ord(c) < 127 for c in token):
+        raise MalformedToken("holds characters no Vault token has", "characters")
+    return token
 
 
 def read_token_file(path: Path, uid: int) -> str:
@@ -51,19 +80,12 @@ def read_token_file(path: Path, uid: int) -> str:
         data = os.read(fd, MAX_TOKEN_BYTES + 1)
     finally:
         os.close(fd)
-    if len(data) > MAX_TOKEN_BYTES:
-        raise StoreRefused(f"the Vault token file {path} is too large to hold a token", reason="vault_token_unreadable",
-                           remedy=PROVISION)
-    token = data.decode("utf-8", errors="replace").strip()
-    if not token:
-        raise StoreRefused(f"the Vault token file {path} is empty", reason="vault_token_missing", remedy=PROVISION)
-    if any(c.isspace() for c in token):
-        raise StoreRefused(f"the Vault token file {path} holds more than one word", reason="vault_token_unreadable", remedy=PROVISION)
-    if not all(33 <= ord(c) < 127 for c in token):
-        # It would end up in an HTTP header; requests would fail with an encoding error.
-        raise StoreRefused(f"the Vault token file {path} holds characters no Vault token has",
-                           reason="vault_token_unreadable", remedy=PROVISION)
-    return token
+    try:
+        return token_from_bytes(data)
+    except MalformedToken as err:
+        # An empty file is a missing token; anything else cannot be read as one.
+        reason = "vault_token_missing" if err.kind == "empty" else "vault_token_unreadable"
+        raise StoreRefused(f"the Vault token file {path} {err}", reason=reason, remedy=PROVISION) from None
 
 
 def token_file_facts(path: Path) -> dict[str, object]:
