@@ -77,10 +77,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import environ_block
+from .accounts import refusals
 from .errors import CasError, ConfigurationError
 from .fingerprint import fingerprint
 from .model import ExitCode
+from .plugins.backend_vault.token_file import MalformedToken, token_from_bytes
 from .roster import DEFAULT_ROSTER, Roster, load_roster
+from .terminal_text import plain, safe_text
+from .trusted_file import check_trusted
 
 __all__ = ["main", "build_parser", "Provisioner", "Options", "Account", "run_as_user"]
 
@@ -94,6 +99,7 @@ PERIOD = "768h"
 PERIOD_S = 768 * 3600
 EXPIRING_S = 7 * 24 * 3600  # the agent renews every 6 h: a week left means it has not run for 25 days
 CHILD_TIMEOUT_S = 30.0
+RUN_DEADLINE_S = 240.0  # all children of one run together (the hourly unit must not pile up)
 LOCK_WAIT_S = 120.0
 
 CONFIG_PARTS = (".config", "claude-auth-sync")
@@ -116,18 +122,6 @@ def timer_unit(user: str) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _uid_min() -> int:
-    """UID_MIN of /etc/login.defs (1000 if unset): system accounts are never provisioned."""
-    try:
-        for line in Path("/etc/login.defs").read_text(encoding="utf-8", errors="replace").splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "UID_MIN" and parts[1].isdigit():
-                return int(parts[1])
-    except OSError:
-        pass
-    return 1000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,12 +410,29 @@ def _read_token(dir_fd: int, account: Account) -> dict[str, Any]:
         data = os.read(fd, 4097)
     finally:
         os.close(fd)
-    token = data.decode("utf-8", errors="replace").strip()
-    if not token:
-        return {"token_state": "missing", "why": f"{rel} is empty"}
-    if len(data) > 4096 or any(c.isspace() or not c.isprintable() for c in token):
-        return {"token_state": "unsafe", "why": f"{rel} does not hold a single token"}
+    try:
+        token = token_from_bytes(data)  # the agent's own check: one word of printable ASCII
+    except MalformedToken as err:
+        state = "missing" if err.kind == "empty" else "unsafe"
+        return {"token_state": state, "why": f"{rel} {err}"}
     return {"token_state": "present", "token": token}
+
+
+STALE_TEMP_RE = re.compile(r"^\.vault-token\.[0-9a-f]{16}$")
+
+
+def _remove_stale_temps(dir_fd: int, create: bool, changes: list[str]) -> None:
+    """Remove ``.vault-token.<hex>`` files a killed write child left (unlinked, never followed)."""
+    for name in sorted(os.listdir(dir_fd)):
+        if not STALE_TEMP_RE.fullmatch(name):
+            continue
+        rel = _rel(CONFIG_PARTS + (name,))
+        if not create:
+            changes.append(f"remove {rel} (left by an interrupted run)")
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+            changes.append(f"removed {rel} (left by an interrupted run)")
 
 
 def job_inspect(create: bool) -> Callable[[Account, bytes], dict[str, Any]]:
@@ -437,7 +448,10 @@ def job_inspect(create: bool) -> Callable[[Account, bytes], dict[str, Any]]:
                 os.close(state)
             token = {"token_state": "missing"} if cfg is None else _read_token(cfg, account)
             if cfg is not None:
-                os.close(cfg)
+                try:
+                    _remove_stale_temps(cfg, create, changes)
+                finally:
+                    os.close(cfg)
         finally:
             os.close(home)
         return {"ok": True, "changes": changes, **token}
@@ -539,6 +553,8 @@ class Vault:
             raise VaultFailure(f"{where}: TLS verification failed (set VAULT_CACERT)", "invalid") from None
         except requests.exceptions.RequestException as err:
             raise VaultFailure(f"{where}: cannot reach {self.addr} ({type(err).__name__})", "unavailable") from None
+        except (UnicodeError, ValueError) as err:  # a token no HTTP header can carry: never sent
+            raise VaultFailure(f"{where}: the token cannot be sent ({type(err).__name__})", "invalid") from None
         if isinstance(answer, dict):
             return answer
         status = getattr(answer, "status_code", 0)
@@ -658,6 +674,7 @@ class Options:
     systemctl: str = "systemctl"
     state_dir: Path = DEFAULT_STATE_DIR
     config: Path = DEFAULT_CONFIG
+    deadline_s: float = RUN_DEADLINE_S
 
 
 @dataclass
@@ -721,8 +738,30 @@ class Provisioner:
         self.settings: Any = None
         self.roster: Roster | None = None
         self.started = time.monotonic()
+        self.deadline = self.started + options.deadline_s
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _as_user(self, account: Account, job: Callable[[Account, bytes], dict[str, Any]], payload: bytes = b"") -> dict[str, Any]:
+        """:func:`run_as_user` within the run's deadline: every child together gets ``deadline_s``.
+
+        A child gets at most :data:`CHILD_TIMEOUT_S` and never more than what is left of the run;
+        once the deadline has passed no child is started (ChildFailed, kind ``timeout``).
+        """
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ChildFailed(f"skipped {account.name}: the run's deadline ({self.o.deadline_s:.0f}s) has passed "
+                              "(another user's children stalled); the next run retries", "timeout")
+        return run_as_user(account, job, payload, timeout=min(CHILD_TIMEOUT_S, left))
+
+    def _each(self, works: Iterable[_Work], step: Callable[[_Work], None]) -> None:
+        """Run ``step`` for every user; an unexpected error is that user's problem, never the run's."""
+        for work in works:
+            try:
+                step(work)
+            except Exception as err:  # noqa: BLE001 - isolate users; the type only (no secret in it)
+                work.report.flag(EXIT_CONFIG, f"internal error while working on {work.report.user} "
+                                              f"({type(err).__name__}); the other users were not affected")
 
     @property
     def wants_dir(self) -> Path:
@@ -771,6 +810,8 @@ class Provisioner:
 
     def run(self) -> int:
         self.roster = load_roster(self.o.roster)
+        # The settings decide where every user's token is sent: only a file root controls counts.
+        check_trusted(self.o.config)
         vault_settings = self._load_settings()
         self.settings = vault_settings
         from .plugins.backend_vault.store import check_address
@@ -796,35 +837,16 @@ class Provisioner:
         assert self.roster is not None
         if self.admin_token and not self._check_admin():
             return self.exit_code()
-        local: list[_Work] = []
-        uid_min = _uid_min()
-        for entry in self.roster:
-            report = UserReport(user=entry.os_user, email=entry.email)
-            work = _Work(report=report)
-            self.work[entry.os_user] = work
-            account = Account.lookup(entry.os_user)
-            if account is None:
-                report.account = "missing"
-                report.notes.append("no OS account on this host: skipped")
-                continue
-            if account.uid < uid_min or account.uid == 0:
-                report.account = "refused"
-                report.flag(EXIT_CONFIG, f"uid {account.uid} is a system account (UID_MIN {uid_min}): refusing")
-                continue
-            work.account = account
-            local.append(work)
+        local = self._accounts()
         if self.o.apply_policies:
             self._apply_policies()
         elif self.admin_token:
             self._check_policies(local)
-        for work in local:
-            self._inspect(work)
+        self._each(local, self._inspect)
         self._lookup_tokens(local)
         self._timers(local)
         if self.admin_token:
-            for work in local:
-                if work.needs_mint:
-                    self._mint(work)
+            self._each([w for w in local if w.needs_mint], self._mint)
         else:
             for work in local:
                 if work.needs_mint:
@@ -833,6 +855,30 @@ class Provisioner:
         self._superseded(local)
         self._deprovision()
         return self.exit_code()
+
+    def _accounts(self) -> list[_Work]:
+        """One _Work per roster user; those with a usable OS account (see :mod:`.accounts`) returned."""
+        assert self.roster is not None
+        found: dict[str, Account] = {}
+        for entry in self.roster:
+            work = self.work[entry.os_user] = _Work(report=UserReport(user=entry.os_user, email=entry.email))
+            account = Account.lookup(entry.os_user)
+            if account is None:
+                work.report.account = "missing"
+                work.report.notes.append("no OS account on this host: skipped")
+            else:
+                found[entry.os_user] = account
+        refused = refusals(found)
+        local: list[_Work] = []
+        for name, account in found.items():
+            work = self.work[name]
+            if name in refused:
+                work.report.account = "refused"
+                work.report.flag(EXIT_CONFIG, refused[name], f"fix the roster or the account of {name}")
+                continue
+            work.account = account
+            local.append(work)
+        return local
 
     def _check_admin(self) -> bool:
         assert self.vault and self.admin_token
@@ -845,6 +891,15 @@ class Provisioner:
             return False
         if not data:
             self.errors.append((EXIT_CONFIG, "the admin token in VAULT_TOKEN could not describe itself"))
+            return False
+        from .plugins.backend_vault.policy import POLICY_PREFIX
+
+        policies = {*(data.get("policies") or []), *(data.get("identity_policies") or [])} - {"default"}
+        if "root" not in policies and (not policies or all(p.startswith(POLICY_PREFIX) for p in policies)):
+            self.errors.append((EXIT_CONFIG, "VAULT_TOKEN is not an admin token (it carries only "
+                                f"{', '.join(sorted(policies)) or 'no'} polic{'y' if len(policies) == 1 else 'ies'}: "
+                                "a user's claude-auth-sync token?); export the admin token "
+                                "(deploy/vault/t3-provisioner-admin.hcl) and rerun"))
             return False
         return True
 
@@ -963,7 +1018,7 @@ class Provisioner:
         report, account = work.report, work.account
         assert account is not None
         try:
-            result = run_as_user(account, job_inspect(create=not self.o.dry_run))
+            result = self._as_user(account, job_inspect(create=not self.o.dry_run))
         except ChildFailed as err:
             report.token = "unknown"
             report.flag(EXIT_TEMPFAIL if err.kind == "timeout" else EXIT_CONFIG, str(err))
@@ -987,59 +1042,49 @@ class Provisioner:
             work.needs_mint = "missing"
 
     def _lookup_tokens(self, local: list[_Work]) -> None:
-        from .plugins.backend_vault.policy import expected_policies
+        self._each([w for w in local if w.token is not None], self._lookup_token)
 
-        assert self.vault
-        for work in local:
-            if work.token is None:
-                continue
-            report = work.report
-            try:
-                data = self.vault.call("user", work.token, "get", "auth/token/lookup-self").get("data") or {}
-            except VaultFailure as err:
-                if err.kind == "forbidden":
-                    report.token = "expired"
-                    work.needs_mint = "invalid or expired"
-                else:
-                    report.token = "unknown"
-                    report.flag(EXIT_TEMPFAIL if err.kind == "unavailable" else EXIT_CONFIG, str(err))
-                continue
-            work.accessor = data.get("accessor") or None
-            ttl = data.get("ttl")
-            report.ttl_s = int(ttl) if isinstance(ttl, int) else None
-            policies = {*(data.get("policies") or []), *(data.get("identity_policies") or [])}
-            expected = set(expected_policies(report.user))
-            meta = data.get("meta") or {}
-            drift = []
-            if "root" in policies:
-                drift.append("carries the root policy")
-            if policies != expected:
-                drift.append(f"policies {sorted(policies)} instead of {sorted(expected)}")
-            if data.get("period") != PERIOD_S:
-                drift.append(f"period {data.get('period')}s instead of {PERIOD_S}s")
-            if not data.get("orphan"):
-                drift.append("not an orphan token")
-            if meta.get("os_user") not in (None, report.user):
-                drift.append(f"minted for {meta.get('os_user')!r}")
-            if drift:
-                report.token = "drifted"
-                report.notes.append("; ".join(drift))
-                work.needs_mint = "drifted (" + "; ".join(drift) + ")"
-            elif report.ttl_s is not None and report.ttl_s < EXPIRING_S:
-                report.token = "expiring"
-                work.needs_mint = f"expiring (TTL {_duration(report.ttl_s)}: is the agent's timer running?)"
+    def _lookup_token(self, work: _Work) -> None:
+        """Check one user's token with that token (lookup-self); decide whether it needs a re-mint."""
+        assert self.vault and work.token is not None
+        report = work.report
+        try:
+            data = self.vault.call("user", work.token, "get", "auth/token/lookup-self").get("data") or {}
+        except VaultFailure as err:
+            if err.kind == "forbidden":
+                report.token = "expired"
+                work.needs_mint = "invalid or expired"
             else:
-                report.token = "ok"
-                # Adopt a valid token minted elsewhere (by hand, by another host sharing the home, or
-                # before the state file existed); the one recorded before is kept as superseded, and
-                # revoked by the next admin run.
-                known = self.state.users.get(report.user) or {}
-                if work.accessor and known.get("accessor") != work.accessor and not self.o.dry_run:
-                    assert work.account is not None
-                    self.state.users[report.user] = self._entry(
-                        work.accessor, report.fingerprint, work.account, minted_at=None,
-                        superseded=[*known.get("superseded", []), *([known["accessor"]] if known.get("accessor") else [])],
-                    )
+                report.token = "unknown"
+                report.flag(EXIT_TEMPFAIL if err.kind == "unavailable" else EXIT_CONFIG, str(err))
+            return
+        work.accessor = data.get("accessor") or None
+        ttl = data.get("ttl")
+        report.ttl_s = int(ttl) if isinstance(ttl, int) else None
+        drift = _drift(report.user, data)
+        if drift:
+            report.token = "drifted"
+            report.notes.append("; ".join(drift))
+            work.needs_mint = "drifted (" + "; ".join(drift) + ")"
+        elif report.ttl_s is not None and report.ttl_s < EXPIRING_S:
+            report.token = "expiring"
+            work.needs_mint = f"expiring (TTL {_duration(report.ttl_s)}: is the agent's timer running?)"
+        else:
+            report.token = "ok"
+            self._adopt(work)
+
+    def _adopt(self, work: _Work) -> None:
+        """Adopt a valid token minted elsewhere (by hand, by another host sharing the home, or before
+        the state file existed); the one recorded before is kept as superseded, and revoked by the
+        next admin run."""
+        report = work.report
+        known = self.state.users.get(report.user) or {}
+        if work.accessor and known.get("accessor") != work.accessor and not self.o.dry_run:
+            assert work.account is not None
+            self.state.users[report.user] = self._entry(
+                work.accessor, report.fingerprint, work.account, minted_at=None,
+                superseded=[*known.get("superseded", []), *([known["accessor"]] if known.get("accessor") else [])],
+            )
 
     def _timers(self, local: list[_Work]) -> None:
         missing = []
@@ -1082,6 +1127,9 @@ class Provisioner:
                 if self.o.dry_run and report.policy.endswith("(would apply)"):
                     report.actions.append(f"would mint token ({work.needs_mint})")
                     return
+                if report.policy == "unknown":  # the policy could not be read: flagged with the reason
+                    report.actions.append("refused to mint: the admin token could not read the policy")
+                    return
                 report.actions.append("refused to mint: apply the Vault stack first")
                 report.flag(EXIT_CONFIG, f"policy {self._policy_name(report.user)} is {report.policy}",
                             f"apply the Vault stack first: {ADMIN_RUN} --apply-policies")
@@ -1107,7 +1155,7 @@ class Provisioner:
             report.flag(EXIT_CONFIG, "Vault returned no token")
             return
         try:
-            result = run_as_user(work.account, job_write_token, token.encode("ascii"))
+            result = self._as_user(work.account, job_write_token, token.encode("ascii"))
         except ChildFailed as err:
             report.flag(EXIT_TEMPFAIL if err.kind == "timeout" else EXIT_CONFIG, f"cannot write the token file: {err}")
             self._revoke(accessor, report, "the unusable new token")
@@ -1279,37 +1327,34 @@ class Provisioner:
         }
 
     def render(self, stream: Any) -> None:
-        from rich.console import Console
-        from rich.table import Table
+        """The human-readable report (user and Vault text made inert: :mod:`.provision_render`)."""
+        from .provision_render import render_report
 
-        console = Console(file=stream, highlight=False, soft_wrap=False,
-                          width=None if stream.isatty() else 140)
-        title = "t3-provision-users" + (" (dry run)" if self.o.dry_run else "") + (" with admin token" if self.admin_token
-                                                                                      else " (no admin token)")
-        table = Table(title=title, title_justify="left")
-        for column in ("user", "token", "TTL", "timer", "policy", "action"):
-            table.add_column(column, overflow="fold")
-        colour = {EXIT_OK: "", EXIT_NEEDS_ADMIN: "yellow", EXIT_TEMPFAIL: "yellow", EXIT_CONFIG: "red"}
-        for report in self.reports():
-            user = report.user if report.in_roster else f"{report.user} (removed)"
-            if report.account == "missing":
-                user += " (no account)"
-            action = ", ".join(report.actions) or "none"
-            if report.notes:
-                action += "\n" + "\n".join(report.notes)
-            ttl = _duration(report.ttl_s) if report.ttl_s is not None else "-"
-            style = colour.get(report.severity, "")
-            table.add_row(user, report.token, ttl, report.timer, report.policy, action, style=style or None)
-        console.print(table)
-        for _, msg in self.errors:
-            console.print(f"[red]error:[/red] {msg}", markup=True)
-        if self.policies_pruned:
-            console.print(f"pruned policies: {', '.join(self.policies_pruned)}")
-        for step in self.next_steps():
-            console.print(f"next step: {step}", markup=False)
-        req = self.vault.requests if self.vault else {"user": 0, "admin": 0}
-        console.print(f"Vault requests: {req['user']} with user tokens, {req['admin']} with the admin token; "
-                      f"exit {self.exit_code()}")
+        render_report(self, stream, _duration)
+
+
+def _drift(user: str, data: dict[str, Any]) -> list[str]:
+    """How a user's token (its lookup-self data) differs from what the provisioner mints.
+
+    Values that came from Vault are passed through :func:`safe_text` (they end up in root's terminal).
+    """
+    from .plugins.backend_vault.policy import expected_policies
+
+    policies = {*(data.get("policies") or []), *(data.get("identity_policies") or [])}
+    expected = set(expected_policies(user))
+    meta = data.get("meta") or {}
+    drift = []
+    if "root" in policies:
+        drift.append("carries the root policy")
+    if policies != expected:
+        drift.append(safe_text(f"policies {sorted(map(str, policies))} instead of {sorted(expected)}", 300))
+    if data.get("period") != PERIOD_S:
+        drift.append(safe_text(f"period {data.get('period')}s instead of {PERIOD_S}s", 100))
+    if not data.get("orphan"):
+        drift.append("not an orphan token")
+    if isinstance(meta, dict) and meta.get("os_user") not in (None, user):
+        drift.append(f"minted for {safe_text(repr(meta.get('os_user')), 80)}")
+    return drift
 
 
 def _duration(seconds: int) -> str:
@@ -1349,39 +1394,69 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--systemd-root", type=Path, default=None,
                         help="operate on the unit files below this root (systemctl --root), e.g. for tests")
     parser.add_argument("--systemctl", default="systemctl", help="systemctl binary (default: from PATH)")
+    parser.add_argument("--deadline", type=float, default=RUN_DEADLINE_S, metavar="SECONDS",
+                        help=f"time for all work done as the users together (default {RUN_DEADLINE_S:.0f}); "
+                             "users left when it has passed are skipped (exit 75) and retried next run")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Take the admin token out of the environment at once: no child process may inherit it.
-    admin_token = os.environ.pop("VAULT_TOKEN", None) or None
-    if admin_token is not None and (not admin_token.strip() or any(c.isspace() for c in admin_token.strip())):
-        print("t3-provision-users: VAULT_TOKEN is malformed", file=sys.stderr)
-        return EXIT_CONFIG
-    if os.geteuid() != 0:
-        print("t3-provision-users: must run as root (it works as each roster user in turn)", file=sys.stderr)
-        return EXIT_NOPERM
-    options = Options(
+def _take_admin_token() -> tuple[str | None, str | None]:
+    """``(admin token, problem)`` from ``VAULT_TOKEN``, which is then gone from this process.
+
+    Removed from ``os.environ`` *and* overwritten in the original environment block
+    (:mod:`.environ_block`), so neither ``/proc/<pid>/environ`` of this process nor that of any
+    child forked later shows it. A token that is not one word of printable ASCII is a problem.
+    """
+    environ_block.scrub("VAULT_TOKEN")
+    raw = os.environ.pop("VAULT_TOKEN", None)
+    if not raw:
+        return None, None
+    try:
+        return token_from_bytes(os.fsencode(raw)), None
+    except MalformedToken as err:
+        return None, f"VAULT_TOKEN {err}"
+
+
+def _options(args: argparse.Namespace) -> Options:
+    return Options(
         roster=args.roster, dry_run=args.dry_run, json=args.json, apply_policies=args.apply_policies,
         prune=args.prune, systemd_root=args.systemd_root, systemctl=args.systemctl, state_dir=args.state_dir,
-        config=args.config,
+        config=args.config, deadline_s=args.deadline,
     )
-    provisioner = Provisioner(options, admin_token=admin_token.strip() if admin_token else None)
+
+
+def _fail(args: argparse.Namespace, code: int, message: str) -> int:
+    """One line on stderr (and the JSON object with ``--json``); returns ``code``."""
+    line = " ".join(safe_text(message, 2000).split())
+    if args.json:
+        print(json.dumps({"exit_code": code, "errors": [line]}))
+    print(f"t3-provision-users: {line}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command. Never a traceback: an unexpected error is exit 78 with one line naming its type."""
+    args = build_parser().parse_args(argv)
+    admin_token, problem = _take_admin_token()  # first of all: no child may inherit it
+    if problem:
+        return _fail(args, EXIT_CONFIG, problem)
+    if os.geteuid() != 0:
+        return _fail(args, EXIT_NOPERM, "must run as root (it works as each roster user in turn)")
+    provisioner = Provisioner(_options(args), admin_token=admin_token)
     try:
         code = provisioner.run()
-    except CasError as err:
         if args.json:
-            print(json.dumps({"exit_code": int(err.exit_code), "errors": [str(err)]}))
-        print(f"t3-provision-users: {err}", file=sys.stderr)
-        return int(err.exit_code)
+            print(json.dumps(provisioner.as_json(), indent=None, sort_keys=False))
+        else:
+            provisioner.render(sys.stdout)
+        return code
+    except CasError as err:
+        return _fail(args, int(err.exit_code), str(err))
     except KeyboardInterrupt:
         return 130
-    if args.json:
-        print(json.dumps(provisioner.as_json(), indent=None, sort_keys=False))
-    else:
-        provisioner.render(sys.stdout)
-    return code
+    except Exception as err:  # noqa: BLE001 - the contract: 78 and one line, never exit 1 and a traceback
+        return _fail(args, EXIT_CONFIG, f"internal error ({type(err).__name__}); nothing more was done. "
+                                        "Rerun with --dry-run to see the state, and report this")
 
 
 if __name__ == "__main__":  # pragma: no cover
