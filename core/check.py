@@ -21,6 +21,7 @@ from typing import Any
 
 from .cycle import REFRESH_WARN_S, STORE_TTL_WARN_S, refresh_expiry_ms
 from .errors import CasError
+from .fileio import read_tail
 from .model import LoginState
 
 __all__ = ["NagiosState", "LogRecord", "parse_log_line", "read_log", "evaluate", "command_check"]
@@ -59,10 +60,12 @@ def parse_log_line(line: str) -> LogRecord | None:
 
 
 def read_log(path: Path, limit: int = 200) -> list[LogRecord]:
-    try:
-        lines = path.read_text(errors="replace").splitlines()[-limit:]
-    except FileNotFoundError:
+    """The last ``limit`` well-formed records of the private log (at most its last 64 KiB read;
+    never through a symlink, never blocking on a FIFO: those raise a ConfigurationError)."""
+    data = read_tail(path)
+    if data is None:
         return []
+    lines = data.decode("utf-8", errors="replace").splitlines()[-limit:]
     return [r for r in (parse_log_line(line) for line in lines) if r is not None]
 
 
@@ -83,7 +86,9 @@ def evaluate(records: list[LogRecord], login_state: LoginState | None, oauth: An
         refresh_ttl = refresh_ms / 1000 - now
         if refresh_ttl < REFRESH_WARN_S:
             problems.append((NagiosState.CRITICAL if refresh_ttl <= 0 else NagiosState.WARNING, "refresh token expires soon"))
-    if login_state in (LoginState.MISSING, LoginState.NOT_JSON, LoginState.NO_OAUTH, LoginState.BLANKED):
+    if login_state in (LoginState.MISSING, LoginState.NO_OAUTH):
+        problems.append((NagiosState.WARNING, "not logged in (no Claude Code login to keep alive)"))
+    elif login_state in (LoginState.NOT_JSON, LoginState.INVALID, LoginState.BLANKED):
         problems.append((NagiosState.CRITICAL, f"local login {login_state}"))
     if not records:
         problems.append((NagiosState.UNKNOWN, "no run recorded in the private log"))

@@ -90,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(err.exit_code)
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # a bug: one line, exit 78 (never 1, which means "log in again"), no data
+        print(f"claude-auth-sync: internal error ({type(err).__name__}); run 'claude-auth-sync diagnose' "
+              "and report it with its output", file=sys.stderr)
+        return int(ExitCode.CONFIG)
     return 2  # pragma: no cover - argparse enforces a command
 
 
@@ -126,6 +130,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _next_step(reason: str, code: int) -> str:
+    if reason == "not_logged_in":
+        return f"no Claude Code login to keep alive; to have one, log in: {RELOGIN_COMMAND}"
     if code == ExitCode.FAIL:
         return f"log in again: {RELOGIN_COMMAND}"
     if code == ExitCode.TEMPFAIL:

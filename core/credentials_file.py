@@ -27,6 +27,7 @@ code that writes the user's Claude Code login. Guarantees:
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -34,19 +35,18 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from .fileio import DirectorySyncFailed, write_atomically
-from .errors import ConcurrentChange, CredentialsBusy, CredentialsError, CredentialsUnsafe
+from .errors import CasError, ConcurrentChange, CredentialsBusy, CredentialsError, CredentialsUnsafe, CredentialsUnsupported
+from .fileio import DirectorySyncFailed, NotARegularFile, read_regular, write_atomically
+from .json_document import DocumentUnsupported, dump_document, parse_document, plain
+from .oauth import has_both_tokens, oauth_problem
 from .hookspecs import PluginContext, RestorerSpec, hookimpl
 from .lock import LockBusy, LockCompromised, LockError, claude_credentials_lock
 from .model import RELOGIN_COMMAND, ExitCode, LocalLogin, LoginState, OAuth, RestoreSnapshot
 
 __all__ = [
     "CREDENTIALS_NAME",
-    "ClaudeAiOauth",
     "CredentialsFile",
     "CredentialsWriteFailed",
     "classify",
@@ -58,6 +58,7 @@ CREDENTIALS_NAME = ".credentials.json"
 OAUTH_KEY = "claudeAiOauth"
 TEMP_MARK = ".tmp-"  # write_atomically names its temp files "<name>.tmp-<pid>-<random>"
 PRE_RESTORE_SUFFIX = ".pre-restore"
+JOURNAL_NAME = CREDENTIALS_NAME + ".restore-journal"
 
 
 class CredentialsWriteFailed(CredentialsError):
@@ -67,65 +68,72 @@ class CredentialsWriteFailed(CredentialsError):
     default_reason = "credentials_write_failed"
 
 
-class ClaudeAiOauth(BaseModel):
-    """Claude Code's ``claudeAiOauth`` object. Unknown fields are kept, never dropped."""
-
-    model_config = ConfigDict(extra="allow")
-
-    accessToken: str = ""
-    refreshToken: str = ""
-    expiresAt: int | None = None
-    scopes: list[str] | None = None
-    subscriptionType: str | None = None
-
-
 def classify(path: Path, raw: bytes | None, *, now_ms: int | None = None) -> LocalLogin:
-    """Tell apart: missing file, not JSON, no ``claudeAiOauth``, blanked tokens, expired, healthy."""
+    """Tell apart: missing file, not JSON, no ``claudeAiOauth`` (logged out), an unusable object,
+    blanked tokens, expired, healthy.
+
+    :raises CredentialsUnsupported: valid JSON this tool will not rewrite (nested deeper than
+        :data:`~claude_auth_sync.json_document.MAX_DEPTH` levels, or larger than 1 MiB).
+    """
     if raw is None:
         return LocalLogin(LoginState.MISSING, path, detail="no credentials file")
     try:
-        document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        document = parse_document(raw)
+    except DocumentUnsupported as err:
+        raise CredentialsUnsupported(
+            f"{path}: {err}; claude-auth-sync will not rewrite it and changed nothing",
+            remedy=f"look at {path} (Claude Code's own files nest about 5 levels), move it aside and log in again",
+        ) from None
+    except ValueError:
         return LocalLogin(LoginState.NOT_JSON, path, detail="the file is not valid JSON")
     if not isinstance(document, dict):
         return LocalLogin(LoginState.NOT_JSON, path, detail="the file is not a JSON object")
     others = tuple(k for k in document if k != OAUTH_KEY)
-    oauth = document.get(OAUTH_KEY)
-    if not isinstance(oauth, dict):
-        return LocalLogin(LoginState.NO_OAUTH, path, other_keys=others, detail="no claudeAiOauth object")
+    if OAUTH_KEY not in document or document[OAUTH_KEY] is None:
+        return LocalLogin(LoginState.NO_OAUTH, path, other_keys=others, detail="no claudeAiOauth object (logged out)")
     try:
-        parsed = ClaudeAiOauth.model_validate(oauth)
-    except ValidationError:
-        return LocalLogin(LoginState.NO_OAUTH, path, other_keys=others, detail="claudeAiOauth has invalid fields")
-    if not parsed.accessToken or not parsed.refreshToken:
+        oauth = plain(document[OAUTH_KEY])
+    except ValueError:
+        oauth = None
+    problem = oauth_problem(oauth) if oauth is not None else "claudeAiOauth holds a number out of range"
+    if problem is not None:
+        return LocalLogin(LoginState.INVALID, path, other_keys=others, detail=problem)
+    expires_at = oauth.get("expiresAt")
+    if not has_both_tokens(oauth):
         return LocalLogin(
-            LoginState.BLANKED, path, oauth=oauth, other_keys=others, expires_at_ms=parsed.expiresAt,
+            LoginState.BLANKED, path, oauth=oauth, other_keys=others, expires_at_ms=expires_at,
             detail="access or refresh token is empty (Claude Code blanks them after invalid_grant)",
         )
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    if parsed.expiresAt is not None and parsed.expiresAt <= now_ms:
+    if expires_at is not None and expires_at <= now_ms:
         return LocalLogin(
-            LoginState.EXPIRED, path, oauth=oauth, other_keys=others, expires_at_ms=parsed.expiresAt,
+            LoginState.EXPIRED, path, oauth=oauth, other_keys=others, expires_at_ms=expires_at,
             detail="access token expired (normal: the CLI refreshes it)",
         )
-    return LocalLogin(LoginState.HEALTHY, path, oauth=oauth, other_keys=others, expires_at_ms=parsed.expiresAt)
+    return LocalLogin(LoginState.HEALTHY, path, oauth=oauth, other_keys=others, expires_at_ms=expires_at)
 
 
 def merge_oauth(raw: bytes | None, oauth: OAuth) -> bytes:
-    """The file content with ``claudeAiOauth`` replaced and every other key kept exactly.
+    """The file content with ``claudeAiOauth`` replaced and every other key kept in meaning and order.
 
-    An unparseable or non-object document contributes nothing (the caller keeps a copy of it).
+    Numbers, escapes and key order of the other keys survive exactly (:mod:`json_document`). An
+    unparseable or non-object document contributes nothing (the caller keeps a copy of it).
+
+    :raises CredentialsUnsupported: the document is too deep or too large to rewrite.
+    :raises ValueError: ``oauth`` is not plain JSON data.
     """
     document: dict[str, Any] = {}
     if raw is not None:
         try:
-            parsed = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            parsed = parse_document(raw)
+        except DocumentUnsupported as err:
+            raise CredentialsUnsupported(f"the credentials file: {err}; nothing was changed") from None
+        except ValueError:
             parsed = None
         if isinstance(parsed, dict):
             document = parsed
     document[OAUTH_KEY] = dict(oauth)
-    return json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
+    return dump_document(document)
 
 
 def _open_dir(directory: Path, uid: int) -> int:
@@ -144,6 +152,14 @@ def _open_dir(directory: Path, uid: int) -> int:
         raise CredentialsUnsafe(
             f"the Claude config directory {directory}{via} is owned by uid {st.st_uid}, not by you (uid {uid}); refusing to touch it",
             remedy=f"make {directory} a directory you own (check for a planted symlink)",
+        )
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        os.close(fd)
+        raise CredentialsUnsafe(
+            f"the Claude config directory {directory} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}): "
+            "anyone could replace your login; refusing to touch it",
+            reason="config_dir_writable_by_others",
+            remedy=f"chmod 700 {real} (and check its files for anything you did not put there)",
         )
     return fd
 
@@ -169,13 +185,17 @@ def _check_target(dir_fd: int, name: str, uid: int, shown: Path) -> os.stat_resu
     return st
 
 
-def _read_at(dir_fd: int, name: str) -> bytes | None:
+def _read_at(dir_fd: int, name: str, shown: Path | None = None) -> bytes | None:
+    """The file's bytes (None if absent): no symlink, never blocking on a FIFO, at most 1 MiB."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
+        return read_regular(name, dir_fd=dir_fd)
+    except NotARegularFile:
+        raise CredentialsUnsafe(
+            f"{shown or name} is not a regular file (a FIFO, device or symlink); refusing to use it",
+            remedy=f"move {shown or name} aside and log in again: {RELOGIN_COMMAND}",
+        ) from None
+    except CasError as err:  # larger than 1 MiB
+        raise CredentialsUnsupported(f"{shown or name}: {err.message}", remedy=err.remedy) from None
 
 
 def atomic_write(dir_fd: int, name: str, data: bytes) -> None:
@@ -231,46 +251,109 @@ class CredentialsFile:
         dir_fd = _open_dir(self.config_dir, self.uid)
         try:
             _check_target(dir_fd, CREDENTIALS_NAME, self.uid, self.path)
-            return classify(self.path, _read_at(dir_fd, CREDENTIALS_NAME))
+            return classify(self.path, _read_at(dir_fd, CREDENTIALS_NAME, self.path))
         finally:
             os.close(dir_fd)
 
     def restore(self, oauth: OAuth, *, expected: OAuth | None) -> RestoreSnapshot:
-        """Merge ``oauth`` in, under the lock, if the file's OAuth object is still ``expected``."""
+        """Merge ``oauth`` in, under the lock, if the file's OAuth object is still ``expected``.
+
+        Order (each step atomic, so a kill between any two leaves a consistent state): the previous
+        bytes are copied beside the file (``.pre-restore``, or ``.corrupt-<stamp>`` for a file
+        that does not parse); a journal records the digests of the previous and the new content;
+        then the new content replaces the file. Until :meth:`keep` or :meth:`rollback` removes the
+        journal, the next run's :meth:`finish_pending_rollback` can undo this restore.
+        """
         with self._locked() as (dir_fd, held):
             _remove_stale_temps(dir_fd, self.uid)
             _check_target(dir_fd, CREDENTIALS_NAME, self.uid, self.path)
-            raw = _read_at(dir_fd, CREDENTIALS_NAME)
+            raw = _read_at(dir_fd, CREDENTIALS_NAME, self.path)
             current = classify(self.path, raw)
             if _normalise(current.oauth) != _normalise(expected):
                 raise ConcurrentChange(
                     f"{self.path} changed while the restore was prepared; not overwriting it",
                     remedy="nothing: the next run probes the new login",
                 )
+            data = merge_oauth(raw, oauth)
             kept: Path | None = None
+            copy_name: str | None = None
             if raw is not None:
                 if current.state == LoginState.NOT_JSON:
-                    kept_name = f"{CREDENTIALS_NAME}.corrupt-{_utc_stamp()}"
-                    kept = self.config_dir / kept_name
+                    copy_name = f"{CREDENTIALS_NAME}.corrupt-{_utc_stamp()}"
+                    kept = self.config_dir / copy_name
                 else:
-                    kept_name = CREDENTIALS_NAME + PRE_RESTORE_SUFFIX
-                    _unlink_if_ours(dir_fd, kept_name, self.uid)
-                atomic_write(dir_fd, kept_name, raw)
-            data = merge_oauth(raw, oauth)
+                    copy_name = CREDENTIALS_NAME + PRE_RESTORE_SUFFIX
+                    _unlink_if_ours(dir_fd, copy_name, self.uid)
+                atomic_write(dir_fd, copy_name, raw)
+            journal = {"written_sha256": _digest(data), "previous_sha256": _digest(raw), "previous_copy": copy_name}
+            atomic_write(dir_fd, JOURNAL_NAME, json.dumps(journal).encode())
             held.check()
             atomic_write(dir_fd, CREDENTIALS_NAME, data)
-            return RestoreSnapshot(path=self.path, previous_bytes=raw, kept_copy=kept)
+            return RestoreSnapshot(
+                path=self.path, previous_bytes=raw, kept_copy=kept, written_digest=_digest(data),
+                previous_copy=self.config_dir / copy_name if copy_name else None,
+            )
 
     def rollback(self, snapshot: RestoreSnapshot) -> None:
-        """Put back the exact bytes from before :meth:`restore` (remove the file if it was absent)."""
+        """Put back the exact bytes from before :meth:`restore` (remove the file if it was absent),
+        only if the file still holds what the restore wrote.
+
+        :raises ConcurrentChange: a newer login replaced the restored copy; it is kept, nothing written.
+        :raises CredentialsBusy, CredentialsWriteFailed: the journal stays, so the next run finishes.
+        """
         with self._locked() as (dir_fd, held):
             _check_target(dir_fd, CREDENTIALS_NAME, self.uid, self.path)
+            current = _read_at(dir_fd, CREDENTIALS_NAME, self.path)
+            if snapshot.written_digest is not None and not _still_ours(self.path, current, snapshot.written_digest):
+                _unlink_if_ours(dir_fd, JOURNAL_NAME, self.uid)
+                raise ConcurrentChange(
+                    f"{self.path} was rewritten after the restore (a new login or refresh); keeping it, not rolling back",
+                    remedy="nothing: the newer login is probed",
+                )
             held.check()
-            if snapshot.previous_bytes is None:
-                _unlink_if_ours(dir_fd, CREDENTIALS_NAME, self.uid)
-                os.fsync(dir_fd)
-            else:
-                atomic_write(dir_fd, CREDENTIALS_NAME, snapshot.previous_bytes)
+            self._put_back(dir_fd, snapshot.previous_bytes)
+            _unlink_if_ours(dir_fd, JOURNAL_NAME, self.uid)
+
+    def keep(self, snapshot: RestoreSnapshot) -> None:
+        """The restored login stays: drop the journal (the pre-restore copy remains, 0600)."""
+        dir_fd = _open_dir(self.config_dir, self.uid)
+        try:
+            _unlink_if_ours(dir_fd, JOURNAL_NAME, self.uid)
+        finally:
+            os.close(dir_fd)
+
+    def finish_pending_rollback(self) -> str | None:
+        """Undo the restore of a run that could not roll back (killed, lock busy, disk full).
+
+        Only when the file still holds exactly what that restore wrote and the kept copy still has
+        the digest the journal recorded; otherwise the journal is dropped and nothing is written.
+        """
+        if not self.config_dir.exists():
+            return None
+        dir_fd = _open_dir(self.config_dir, self.uid)
+        try:
+            journal = _read_journal(dir_fd)
+        finally:
+            os.close(dir_fd)
+        if journal is None:
+            return None
+        with self._locked() as (dir_fd, held):
+            current = _read_at(dir_fd, CREDENTIALS_NAME, self.path)
+            previous = _previous_bytes(dir_fd, journal)
+            outcome = None
+            if _still_ours(self.path, current, journal["written_sha256"]) and previous is not False:
+                held.check()
+                self._put_back(dir_fd, previous)
+                outcome = "rolled_back_interrupted_restore"
+            _unlink_if_ours(dir_fd, JOURNAL_NAME, self.uid)
+            return outcome
+
+    def _put_back(self, dir_fd: int, previous: bytes | None) -> None:
+        if previous is None:
+            _unlink_if_ours(dir_fd, CREDENTIALS_NAME, self.uid)
+            os.fsync(dir_fd)
+        else:
+            atomic_write(dir_fd, CREDENTIALS_NAME, previous)
 
     def _locked(self) -> _Locked:
         return _Locked(self)
@@ -323,6 +406,57 @@ def _unlink_if_ours(dir_fd: int, name: str, uid: int) -> None:
         return
     if stat.S_ISREG(st.st_mode) and st.st_uid == uid or stat.S_ISLNK(st.st_mode):
         os.unlink(name, dir_fd=dir_fd)
+
+
+def _digest(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _still_ours(path: Path, current: bytes | None, written_digest: str) -> bool:
+    """The file holds what our restore wrote, or that login blanked by Claude Code after it failed
+    (a blanked object is no login: rolling back over it loses nothing). Anything else is newer."""
+    if _digest(current) == written_digest:
+        return True
+    try:
+        return current is not None and classify(path, current).state == LoginState.BLANKED
+    except CasError:
+        return False
+
+
+def _read_journal(dir_fd: int) -> dict[str, Any] | None:
+    """The restore journal, or None when there is none (a damaged one is removed)."""
+    try:
+        raw = read_regular(JOURNAL_NAME, dir_fd=dir_fd, max_bytes=4096)
+    except CasError:
+        raw = b"damaged"
+    if raw is None:
+        return None
+    try:
+        journal = json.loads(raw)
+        if isinstance(journal, dict) and isinstance(journal.get("written_sha256"), str):
+            return journal
+    except ValueError:
+        pass
+    try:
+        os.unlink(JOURNAL_NAME, dir_fd=dir_fd)
+    except OSError:
+        pass
+    return None
+
+
+def _previous_bytes(dir_fd: int, journal: Mapping[str, Any]) -> bytes | None | Literal[False]:
+    """The pre-restore content the journal points to: bytes, None (there was no file), or False
+    when the kept copy is gone or does not match the recorded digest (then nothing is rolled back)."""
+    if journal.get("previous_sha256") is None:
+        return None
+    name = journal.get("previous_copy")
+    if not isinstance(name, str) or "/" in name or not name.startswith(CREDENTIALS_NAME + "."):
+        return False
+    try:
+        data = read_regular(name, dir_fd=dir_fd)
+    except CasError:
+        return False
+    return data if data is not None and _digest(data) == journal["previous_sha256"] else False
 
 
 def _normalise(oauth: Mapping[str, Any] | None) -> str | None:

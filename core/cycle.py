@@ -4,21 +4,29 @@ It knows nothing about Vault, journald or the ``claude`` CLI: it talks to a
 :class:`~claude_auth_sync.model.CredentialStore`, a :class:`~claude_auth_sync.model.Probe` and a
 :class:`~claude_auth_sync.model.LocalCredentials`, and returns one :class:`StatusEvent`.
 
+0. Finish a rollback an earlier run could not complete (killed, lock busy, disk full).
 1. Renew the store's own credential (the per-user Vault token).
-2. Probe: a minimal real inference.
-3. Authenticated: back up the local OAuth object if it differs from the latest stored copy. OK.
-4. Unavailable (API unreachable, 429, 5xx, timeout): do nothing. WARN.
-5. Authentication failed: read the latest stored copy; merge it into the credentials file; probe
+2. No login at all (no file, no ``claudeAiOauth``: never logged in or ``claude auth logout``):
+   WARN ``not_logged_in``; nothing is probed or restored.
+3. Probe: a minimal real inference.
+4. Authenticated: back up the OAuth object the probe ran against if it differs from the latest
+   stored copy. OK.
+5. Unavailable (API unreachable, 429, 5xx, timeout): do nothing. WARN.
+6. Authentication failed: read the latest stored copy; merge it into the credentials file; probe
    once more. Authenticated: back up the refreshed object, OK. Still failing: put the file back
    as it was and FAIL, so a person logs in again.
 
-Guarantees: an OAuth object is backed up only right after it passed the probe and only if both of
-its tokens are present; only the latest stored version is ever restored; a restore that does not
-help is rolled back; no restore is attempted when the API is merely unavailable.
+Guarantees: an OAuth object is backed up only if a successful probe ran against exactly that
+object (the file is re-read after the probe; a change means another probe) and both its tokens
+are present; only the latest stored version is ever restored, and only if it passes the same
+check as the local file; a restore that does not help is rolled back, but never over a login
+written after the restore; no restore is attempted when the API is merely unavailable or the
+user is logged out.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,12 +36,14 @@ from typing import Any
 
 from .errors import CasError, ConcurrentChange
 from .fingerprint import oauth_fingerprints
+from .oauth import has_both_tokens, oauth_problem
 from .model import (
     Action,
     CredentialStore,
     ExitCode,
     LocalCredentials,
     LocalLogin,
+    LoginState,
     Probe,
     ProbeOutcome,
     ProbeResult,
@@ -46,6 +56,9 @@ from .model import (
 
 __all__ = ["HealthCycle", "Verdict", "failure_event", "refresh_expiry_ms", "utc_timestamp"]
 
+MAX_PROBES = 3  # inferences per check while the file keeps changing under the probe
+LOGGED_OUT = (LoginState.MISSING, LoginState.NO_OAUTH)
+UNUSABLE = (LoginState.BLANKED, LoginState.INVALID, LoginState.NOT_JSON)
 STORE_TTL_WARN_S = 7 * 86400  # a Vault token this close to expiry despite renewal needs a person
 REFRESH_WARN_S = 3 * 86400  # a refresh token this close to expiry needs a fresh login soon
 
@@ -116,53 +129,91 @@ class HealthCycle:
     # -- the runbook, step by step -------------------------------------------------------
 
     def _cycle(self) -> Verdict:
+        self._finish_pending_rollback()
         with self._timed("renew"):
             health = self.store.renew()
         if health.ttl_s is not None:
             self.details["store_ttl_s"] = health.ttl_s
 
-        first = self._probe("probe")
+        login = self.local.read()
+        if login.state in LOGGED_OUT:
+            return _not_logged_in()
+        first, probed, now = self._probe_tested("probe", login)
         if first.outcome == ProbeOutcome.AUTHENTICATED:
-            return self._early_warning(_ok(self._back_up_if_changed(latest=None)), health.ttl_s)
+            return self._early_warning(_ok(self._back_up(probed, latest=None)), health.ttl_s)
         if first.outcome != ProbeOutcome.AUTH_FAILED:
             return _verdict_for_probe(first, Action.NONE)
-        return self._recover()
+        if now.state in LOGGED_OUT:
+            return _not_logged_in()
+        if not _same_login(now, probed) and now.state not in UNUSABLE:
+            return self._after_concurrent_change()  # a new login arrived during the probe: test that one
+        return self._recover(probed, now)
 
-    def _recover(self) -> Verdict:
-        """Authentication failed: restore the latest stored copy, retry once, roll back if no help."""
+    def _recover(self, probed: LocalLogin, now: LocalLogin) -> Verdict:
+        """Authentication failed: restore the latest stored copy, retry once, roll back if no help.
+
+        ``probed`` is the login the failed probe ran against; ``now`` the file as it is (the CLI
+        may have blanked it after an ``invalid_grant``).
+        """
         latest = self.store.read_latest()
         if latest is None:
             return Verdict(ExitCode.FAIL, Action.NONE, "auth_failed_no_backup")
-        stored = latest.oauth
-        if not _has_both_tokens(stored):
+        problem = oauth_problem(latest.oauth) or (None if has_both_tokens(latest.oauth) else "a token is empty")
+        if problem is not None:
+            self.details["backup_problem"] = problem
             return Verdict(ExitCode.FAIL, Action.NONE, "auth_failed_backup_unusable")
-        before = self.local.read()
-        if before.oauth is not None and dict(before.oauth) == dict(stored):
+        if probed.oauth is not None and _same_oauth(probed.oauth, latest.oauth):
             return Verdict(ExitCode.FAIL, Action.NONE, "auth_failed_backup_is_local_copy")
 
         try:
             with self._timed("restore"):
-                snapshot = self.local.restore(stored, expected=before.oauth)
+                snapshot = self.local.restore(latest.oauth, expected=now.oauth)
         except ConcurrentChange:
             return self._after_concurrent_change()
         if snapshot.kept_copy is not None:
             self.details["kept_file"] = str(snapshot.kept_copy)
 
-        retry = self._probe("retry")
+        retry, tested, _ = self._probe_tested("retry", self.local.read())
         if retry.outcome == ProbeOutcome.AUTHENTICATED:
+            self.local.keep(snapshot)
             try:
-                self._back_up_if_changed(latest=latest)
+                self._back_up(tested, latest=latest)
             except CasError as err:  # the restored login works and stays; only the backup failed
                 self.details["error"] = err.message
                 return Verdict(err.exit_code, Action.RESTORE, err.reason)
             return _ok(Action.RESTORE, "restored_latest_backup")
         if retry.outcome == ProbeOutcome.UNAVAILABLE:
             # The local copy is known bad; the restored one is untested. Keep it: next run decides.
+            self.local.keep(snapshot)
             return Verdict(ExitCode.TEMPFAIL, Action.RESTORE, f"retry_{retry.reason}")
-        self._roll_back(snapshot)
+        return self._roll_back(snapshot, retry)
+
+    def _roll_back(self, snapshot: RestoreSnapshot, retry: ProbeResult) -> Verdict:
+        """The restored copy did not help: put the file back, unless a newer login replaced it.
+
+        A rollback that cannot be done now (lock busy, disk full) is reported as what is on disk
+        (``action=restore``) and finished by the next run (:meth:`_finish_pending_rollback`).
+        """
+        failed = _verdict_for_probe(retry, Action.ROLLBACK)
         if retry.outcome == ProbeOutcome.AUTH_FAILED:
-            return Verdict(ExitCode.FAIL, Action.ROLLBACK, "auth_failed_after_restore")
-        return _verdict_for_probe(retry, Action.ROLLBACK)
+            failed = Verdict(ExitCode.FAIL, Action.ROLLBACK, "auth_failed_after_restore")
+        try:
+            with self._timed("rollback"):
+                self.local.rollback(snapshot)
+        except ConcurrentChange:
+            return self._after_concurrent_change()
+        except CasError as err:
+            self.details["error"] = err.message
+            if snapshot.previous_copy is not None:
+                self.details["pre_restore_file"] = str(snapshot.previous_copy)
+            return Verdict(failed.exit_code, Action.RESTORE, f"{failed.reason}_rollback_pending")
+        return failed
+
+    def _finish_pending_rollback(self) -> None:
+        """An earlier run restored, then could not roll back (killed, lock busy, disk full): finish."""
+        done = self.local.finish_pending_rollback()
+        if done:
+            self.details["pending_rollback"] = done
 
     def _early_warning(self, verdict: Verdict, store_ttl_s: int | None) -> Verdict:
         """Healthy now, but heading for trouble renewal cannot fix: WARN so a person acts in time."""
@@ -174,35 +225,46 @@ class HealthCycle:
         return verdict
 
     def _after_concurrent_change(self) -> Verdict:
-        """Claude Code rewrote the login while we were about to restore: probe it, don't overwrite."""
-        again = self._probe("retry")
+        """Someone (Claude Code, a new login) rewrote the file meanwhile: probe that, never overwrite it."""
+        login = self.local.read()
+        if login.state in LOGGED_OUT:
+            return _not_logged_in()
+        again, tested, _ = self._probe_tested("recheck", login)
         if again.outcome == ProbeOutcome.AUTHENTICATED:
-            return _ok(self._back_up_if_changed(latest=None), ConcurrentChange.default_reason)
+            return _ok(self._back_up(tested, latest=None), ConcurrentChange.default_reason)
         return Verdict(ExitCode.TEMPFAIL, Action.NONE, ConcurrentChange.default_reason)
 
-    def _back_up_if_changed(self, latest: StoredCopy | None) -> Action:
-        """Back up the just-authenticated local object unless the latest stored copy equals it.
-
-        The CLI may have refreshed the file during the probe, so it is read again here.
-        ``latest`` avoids a second store read when the recovery path already has it.
-        """
-        login = self.local.read()
-        self._note_local(login)
-        if not login.backupable or login.oauth is None:
-            raise _NotBackupable(login)
+    def _back_up(self, tested: LocalLogin, latest: StoredCopy | None) -> Action:
+        """Back up ``tested`` (the object a successful probe ran against) unless the latest stored
+        copy equals it. ``latest`` avoids a second store read when the recovery path has it."""
+        self._note_local(tested)
+        if not tested.backupable or tested.oauth is None:
+            raise _NotBackupable(tested)
         if latest is None:
             latest = self.store.read_latest()
-        if latest is not None and dict(latest.oauth) == dict(login.oauth):
+        if latest is not None and _same_oauth(latest.oauth, tested.oauth):
             return Action.NONE
         with self._timed("backup"):
-            version = self.store.write(login.oauth, expected_version=latest.version if latest else None)
+            version = self.store.write(tested.oauth, expected_version=latest.version if latest else None)
         if version is not None:
             self.details["backup_version"] = version
         return Action.BACKUP
 
-    def _roll_back(self, snapshot: RestoreSnapshot) -> None:
-        with self._timed("rollback"):
-            self.local.rollback(snapshot)
+    def _probe_tested(self, label: str, before: LocalLogin) -> tuple[ProbeResult, LocalLogin, LocalLogin]:
+        """Probe, and return (result, the login it ran against, the file as it is now).
+
+        When the probe passed but the file changed meanwhile (the CLI's own refresh, or another
+        writer), probe again: a passing result always belongs to exactly the returned login, so
+        only an object a successful probe ran against is ever backed up. At most
+        :data:`MAX_PROBES` inferences; a file that keeps changing ends WARN.
+        """
+        for attempt in range(1, MAX_PROBES + 1):
+            result = self._probe(label if attempt == 1 else f"{label}{attempt}")
+            after = self.local.read()
+            if result.outcome != ProbeOutcome.AUTHENTICATED or _same_login(after, before):
+                return result, before, after
+            before = after
+        return ProbeResult(ProbeOutcome.UNAVAILABLE, "credentials_kept_changing"), before, before
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -276,11 +338,14 @@ class _NotBackupable(CasError):
         )
 
 
-def _has_both_tokens(oauth: Any) -> bool:
-    return (
-        isinstance(oauth, dict)
-        and isinstance(oauth.get("accessToken"), str)
-        and bool(oauth.get("accessToken"))
-        and isinstance(oauth.get("refreshToken"), str)
-        and bool(oauth.get("refreshToken"))
-    )
+def _not_logged_in() -> Verdict:
+    """No login at all (never logged in, or ``claude auth logout``): not broken, never restored."""
+    return Verdict(ExitCode.TEMPFAIL, Action.NONE, "not_logged_in")
+
+
+def _same_oauth(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _same_login(a: LocalLogin, b: LocalLogin) -> bool:
+    return a.state == b.state and _same_oauth(a.oauth, b.oauth)

@@ -106,7 +106,7 @@ def check_local_login(rt: Runtime) -> list[Check]:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return [Check(g, "credentials file", "fail", f"{path} does not exist", RELOGIN_COMMAND)]
+        return [Check(g, "credentials file", "warn", f"{path} does not exist (not logged in)", RELOGIN_COMMAND)]
     if stat.S_ISLNK(st.st_mode):
         return [Check(g, "credentials file", "fail", f"{path} is a symlink", f"replace {path} with the real file")]
     mode = stat.S_IMODE(st.st_mode)
@@ -118,7 +118,8 @@ def check_local_login(rt: Runtime) -> list[Check]:
     login = rt.local().read()
     state_rows = {
         LoginState.NOT_JSON: Check(g, "parse", "fail", login.detail, f"the next run restores the backup; or {RELOGIN_COMMAND}"),
-        LoginState.NO_OAUTH: Check(g, "claudeAiOauth", "fail", login.detail, RELOGIN_COMMAND),
+        LoginState.NO_OAUTH: Check(g, "claudeAiOauth", "warn", login.detail, f"not logged in; to be: {RELOGIN_COMMAND}"),
+        LoginState.INVALID: Check(g, "claudeAiOauth", "fail", login.detail, f"the next run restores the backup; or {RELOGIN_COMMAND}"),
         LoginState.BLANKED: Check(g, "tokens", "fail", login.detail, RELOGIN_COMMAND),
         LoginState.MISSING: Check(g, "credentials file", "fail", "missing", RELOGIN_COMMAND),
     }

@@ -21,6 +21,7 @@ __all__ = [
     "CredentialsError",
     "CredentialsUnsafe",
     "CredentialsBusy",
+    "CredentialsUnsupported",
     "ConcurrentChange",
 ]
 
@@ -92,6 +93,13 @@ class CredentialsUnsafe(CredentialsError):
 
     exit_code = ExitCode.CONFIG
     default_reason = "credentials_unsafe"
+
+
+class CredentialsUnsupported(CredentialsError):
+    """Valid JSON the agent will not rewrite (absurdly deep or large): nothing touched (exit 78)."""
+
+    exit_code = ExitCode.CONFIG
+    default_reason = "credentials_unsupported"
 
 
 class CredentialsBusy(CredentialsError):

@@ -120,7 +120,8 @@ class StoreHealth:
 class LoginState(enum.StrEnum):
     MISSING = "missing"  # no credentials file
     NOT_JSON = "not_json"  # the file does not parse
-    NO_OAUTH = "no_oauth"  # no claudeAiOauth object
+    NO_OAUTH = "no_oauth"  # no claudeAiOauth object (logged out)
+    INVALID = "invalid"  # a claudeAiOauth object Claude Code cannot use (wrong types, not a token)
     BLANKED = "blanked"  # empty/missing access or refresh token (Claude Code after invalid_grant)
     EXPIRED = "expired"  # access token expired: normal, the CLI refreshes it
     HEALTHY = "healthy"
@@ -150,6 +151,8 @@ class RestoreSnapshot:
     path: Path
     previous_bytes: bytes | None  # None: the file did not exist
     kept_copy: Path | None = None  # 0600 copy of an unparseable or pre-restore file
+    written_digest: str | None = None  # SHA-256 of what the restore wrote: roll back only that
+    previous_copy: Path | None = None  # where the pre-restore content is kept on disk (0600)
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,19 @@ class LocalCredentials(Protocol):
         OAuth object is no longer ``expected``; CredentialsBusy when the lock stays held."""
 
     def rollback(self, snapshot: RestoreSnapshot) -> None:
-        """Put the file back exactly as it was before ``restore``."""
+        """Put the file back exactly as it was before ``restore``, but only if it still holds what
+        ``restore`` wrote. Raises ConcurrentChange (nothing written) when a newer login replaced
+        it meanwhile; CredentialsBusy / CredentialsWriteFailed when the rollback could not be done,
+        in which case :meth:`finish_pending_rollback` completes it on the next run."""
+
+    def keep(self, snapshot: RestoreSnapshot) -> None:
+        """The restored login stays: forget how to undo ``snapshot`` (the pre-restore copy is kept)."""
+
+    def finish_pending_rollback(self) -> str | None:
+        """Complete a rollback an earlier run could not finish (killed, lock busy, disk full).
+
+        Rolls back only if the file still holds exactly what that run's restore wrote; a newer
+        login is left alone. Returns a short description of what was done, or None."""
 
 
 @runtime_checkable

@@ -6,20 +6,27 @@ failing sink is reported on stderr and never stops the others or changes the exi
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from .cycle import HealthCycle, failure_event
 from .errors import CasError
+from .fileio import ensure_private_dir, open_regular
 from .hookspecs import PluginContext
-from .model import CredentialStore, LocalCredentials, Probe, Sink, StatusEvent, UserIdentity
+from .model import ExitCode, CredentialStore, LocalCredentials, Probe, Sink, StatusEvent, UserIdentity
 from .plugin_manager import Plugins, get_plugin_manager
 from .settings import Settings, load_settings
 
-__all__ = ["Runtime", "build_runtime", "emit_to_sinks", "run_cycle", "load_runtime_settings"]
+__all__ = ["RunInProgress", "Runtime", "build_runtime", "emit_to_sinks", "run_cycle", "run_lock", "load_runtime_settings"]
+
+RUN_LOCK_NAME = "run.lock"
 
 
 @dataclass
@@ -94,12 +101,51 @@ def emit_to_sinks(sinks: list[tuple[str, Sink]], event: StatusEvent, stderr: Tex
     return failed
 
 
+class RunInProgress(CasError):
+    """Another run of the agent for this user holds the run lock (exit 75: the next run retries)."""
+
+    exit_code = ExitCode.TEMPFAIL
+    default_reason = "another_run_in_progress"
+
+
+@contextmanager
+def run_lock(state_dir: Path, wait_s: float) -> Iterator[None]:
+    """Serialise runs of one user: an exclusive ``flock`` on ``<state_dir>/run.lock`` (0600).
+
+    Waits up to ``wait_s`` seconds, then raises :class:`RunInProgress`. The lock belongs to the open
+    file description, so it is released when the process ends, however it ends.
+    """
+    ensure_private_dir(state_dir)
+    fd = open_regular(state_dir / RUN_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunInProgress(
+                        f"another claude-auth-sync run for this user is still going (waited {wait_s:.0f}s for {state_dir / RUN_LOCK_NAME})",
+                        remedy="nothing: that run reports its own result; this one ends WARN",
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
 def run_cycle(runtime: Runtime) -> StatusEvent:
-    """Build the selected plugins and run one health cycle. Raises CasError only while building."""
+    """Build the selected plugins and run one health cycle, one run per user at a time.
+
+    Never raises a CasError: building a plugin, the run lock and the cycle all end in an event.
+    """
     try:
         store = runtime.store()
         probe = runtime.probe()
         local = runtime.local()
+        assert runtime.settings.state_dir is not None
+        with run_lock(runtime.settings.state_dir, runtime.settings.run_lock_wait):
+            return HealthCycle(user=runtime.user.name, store=store, probe=probe, local=local).run()
     except CasError as err:
         return failure_event(runtime.user.name, err)
-    return HealthCycle(user=runtime.user.name, store=store, probe=probe, local=local).run()

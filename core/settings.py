@@ -17,13 +17,14 @@ reads the environment itself. Invalid settings raise :class:`ConfigurationError`
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -31,10 +32,10 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
-    TomlConfigSettingsSource,
 )
 
-from .errors import ConfigurationError
+from .errors import CasError, ConfigurationError
+from .fileio import open_regular
 from .hookspecs import SettingsSection
 from .model import UserIdentity
 
@@ -51,6 +52,7 @@ __all__ = [
 ENV_PREFIX = "CLAUDE_AUTH_SYNC_"
 SYSTEM_CONFIG_FILE = Path("/etc/claude-auth-sync/config.toml")
 APP_DIR = "claude-auth-sync"
+MAX_SETTINGS_BYTES = 256 * 1024
 
 
 def user_config_file(user: UserIdentity, environ: Mapping[str, str] | None = None) -> Path:
@@ -78,9 +80,20 @@ class Settings(BaseSettings):
     state_dir: Path | None = Field(None, description="private log directory ($XDG_STATE_HOME/claude-auth-sync)")
     config_dir: Path | None = Field(None, description="user config directory ($XDG_CONFIG_HOME/claude-auth-sync)")
     lock_wait_timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for Claude Code's lock")
+    run_lock_wait: float = Field(10.0, ge=0, le=600, description="seconds a run waits for another run of the same user")
+
+    @field_validator("claude_config_dir", "state_dir", "config_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(
+                f"must be an absolute path, not {str(value)!r} (a relative path means another directory for "
+                "every process that starts from somewhere else)"
+            )
+        return value
 
     # Set on the per-load subclass by load_settings(); not settings themselves.
-    _toml_files: ClassVar[tuple[Path, ...]] = ()
+    _toml_files: ClassVar[tuple[tuple[Path, dict[str, Any]], ...]] = ()
     _standard_env: ClassVar[dict[str, Any]] = {}
     _overrides: ClassVar[dict[str, Any]] = {}
 
@@ -123,15 +136,15 @@ def _sources(
     env_settings: PydanticBaseSettingsSource,
 ) -> list[tuple[str, PydanticBaseSettingsSource]]:
     """The sources with a label each, highest precedence first."""
-    toml_files: tuple[Path, ...] = getattr(settings_cls, "_toml_files", ())
+    toml_files: tuple[tuple[Path, dict[str, Any]], ...] = getattr(settings_cls, "_toml_files", ())
     standard: dict[str, Any] = getattr(settings_cls, "_standard_env", {})
     sources: list[tuple[str, PydanticBaseSettingsSource]] = [
         ("command line", init_settings),
         ("environment", env_settings),
         ("standard variable", _StandardEnvSource(settings_cls, standard)),
     ]
-    for path in reversed(toml_files):  # the user file overrides the system file
-        sources.append((str(path), TomlConfigSettingsSource(settings_cls, toml_file=path)))
+    for path, data in reversed(toml_files):  # the user file overrides the system file
+        sources.append((str(path), _StandardEnvSource(settings_cls, data)))
     return sources
 
 
@@ -151,7 +164,7 @@ def _standard_env_values(sections: Sequence[SettingsSection], environ: Mapping[s
 
 
 def _settings_class(
-    sections: Sequence[SettingsSection], toml_files: Sequence[Path], environ: Mapping[str, str]
+    sections: Sequence[SettingsSection], toml_files: Sequence[tuple[Path, dict[str, Any]]], environ: Mapping[str, str]
 ) -> type[Settings]:
     seen: dict[str, SettingsSection] = {}
     fields: dict[str, Any] = {}
@@ -181,16 +194,19 @@ def load_settings(
     :raises ConfigurationError: on any invalid value, naming the field and the source files.
     """
     env = os.environ if environ is None else environ
-    files = [p for p in (system_file, user_file or user_config_file(user, env)) if p.is_file()]
+    files = [
+        (path, data)
+        for path, data in (
+            (system_file, read_settings_file(system_file, owners=(0,))),
+            (user_file or user_config_file(user, env), read_settings_file(user_file or user_config_file(user, env), owners=(0, user.uid))),
+        )
+        if data is not None
+    ]
     cls = _settings_class(sections, files, env)
     cls._overrides = dict(overrides or {})
-    where = ", ".join(str(f) for f in files) or "no settings file"
+    where = ", ".join(str(f) for f, _ in files) or "no settings file"
     try:
         settings = cls(**dict(overrides or {}))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigurationError(
-            f"a settings file is not valid TOML: {err}", reason="invalid_settings", remedy=f"fix the syntax of {where}"
-        ) from None
     except SettingsError as err:  # a value that does not parse at all, e.g. a list that is not JSON
         raise ConfigurationError(
             f"invalid settings: {err}", reason="invalid_settings",
@@ -206,6 +222,54 @@ def load_settings(
             remedy=f"fix the CLAUDE_AUTH_SYNC_* variables or the settings file ({where})",
         ) from None
     return _with_paths(settings, user)
+
+
+def read_settings_file(path: Path, *, owners: Sequence[int]) -> dict[str, Any] | None:
+    """A settings file's parsed TOML, or None when it does not exist.
+
+    Trusted only if it is a regular file (no symlink, FIFO or device: never blocks), owned by one
+    of ``owners`` (root for the system file; root or the user for the user's file) and not
+    writable by group or others: whoever can write it decides where the Vault token is sent.
+
+    :raises ConfigurationError: unsafe, unreadable, not UTF-8, not TOML (reason ``invalid_settings``
+        or ``settings_unsafe``), with the file named and the fix.
+    """
+    try:
+        fd = open_regular(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except CasError as err:
+        raise ConfigurationError(err.message, reason="settings_unsafe", remedy=err.remedy) from None
+    except OSError as err:
+        raise ConfigurationError(
+            f"cannot read the settings file {path}: {os.strerror(err.errno or 0)}", reason="invalid_settings",
+            remedy=f"make {path} readable (chmod 0644 for the system file) or remove it",
+        ) from None
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if st.st_uid not in owners or stat.S_IMODE(st.st_mode) & 0o022:
+            who = "root" if tuple(owners) == (0,) else "root or you"
+            raise ConfigurationError(
+                f"refusing the settings file {path}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; "
+                f"it must be owned by {who} and writable by no one else",
+                reason="settings_unsafe", remedy=f"chown root:root {path} && chmod 0644 {path} (after checking its content)",
+            )
+        try:
+            data = handle.read(MAX_SETTINGS_BYTES + 1)
+        except OSError as err:
+            raise ConfigurationError(f"cannot read the settings file {path}: {os.strerror(err.errno or 0)}",
+                                     reason="invalid_settings", remedy=f"check {path}") from None
+    if len(data) > MAX_SETTINGS_BYTES:
+        raise ConfigurationError(f"the settings file {path} is larger than {MAX_SETTINGS_BYTES} bytes",
+                                 reason="invalid_settings", remedy=f"fix {path}")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"the settings file {path} is not UTF-8 text", reason="invalid_settings",
+                                 remedy=f"save {path} as UTF-8") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigurationError(f"the settings file {path} is not valid TOML: {err}", reason="invalid_settings",
+                                 remedy=f"fix the syntax of {path}") from None
 
 
 def _with_paths(settings: Settings, user: UserIdentity) -> Settings:

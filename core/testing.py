@@ -12,6 +12,7 @@ Fixtures: ``cas_store``, ``cas_local``, ``cas_sink``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from .model import (
     CredentialStore,
     LocalCredentials,
     LocalLogin,
+    LoginState,
     OAuth,
     Probe,
     ProbeOutcome,
@@ -102,6 +104,8 @@ class MemoryCredentials:
 
     raw: bytes | None = None
     writes: int = 0
+    pending: RestoreSnapshot | None = None  # a restore neither kept nor rolled back yet
+    fail_rollback: Exception | None = None  # raise this from rollback() (lock busy, disk full)
 
     @classmethod
     def with_document(cls, document: dict[str, Any]) -> MemoryCredentials:
@@ -119,14 +123,35 @@ class MemoryCredentials:
         current = self.read().oauth
         if (dict(current) if current else None) != (dict(expected) if expected else None):
             raise ConcurrentChange("changed meanwhile")
-        snapshot = RestoreSnapshot(path=self.read().path, previous_bytes=self.raw)
+        previous = self.raw
         self.raw = merge_oauth(self.raw, oauth)
         self.writes += 1
-        return snapshot
+        self.pending = RestoreSnapshot(path=self.read().path, previous_bytes=previous,
+                                       written_digest=hashlib.sha256(self.raw).hexdigest())
+        return self.pending
 
     def rollback(self, snapshot: RestoreSnapshot) -> None:
+        """Like the file restorer: only what the restore wrote (or a blanked login) is rolled back."""
+        if self.fail_rollback is not None:
+            raise self.fail_rollback
+        self.pending = None
+        ours = self.raw is not None and hashlib.sha256(self.raw).hexdigest() == snapshot.written_digest
+        if not ours and self.read().state != LoginState.BLANKED:
+            raise ConcurrentChange("a newer login replaced the restored copy")
         self.raw = snapshot.previous_bytes
         self.writes += 1
+
+    def keep(self, snapshot: RestoreSnapshot) -> None:
+        self.pending = None
+
+    def finish_pending_rollback(self) -> str | None:
+        """Simulates the next run: roll back a restore whose rollback did not happen."""
+        snapshot, self.pending = self.pending, None
+        if snapshot is None or self.raw is None or hashlib.sha256(self.raw).hexdigest() != snapshot.written_digest:
+            return None
+        self.raw = snapshot.previous_bytes
+        self.writes += 1
+        return "rolled_back_interrupted_restore"
 
 
 @dataclass

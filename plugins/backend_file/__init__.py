@@ -72,9 +72,11 @@ class FileStore:
             return None
         try:
             record = json.loads(raw)
-            record["data"]["claudeAiOauth"]  # noqa: B018 - shape check
-            int(record["version"])
-        except (ValueError, KeyError, TypeError):
+            if not isinstance(record["data"]["claudeAiOauth"], dict):
+                raise TypeError("claudeAiOauth is not an object")
+            if not isinstance(record["version"], int) or isinstance(record["version"], bool) or record["version"] < 1:
+                raise TypeError("version is not a positive integer")
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise StoreRefused(
                 f"the backup file {self.path} is damaged", reason="store_damaged",
                 remedy=f"move {self.path} aside; the next healthy run writes a new one",

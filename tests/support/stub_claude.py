@@ -5,7 +5,8 @@ It reads ``$CLAUDE_CONFIG_DIR/.credentials.json`` and accepts the access token w
 fingerprint (first 8 hex) is listed in ``STUB_CLAUDE_ACCEPT`` (comma-separated), so no token is
 ever put in the environment. ``STUB_CLAUDE_MODE``: ``auto`` (default), ``429``, ``529``, ``500``,
 ``hang``, ``crash``. ``STUB_CLAUDE_REFRESH_TO``: when set to ``ACCESS:REFRESH`` the stub rewrites
-the file's tokens on success, like the CLI's own refresh. Only Debian's /usr/bin/python3 stdlib.
+the file's tokens on success, like the CLI's own refresh, and from then on accepts ACCESS (the
+token the server issued) without refreshing again. Only Debian's /usr/bin/python3 stdlib.
 
 The probe passes the CLI an allow-listed environment, so the ``STUB_CLAUDE_*`` knobs are also read
 from the parent's (the agent's) initial environment in ``/proc/<ppid>/environ``; the stub's own
@@ -64,8 +65,11 @@ def main():
         result(True, "Not logged in · Please run /login", None, 1)
     token = oauth.get("accessToken") or ""
     accepted = [fp for fp in knob.get("STUB_CLAUDE_ACCEPT", "").split(",") if fp]
+    refresh_to = knob.get("STUB_CLAUDE_REFRESH_TO")
+    issued = refresh_to.split(":", 1)[0] if refresh_to else None  # the server accepts what it issued
+    if token and token == issued:
+        result(False, "ok")
     if token and hashlib.sha256(token.encode()).hexdigest()[:8] in accepted:
-        refresh_to = knob.get("STUB_CLAUDE_REFRESH_TO")
         if refresh_to:
             with open(path) as handle:
                 document = json.load(handle)

@@ -50,7 +50,8 @@ def test_ok_with_all_perfdata() -> None:
         ([line("OK", 60, store_ttl_s=str(5 * 86400))], LoginState.HEALTHY, NagiosState.WARNING, "Vault token expires soon"),
         ([line("OK", 60)], LoginState.BLANKED, NagiosState.CRITICAL, "local login blanked"),
         ([], LoginState.HEALTHY, NagiosState.UNKNOWN, "no run recorded"),
-        ([], LoginState.MISSING, NagiosState.CRITICAL, "local login missing"),
+        ([], LoginState.MISSING, NagiosState.UNKNOWN, "not logged in"),
+        ([line("WARN", 60, reason="not_logged_in")], LoginState.NO_OAUTH, NagiosState.WARNING, "not logged in"),
     ],
 )
 def test_states(lines, login, expected, words) -> None:
