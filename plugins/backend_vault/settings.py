@@ -6,10 +6,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .address import parse_vault_addr
+
 __all__ = ["VaultSettings"]
 
 
 class VaultSettings(BaseModel):
+    """The ``vault`` section. An ``addr`` that is ambiguous or carries credentials never loads (see
+    :mod:`.address`); the error names the problem, never the address."""
+
     model_config = ConfigDict(extra="forbid")
 
     addr: str | None = Field(None, description="Vault address; default $VAULT_ADDR")
@@ -21,6 +26,13 @@ class VaultSettings(BaseModel):
     token_file: Path | None = Field(None, description="default $XDG_CONFIG_HOME/claude-auth-sync/vault-token")
     timeout: float = Field(10.0, gt=0, le=120, description="seconds per Vault request")
     allow_insecure_http: bool = Field(False, description="allow plain http to a non-loopback address")
+
+    @field_validator("addr")
+    @classmethod
+    def _unambiguous_addr(cls, value: str | None) -> str | None:
+        if value:
+            parse_vault_addr(value)  # AddressRefused is a ValueError whose text never quotes the address
+        return value
 
     @field_validator("path_prefix")
     @classmethod

@@ -11,8 +11,12 @@ Guarantees:
   latest version deleted by an administrator) is ``None``. ``write()`` stores
   ``{"claudeAiOauth": ...}`` and nothing else, with check-and-set (``cas``) so a concurrent writer
   is never silently overwritten. A healthy, unchanged cycle is therefore two requests.
-* A redirect (a standby answering 307) is followed only to an address :func:`check_address`
-  accepts, so the token never follows a redirect onto plain http to another host.
+* The address is judged as requests will connect (:mod:`.address`): an ambiguous one (a backslash,
+  userinfo, control characters, anything urllib.parse and urllib3 read differently) is refused
+  before any request, and no message, diagnose fact or status line quotes it.
+* A redirect (a standby answering 307) is followed only to a target that passes the same checks
+  and is not plain http off loopback, so the token never follows a redirect onto plain http to
+  another host or to a host the parsers disagree on.
 * Reads are never older than the renew that started the cycle: the ``X-Vault-Index`` of every
   answer is sent back with ``X-Vault-Inconsistent: forward-active-node``, so a standby serving reads
   from a lagging replica (OpenBao 2.7+ integrated storage) forwards to the active node instead.
@@ -23,15 +27,15 @@ Guarantees:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlparse
+from urllib.parse import urlparse
 
 from claude_auth_sync.errors import ConfigurationError, StoreConflict, StoreError, StoreRefused, StoreUnavailable
 from claude_auth_sync.model import OAuth, StoreHealth, StoredCopy
 
+from .address import AddressRefused, Origin, display_address, parse_vault_addr, redirect_origin
 from .policy import expected_policies, secret_paths
 from .settings import VaultSettings
 from .token_file import PROVISION, read_token_file, token_file_facts
@@ -47,45 +51,58 @@ MAX_REDIRECTS = 5
 RETRY_LATER = "nothing now: the next run retries; check Vault's health"
 
 
+ADDRESS_REMEDY = ("set vault.addr (or CLAUDE_AUTH_SYNC_VAULT__ADDR / VAULT_ADDR) to https://host:port: no user:password@, "
+                  "no backslash, query or fragment, no spaces")
+
+
 def check_address(addr: str | None, allow_insecure_http: bool) -> str:
-    """The Vault address, refusing a missing one and plain http to a non-loopback host."""
+    """The Vault address, unchanged, once it is safe to connect to.
+
+    Refuses (ConfigurationError, exit 78) a missing address (``vault_addr_missing``), one that is
+    ambiguous or carries credentials (``vault_addr_invalid``, see :mod:`.address`: judged by both
+    URL parsers requests uses), and plain http to a non-loopback host unless
+    ``allow_insecure_http`` (``vault_insecure_http``). No message quotes a refused address.
+    """
     if not addr:
         raise ConfigurationError(
             "no Vault address configured", reason="vault_addr_missing",
             remedy="set vault.addr in /etc/claude-auth-sync/config.toml (or CLAUDE_AUTH_SYNC_VAULT__ADDR / VAULT_ADDR)",
         )
-    parsed = urlparse(addr)
     try:
-        parsed.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        raise ConfigurationError(f"invalid Vault address {addr!r} (bad port)", reason="vault_addr_invalid",
-                                 remedy="use https://host:port") from None
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigurationError(f"invalid Vault address {addr!r}", reason="vault_addr_invalid",
-                                 remedy="use https://host:port")
-    if parsed.scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.hostname):
+        origin = parse_vault_addr(addr)
+    except AddressRefused as err:
+        raise ConfigurationError(f"invalid Vault address: {err}", reason="vault_addr_invalid", remedy=ADDRESS_REMEDY) from None
+    if _insecure(origin, allow_insecure_http):
         raise ConfigurationError(
-            f"refusing plain http to non-loopback Vault {parsed.hostname}: the token would cross the network unencrypted",
+            f"refusing plain http to non-loopback Vault {origin.host}: the token would cross the network unencrypted",
             reason="vault_insecure_http", remedy="use https (set VAULT_CACERT for a private CA), or set vault.allow_insecure_http = true",
         )
     return addr
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _insecure(origin: Origin, allow_insecure_http: bool) -> bool:
+    return origin.scheme == "http" and not allow_insecure_http and not origin.is_loopback
 
 
 class _UnsafeRedirect(Exception):
-    """A redirect to an address check_address refuses; raised before the token is sent there."""
+    """A redirect the agent refuses to follow; raised before the token is sent there.
 
-    def __init__(self, host: str | None) -> None:
-        super().__init__(host)
+    ``host`` is set only for a well-formed plain-http target off loopback; ``problem`` describes an
+    ambiguous target without quoting it."""
+
+    def __init__(self, host: str | None, problem: str | None = None) -> None:
+        super().__init__(host, problem)
         self.host = host
+        self.problem = problem
+
+
+def _check_redirect(request_url: str, location: str, allow_insecure_http: bool) -> None:
+    try:
+        origin = redirect_origin(request_url, location)
+    except AddressRefused as err:
+        raise _UnsafeRedirect(None, str(err)) from None
+    if _insecure(origin, allow_insecure_http):
+        raise _UnsafeRedirect(origin.host)
 
 
 def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Session:
@@ -94,13 +111,12 @@ def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Ses
 
     class _VaultSession(requests.Session):
         def get_redirect_target(self, resp: requests.Response) -> str | None:
-            target = super().get_redirect_target(resp)
+            try:
+                target = super().get_redirect_target(resp)
+            except UnicodeError:  # a Location header that is not UTF-8
+                raise _UnsafeRedirect(None, "a redirect target that is not UTF-8") from None
             if target:
-                absolute = urljoin(resp.url, target)
-                try:
-                    check_address(absolute, allow_insecure_http)
-                except ConfigurationError:
-                    raise _UnsafeRedirect(urlparse(absolute).hostname) from None
+                _check_redirect(resp.url, target, allow_insecure_http)
             return target
 
     session = _VaultSession()
@@ -182,7 +198,7 @@ class VaultStore:
     def describe(self) -> dict[str, Any]:
         """Token facts (lookup-self) and the secret's metadata, never a value. Never raises a StoreError."""
         facts: dict[str, Any] = {
-            "addr": self.settings.addr,
+            "addr": display_address(self.settings.addr),
             "path": f"{self.settings.mount}/{self.relative_path}",
             "token_file": {"path": str(self.token_file), **token_file_facts(self.token_file)},
         }
@@ -299,10 +315,8 @@ class VaultStore:
             raise StoreUnavailable(f"{where}: Vault answered {status}", reason="vault_unavailable",
                                    remedy=RETRY_LATER) from None
         except _UnsafeRedirect as err:
-            raise StoreRefused(
-                f"{where}: Vault redirected to plain http on {err.host}; the token would cross the network unencrypted",
-                reason="vault_insecure_redirect", remedy="set the Vault cluster's api_addr to an https address",
-            ) from None
+            raise StoreRefused(_redirect_refusal(where, err), reason="vault_insecure_redirect",
+                               remedy="set the Vault cluster's api_addr to an https address") from None
         except requests.exceptions.SSLError:
             raise StoreRefused(f"{where}: TLS verification failed", reason="vault_tls",
                                remedy="set VAULT_CACERT (or vault.cacert) to the CA bundle that signed Vault's certificate") from None
@@ -319,6 +333,12 @@ class VaultStore:
             raise StoreUnavailable(f"{where}: unexpected answer (HTTP {status}, not Vault JSON)",
                                    reason="vault_unavailable", remedy=RETRY_LATER)
         return answer
+
+
+def _redirect_refusal(where: str, err: _UnsafeRedirect) -> str:
+    if err.problem:
+        return f"{where}: Vault redirected to an address the agent refuses ({err.problem}); the token was not sent there"
+    return f"{where}: Vault redirected to plain http on {err.host}; the token would cross the network unencrypted"
 
 
 def _absent_on_404(request: Any) -> Any:

@@ -681,6 +681,21 @@ def test_standby_redirect_is_followed_only_to_a_safe_address(bao: OpenBaoServer,
             store.renew()
         assert (refused.value.reason, refused.value.exit_code) == ("vault_insecure_redirect", ExitCode.CONFIG)
 
+    # Targets that name the real server to one URL parser and something else to the other, or carry
+    # a password: refused before the token is sent anywhere, and the message quotes none of them.
+    password = "Redirect-PASSWORD-51d0"
+    real = bao.addr.split("//", 1)[1]
+    for target in (f"http://127.0.0.2:{free_loopback_port()}\\@{real}", f"http://agent:{password}@{real}",
+                   f"http://{real}\\@127.0.0.2:{free_loopback_port()}", f"//agent:{password}@{real}"):
+        with _FakeVault(lambda h, target=target: (307, {"Location": target + h.path}, b"")) as rogue:
+            store = make_store(rogue.addr, user, token_file, timeout=2)
+            mark = bao.audit_mark()
+            with pytest.raises(StoreRefused) as refused:
+                store.renew()
+            assert (refused.value.reason, refused.value.exit_code) == ("vault_insecure_redirect", ExitCode.CONFIG)
+            assert password not in str(refused.value) and "agent:" not in str(refused.value)
+            assert len(rogue.hits) == 1 and vault_requests(bao, mark) == []
+
 
 # ----------------------------------------------------------------------------- HA (integrated storage)
 

@@ -1,0 +1,133 @@
+"""The installed agent against a real OpenBao, with a Vault address built to mislead (issue 11, item 1).
+
+Each address names the real server to one URL parser and a loopback trap (127.0.0.2, a listener
+that records every request and whether it carried a Vault token) or a password to the other. The
+agent must refuse it before any connection: exit 78 at once, a FAIL status line, the trap and the
+server untouched, and neither the password nor the address in stdout, stderr or ``sync.log``.
+No traffic leaves loopback: the "other host" is always the trap.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_auth_sync.plugins.backend_vault.policy import policy_name, render_policy
+from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
+from claude_auth_sync.testing import oauth_object
+from tests.support.cli import Sandbox, current_user, fp
+from tests.support.openbao import OpenBaoServer
+
+pytestmark = pytest.mark.real
+
+SECRET = "Vault-Addr-PASSWORD-7c1e"
+GOOD = oauth_object("sk-ant-oat01-addr-test-good", "sk-ant-ort01-addr-test-refresh")
+STATUS = re.compile(r"(^|\n)(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ )?FAIL user=\S+ action=none reason=\S+")
+
+
+class Trap(http.server.ThreadingHTTPServer):
+    """A loopback listener on 127.0.0.2 standing in for "another host"; answers 503 to anything."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.hits: list[tuple[str, bool]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                outer.hits.append((self.command, bool(self.headers.get("X-Vault-Token"))))
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = _any  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.2", 0), Handler)
+        self.port = int(self.server_address[1])
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
+    with OpenBaoServer(tmp_path_factory.mktemp("bao")) as server:
+        yield server
+
+
+@pytest.fixture
+def trap() -> Iterator[Trap]:
+    server = Trap()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def provisioned_box(bao: OpenBaoServer, tmp_path: Path) -> Sandbox:
+    """A sandbox whose user has a real, correctly provisioned token file and a healthy login."""
+    user = current_user()
+    bao.write_policy(policy_name(user), render_policy(user, VaultSettings()))
+    token = bao.create_periodic_token([policy_name(user)], period="768h", display_name=f"claude-auth-sync-{user}",
+                                      no_default_policy=True)
+    box = Sandbox(tmp_path)
+    config = box.root / "config" / "claude-auth-sync"
+    config.mkdir(mode=0o700, parents=True)
+    token_file = config / "vault-token"
+    token_file.write_text(token + "\n")
+    os.chmod(token_file, 0o600)
+    box.write_credentials({"claudeAiOauth": GOOD})
+    return box
+
+
+def hostile_addresses(bao: OpenBaoServer, trap: Trap) -> dict[str, str]:
+    real = f"127.0.0.1:{bao.port}"
+    return {
+        "backslash": f"http://127.0.0.2:{trap.port}\\@{real}",  # urllib3 connects to the trap
+        "userinfo": f"http://agent:{SECRET}@{real}",
+        "fragment": f"http://{real}#@127.0.0.2:{trap.port}",
+        "tab": f"http://127.0.0.1\t:{bao.port}",
+        "percent-host": f"http://%31%32%37.0.0.2:{trap.port}",  # urllib3 decodes it to the trap
+    }
+
+
+@pytest.mark.parametrize("kind", ["backslash", "userinfo", "fragment", "tab", "percent-host"])
+@pytest.mark.parametrize("variable", ["CLAUDE_AUTH_SYNC_VAULT__ADDR", "VAULT_ADDR"])
+def test_agent_refuses_a_misleading_vault_address_before_connecting(
+    bao: OpenBaoServer, trap: Trap, tmp_path: Path, kind: str, variable: str
+) -> None:
+    box = provisioned_box(bao, tmp_path)
+    addr = hostile_addresses(bao, trap)[kind]
+    env = {"CLAUDE_AUTH_SYNC_BACKEND": "vault", variable: addr, "STUB_CLAUDE_ACCEPT": fp(GOOD["accessToken"])}
+    mark = bao.audit_mark()
+    started = time.monotonic()
+    run = box.run("run", **env)
+    as_json = box.run("run", "--json", **env)
+    diagnose = box.run("diagnose", "--json", **env)
+    assert time.monotonic() - started < 30
+    assert (run.returncode, as_json.returncode) == (78, 78), run.stderr
+    assert diagnose.returncode != 0
+    log = box.log_file.read_text() if box.log_file.exists() else ""
+    assert STATUS.search(run.stderr) or STATUS.search(log), run.stderr
+    assert json.loads(as_json.stdout)["status"] == "FAIL"
+    outputs = "\n".join([run.stdout, run.stderr, as_json.stdout, as_json.stderr, diagnose.stdout, diagnose.stderr, log])
+    assert SECRET not in outputs and "agent:" not in outputs and addr not in outputs
+    assert trap.hits == [] and bao.requests_since(mark) == []
+
+
+def test_a_well_formed_address_still_works(bao: OpenBaoServer, tmp_path: Path) -> None:
+    box = provisioned_box(bao, tmp_path)
+    run = box.run("run", "--json", CLAUDE_AUTH_SYNC_BACKEND="vault", CLAUDE_AUTH_SYNC_VAULT__ADDR=bao.addr,
+                  STUB_CLAUDE_ACCEPT=fp(GOOD["accessToken"]))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["action"] in ("backup", "none")
