@@ -17,6 +17,8 @@ Guarantees:
 * A redirect (a standby answering 307) is followed only to a target that passes the same checks
   and is not plain http off loopback, so the token never follows a redirect onto plain http to
   another host or to a host the parsers disagree on.
+* Plain http to loopback never goes through a proxy from the environment (``HTTP_PROXY``), which
+  would carry the token off the machine in clear text; https and the opted-in insecure http do.
 * Reads are never older than the renew that started the cycle: the ``X-Vault-Index`` of every
   answer is sent back with ``X-Vault-Inconsistent: forward-active-node``, so a standby serving reads
   from a lagging replica (OpenBao 2.7+ integrated storage) forwards to the active node instead.
@@ -96,6 +98,15 @@ class _UnsafeRedirect(Exception):
         self.problem = problem
 
 
+def _is_plain_http_to_loopback(url: str | bytes | None) -> bool:
+    """True for a plain-http URL to a loopback host: sent directly, never through a proxy from the
+    environment (plain http is allowed there only because the token stays on this machine)."""
+    if not isinstance(url, str):
+        return False
+    parts = urlparse(url)
+    return parts.scheme == "http" and Origin(parts.scheme, (parts.hostname or "").lower(), None).is_loopback
+
+
 def _check_redirect(request_url: str, location: str, allow_insecure_http: bool) -> None:
     try:
         origin = redirect_origin(request_url, location)
@@ -118,6 +129,19 @@ def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Ses
             if target:
                 _check_redirect(resp.url, target, allow_insecure_http)
             return target
+
+        def merge_environment_settings(self, url: str | bytes | None, proxies: Any, *args: Any) -> dict[str, Any]:
+            settings: dict[str, Any] = super().merge_environment_settings(url, proxies, *args)
+            if _is_plain_http_to_loopback(url):
+                settings["proxies"] = {}
+            return settings
+
+        def rebuild_proxies(self, prepared_request: requests.PreparedRequest, proxies: Any) -> dict[str, str]:
+            rebuilt: dict[str, str] = super().rebuild_proxies(prepared_request, proxies)
+            if _is_plain_http_to_loopback(prepared_request.url):
+                prepared_request.headers.pop("Proxy-Authorization", None)
+                return {}
+            return rebuilt
 
     session = _VaultSession()
     # hvac prefers a given session's own ``verify`` over its ``verify`` argument: set it here.
@@ -300,12 +324,12 @@ class VaultStore:
         except hvac.exceptions.Unauthorized:
             raise StoreRefused(f"{where}: unauthorized (401)", reason="vault_forbidden", remedy=PROVISION) from None
         except hvac.exceptions.InvalidRequest as err:
-            if what == "write" and "check-and-set" in str(err.errors or err.message or ""):
+            if what == "write" and "check-and-set" in _error_text(err):
                 raise StoreConflict(f"{where}: another writer stored a new version first (check-and-set)",
                                     reason="vault_cas_conflict", remedy="nothing: the next run compares again") from None
             raise StoreRefused(f"{where}: invalid request (400)", reason="vault_invalid_request", remedy=PROVISION) from None
         except hvac.exceptions.VaultDown as err:
-            sealed = "sealed" in str(err.errors or err.message or "").lower()
+            sealed = "sealed" in _error_text(err).lower()
             raise StoreUnavailable(f"{where}: Vault {'is sealed' if sealed else 'unavailable'} (503)",
                                    reason="vault_sealed" if sealed else "vault_unavailable", remedy=RETRY_LATER) from None
         except hvac.exceptions.RateLimitExceeded:
@@ -333,6 +357,14 @@ class VaultStore:
             raise StoreUnavailable(f"{where}: unexpected answer (HTTP {status}, not Vault JSON)",
                                    reason="vault_unavailable", remedy=RETRY_LATER)
         return answer
+
+
+def _error_text(err: Exception) -> str:
+    """The error strings of an hvac error, for matching only (hvac errors have no ``message`` attribute)."""
+    errors = getattr(err, "errors", None)
+    if isinstance(errors, list) and errors:
+        return ", ".join(str(e) for e in errors)
+    return str(err.args[0]) if err.args and err.args[0] else ""
 
 
 def _redirect_refusal(where: str, err: _UnsafeRedirect) -> str:

@@ -131,3 +131,50 @@ def test_a_well_formed_address_still_works(bao: OpenBaoServer, tmp_path: Path) -
                   STUB_CLAUDE_ACCEPT=fp(GOOD["accessToken"]))
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["action"] in ("backup", "none")
+
+
+def test_plain_http_to_loopback_never_goes_through_a_proxy(
+    bao: OpenBaoServer, trap: Trap, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain http is allowed only because the token stays on the machine: an ``HTTP_PROXY`` from the
+    environment (the trap stands in for a corporate proxy) must not carry it off, neither for the
+    configured address nor for a standby's redirect to another loopback address."""
+    from claude_auth_sync.plugins.backend_vault.store import VaultStore
+
+    box = provisioned_box(bao, tmp_path)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.2:{trap.port}")
+    token_file = box.root / "config" / "claude-auth-sync" / "vault-token"
+    store = VaultStore(VaultSettings(addr=bao.addr, timeout=5), current_user(), os.getuid(), token_file)
+    assert store.renew().ttl_s
+    standby = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _redirect_handler(bao.addr))
+    threading.Thread(target=standby.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        via_standby = VaultStore(VaultSettings(addr=f"http://127.0.0.1:{standby.server_address[1]}", timeout=5),
+                                 current_user(), os.getuid(), token_file)
+        assert via_standby.renew().ttl_s
+    finally:
+        standby.shutdown()
+        standby.server_close()
+    assert trap.hits == []
+
+
+def _redirect_handler(target: str) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            self.send_response(307)
+            self.send_header("Location", target + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PUT = _any  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler

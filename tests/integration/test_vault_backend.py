@@ -634,8 +634,9 @@ def _json(status: int, body: Any) -> Callable[[Any], tuple[int, dict[str, str], 
         (_json(429, {"errors": ["request path rate limited"]}), "vault_rate_limited"),
         (lambda h: (200, {"Content-Type": "text/html"}, b"<html>captive portal</html>"), "vault_unavailable"),
         (lambda h: (307, {}, b""), "vault_unavailable"),  # redirect without a Location
+        (lambda h: (503, {}, b""), "vault_unavailable"),  # a proxy or load balancer with no backend
     ],
-    ids=["500", "502", "503-election", "503-sealed", "504", "429", "200-html", "307-no-location"],
+    ids=["500", "502", "503-election", "503-sealed", "504", "429", "200-html", "307-no-location", "503-empty"],
 )
 def test_5xx_and_odd_answers_are_warnings(tmp_path: Path, respond: Any, reason: str) -> None:
     with _FakeVault(respond) as fake:
