@@ -50,6 +50,13 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
+def passthrough_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` plus the test runner's PYTHONPATH, if any (to run these tests against another tree)."""
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 def fp(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:8]
 
@@ -171,13 +178,15 @@ class Sandbox:
         return self.sysroot / "etc/systemd/system/timers.target.wants" / f"claude-auth-sync@{user}.timer"
 
     def run(self, *args: str, admin: bool | str = False, json_output: bool = True,
-            sampler: ProcSampler | None = None) -> Result:
+            sampler: ProcSampler | None = None, vault_addr: bool = True) -> Result:
         argv = [sys.executable, "-m", "claude_auth_sync.provision", "--roster", str(self.roster),
                 "--systemd-root", str(self.sysroot), "--state-dir", str(self.state), "--config", str(self.config)]
         if json_output:
             argv.append("--json")
         argv.extend(args)
-        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "VAULT_ADDR": self.bao.addr}
+        env = passthrough_env({"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"})
+        if vault_addr:
+            env["VAULT_ADDR"] = self.bao.addr
         if admin:
             env["VAULT_TOKEN"] = admin if isinstance(admin, str) else self.bao.root_token
         if sampler is not None:
