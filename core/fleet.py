@@ -4,6 +4,13 @@ Runs as root, but every fact about a user is gathered **as that user**, in a pri
 child (:func:`claude_auth_sync.provision.run_as_user`): their private log's last status, their
 access-token expiry, and their Vault token's TTL looked up with **their own** token. Root never
 opens a path inside a home, and no token leaves the child (only TTLs and fingerprints do).
+
+The log is read with :func:`claude_auth_sync.fileio.read_tail`: never through a symlink, never
+blocking on a FIFO, at most its last :data:`LOG_TAIL_BYTES`. Everything a user wrote (the log's
+fields) or Vault returned is shown through :mod:`claude_auth_sync.terminal_text`: no rich
+markup is interpreted and no control character reaches root's terminal. Before anything is
+gathered the system settings file must pass :func:`claude_auth_sync.trusted_file.check_trusted`
+(its Vault address is where every user's token is sent).
 """
 
 from __future__ import annotations
@@ -19,9 +26,12 @@ from .check import TIMER_PERIOD_S, parse_log_line
 from .cycle import STORE_TTL_WARN_S
 from .errors import CasError, ConfigurationError
 from .model import PROVISION_COMMAND, RELOGIN_COMMAND, UserIdentity
+from .terminal_text import plain, safe_text
 
 __all__ = ["fleet_rows", "command_fleet"]
 
+LOG_REL = ".local/state/claude-auth-sync/sync.log"
+LOG_TAIL_BYTES = 64 * 1024
 RELOGIN_AS_USER = "as {user}: " + RELOGIN_COMMAND.replace("<enterprise-email>", "{email}")
 
 
@@ -35,13 +45,11 @@ def _user_facts(vault_settings: dict[str, Any]) -> Any:
 
         home = Path(account.home)
         facts: dict[str, Any] = {"ok": True}
-        try:
-            lines = (home / ".local/state/claude-auth-sync/sync.log").read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
+        lines, facts["log_error"] = _log_tail(home / LOG_REL)
         record = parse_log_line(lines[-1]) if lines else None
         if record is not None:
-            facts["last"] = {"status": record.status, "at": record.when.timestamp(), "reason": record.fields.get("reason")}
+            facts["last"] = {"status": record.status, "at": record.when.timestamp(),
+                             "reason": safe_text(record.fields.get("reason") or "", 100) or None}
         try:
             login = CredentialsFile(home / ".claude", uid=account.uid).read()
             facts["login"] = {"state": str(login.state), "expires_at_ms": login.expires_at_ms}
@@ -55,6 +63,19 @@ def _user_facts(vault_settings: dict[str, Any]) -> Any:
         return facts
 
     return job
+
+
+def _log_tail(path: Path) -> tuple[list[str], str | None]:
+    """The last lines of the user's log (bounded, no symlink, no FIFO), or why it was not read."""
+    from .fileio import read_tail
+
+    try:
+        data = read_tail(path, max_bytes=LOG_TAIL_BYTES)
+    except ConfigurationError:
+        return [], f"~/{LOG_REL} is not a regular file (a symlink, FIFO or device): not read"
+    except OSError as err:
+        return [], f"~/{LOG_REL} cannot be read: {os.strerror(err.errno or 0)}"
+    return (data or b"").decode("utf-8", errors="replace").splitlines(), None
 
 
 def _row(user: str, email: str, facts: dict[str, Any] | None, timer: bool, now: float, error: str | None) -> dict[str, Any]:
@@ -79,6 +100,8 @@ def _row(user: str, email: str, facts: dict[str, Any] | None, timer: bool, now: 
                 needs.append(f"as {user}: claude-auth-sync diagnose ({reason})")
         if row["last_age_s"] > 2 * TIMER_PERIOD_S:
             needs.append(f"no run for {row['last_age_s'] // 3600}h: systemctl status claude-auth-sync@{user}.timer")
+    elif facts.get("log_error"):
+        needs.append(f"as {user}: {facts['log_error']}; move it aside, then systemctl start claude-auth-sync@{user}.service")
     else:
         needs.append(f"never ran: systemctl start claude-auth-sync@{user}.service")
     login = facts.get("login") or {}
@@ -131,29 +154,46 @@ def command_fleet(*, roster: Path, json_output: bool, systemd_root: Path = Path(
     from .diagnose import relative_time
     from .runner import build_runtime
 
+    from .settings import SYSTEM_CONFIG_FILE
+    from .trusted_file import check_trusted
+
+    check_trusted(SYSTEM_CONFIG_FILE)  # its vault.addr receives every user's token
     runtime = build_runtime(user=UserIdentity.current())
     vault = runtime.settings.section("vault").model_dump(mode="json")
     rows = fleet_rows(roster, vault, systemd_root)
     if json_output:
         print(json.dumps({"schema_version": 1, "users": rows}, sort_keys=True))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="claude-auth-sync fleet")
-        for column in ("user", "last status", "age", "timer", "Vault TTL", "access token", "needs a person"):
-            table.add_column(column, overflow="fold")
-        colour = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
-        for row in rows:
-            status = row["last_status"]
-            table.add_row(
-                row["user"],
-                f"[{colour.get(status, 'dim')}]{status or '-'}[/]",
-                relative_time(-row["last_age_s"]) if row["last_age_s"] is not None else "-",
-                "enabled" if row["timer_enabled"] else "[yellow]disabled[/]",
-                relative_time(row["vault_ttl_s"]) if row["vault_ttl_s"] is not None else "-",
-                relative_time(row["access_expires_in_s"]) if row["access_expires_in_s"] is not None else "-",
-                "\n".join(row["needs"]) or "[green]nothing[/]",
-            )
-        Console(file=sys.stdout).print(table)
+        render_fleet(rows)
     return 1 if any(row["needs"] for row in rows) else 0
+
+
+def _cells(row: dict[str, Any]) -> list[Any]:
+    from rich.text import Text
+
+    from .diagnose import relative_time
+
+    colour = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
+    status = row["last_status"]
+    return [
+        plain(row["user"]),
+        plain(status or "-", style=colour.get(status, "dim")),
+        plain(relative_time(-row["last_age_s"]) if row["last_age_s"] is not None else "-"),
+        plain("enabled") if row["timer_enabled"] else plain("disabled", style="yellow"),
+        plain(relative_time(row["vault_ttl_s"]) if row["vault_ttl_s"] is not None else "-"),
+        plain(relative_time(row["access_expires_in_s"]) if row["access_expires_in_s"] is not None else "-"),
+        Text("\n").join(plain(need) for need in row["needs"]) if row["needs"] else plain("nothing", style="green"),
+    ]
+
+
+def render_fleet(rows: list[dict[str, Any]]) -> None:
+    """The fleet table on stdout; every cell is inert text (no markup, no control characters)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="claude-auth-sync fleet")
+    for column in ("user", "last status", "age", "timer", "Vault TTL", "access token", "needs a person"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*_cells(row))
+    Console(file=sys.stdout, emoji=False, highlight=False).print(table)
