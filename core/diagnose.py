@@ -251,11 +251,18 @@ def check_timer(rt: Runtime) -> list[Check]:
 
 
 def check_log(rt: Runtime) -> list[Check]:
+    """The last five status lines: read with read_tail (no symlink, no FIFO, at most 64 KiB)."""
+    from .fileio import read_tail
+
     path = ResolvedPaths.of(rt.settings).log_file
+    start = f"systemctl start claude-auth-sync@{rt.user.name}.service"
     try:
-        lines = path.read_text().splitlines()[-5:]
-    except FileNotFoundError:
-        return [Check("private log", str(path), "warn", "no run recorded yet", f"systemctl start claude-auth-sync@{rt.user.name}.service")]
+        data = read_tail(path)
+    except CasError as err:
+        return [Check("private log", str(path), "fail", err.message, f"move {path} aside, then {start}")]
+    if data is None:
+        return [Check("private log", str(path), "warn", "no run recorded yet", start)]
+    lines = data.decode("utf-8", errors="replace").splitlines()[-5:]
     rows = []
     for index, line in enumerate(lines):
         word = line.split(" ", 2)[1] if line.count(" ") >= 1 else "?"
@@ -345,7 +352,11 @@ STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
 
 
 def render_table(data: dict[str, Any], console: Any) -> None:
+    """Both tables; every cell is inert text (:mod:`.terminal_text`): a log line, a path or a
+    setting value is never parsed as rich markup and carries no control character."""
     from rich.table import Table
+
+    from .terminal_text import plain
 
     table = Table(title=f"claude-auth-sync diagnose: {data['user']}", show_lines=False, expand=False)
     for column in ("check", "state", "detail", "next step"):
@@ -355,15 +366,16 @@ def render_table(data: dict[str, Any], console: Any) -> None:
         if row["group"] != group:
             group = row["group"]
             table.add_section()
-            table.add_row(f"[bold]{group}[/bold]", "", "", "")
+            table.add_row(plain(group, style="bold"), "", "", "")
         state = row["state"]
-        table.add_row(f"  {row['name']}", f"[{STYLE[state]}]{state.upper()}[/{STYLE[state]}]", row["detail"], row["next_step"] or "")
+        table.add_row(plain(f"  {row['name']}"), plain(state.upper(), style=STYLE[state]), plain(row["detail"], 2000),
+                      plain(row["next_step"] or "", 2000))
     console.print(table)
     settings = Table(title="settings in effect", expand=False)
     for column in ("setting", "value", "source"):
         settings.add_column(column, overflow="fold")
     for key, item in sorted(data["settings"].items()):
-        settings.add_row(key, json.dumps(item["value"]), item["source"])
+        settings.add_row(plain(key), plain(json.dumps(item["value"]), 2000), plain(item["source"]))
     console.print(settings)
 
 
@@ -376,5 +388,5 @@ def command_diagnose(*, json_output: bool, probe: bool, overrides: Mapping[str, 
     else:
         from rich.console import Console
 
-        render_table(data, Console(file=sys.stdout))
+        render_table(data, Console(file=sys.stdout, emoji=False))
     return 0 if data["ok"] else 1
