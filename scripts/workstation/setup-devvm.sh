@@ -10,7 +10,10 @@
 #      world-readable so the per-user services can run it;
 #   2. the roster (validated first) to /etc/claude-auth-sync/roster.yaml (root, 0644), and
 #      /etc/claude-auth-sync/config.toml with the Vault address (VAULT_ADDR, VAULT_CACERT) if
-#      there is none yet: the timers run without these variables;
+#      there is none yet: the timers run without these variables. An existing config.toml is
+#      repaired to root:root 0644 (the provisioner refuses one anybody else could have written:
+#      its vault.addr receives every user's token) and a symlink or non-regular file there stops
+#      the script;
 #   3. the systemd units to /etc/systemd/system/;
 #   4. /usr/local/bin/t3-provision-users and /usr/local/bin/claude-auth-sync -> the venv;
 #   5. enables (and, under a running systemd, starts) the hourly t3-provision-users.timer;
@@ -63,7 +66,7 @@ import sys
 from pathlib import Path
 from claude_auth_sync.roster import RosterError, load_roster
 try:
-    load_roster(Path(sys.argv[1]))
+    load_roster(Path(sys.argv[1]), trusted_only=False)  # the checkout; installed below as root:root 0644
 except RosterError as err:
     sys.exit(f"setup-devvm: {err}")
 PY
@@ -79,8 +82,21 @@ install_file() { # mode source destination: replace only when the content differ
 }
 install_file 0644 "$repo/scripts/workstation/roster.yaml" "$etc_dir/roster.yaml"
 
-# The system settings the units read (they get no VAULT_ADDR): created once, never overwritten.
-"$venv/bin/python" - "$etc_dir/config.toml" <<'PY'
+# The system settings the units read (they get no VAULT_ADDR): created once, never overwritten,
+# but always made root:root 0644: whoever can write it chooses where every user's token goes.
+config="$etc_dir/config.toml"
+if [ -L "$config" ] || { [ -e "$config" ] && [ ! -f "$config" ]; }; then
+    die "$config is a symlink or not a regular file: inspect it, remove it and rerun"
+fi
+if [ -f "$config" ]; then
+    was=$(stat -c '%U:%G %a' -- "$config")
+    if [ "$was" != "root:root 644" ]; then
+        chown root:root -- "$config"
+        chmod 0644 -- "$config"
+        log "repaired $config (was $was, now root:root 644): check its vault.addr, someone else could write it"
+    fi
+fi
+"$venv/bin/python" - "$config" <<'PY'
 import json, os, sys, tomllib
 from pathlib import Path
 from claude_auth_sync.errors import ConfigurationError

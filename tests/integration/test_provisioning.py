@@ -714,12 +714,22 @@ def test_setup_devvm_installs_everything_and_is_idempotent(tmp_path: Path, bao: 
                             env={"PATH": env["PATH"]}, capture_output=True, text=True)
     assert hourly.returncode == 0, hourly.stdout + hourly.stderr
 
+    # Issue 11, item 15: a config.toml a user could write is refused by the provisioner (one line,
+    # exit 78), and setup-devvm.sh repairs it (the second run below).
+    os.chown(config, 65534, 65534)
+    config.chmod(0o666)
+    refused = subprocess.run(hourly.args, env={"PATH": env["PATH"]}, capture_output=True, text=True)
+    assert refused.returncode == 78, refused.stdout + refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "refusing to trust it" in refused.stderr
+
     watched = [roster, config, *(root / "etc/systemd/system").iterdir()]
     before = {str(p): os.lstat(p).st_mtime_ns for p in watched}
     second = subprocess.run(["bash", str(script), "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert {str(p): os.lstat(p).st_mtime_ns for p in watched} == before
     assert json.loads(second.stdout)["policies"]["applied"] == []
+    assert (config.stat().st_uid, config.stat().st_gid, stat.S_IMODE(config.stat().st_mode)) == (0, 0, 0o644)
+    assert "repaired" in second.stderr and str(config) in second.stderr
 
     # Refuses to run without the admin token.
     no_token = subprocess.run(["bash", str(script)], env={k: v for k, v in env.items() if k != "VAULT_TOKEN"},
