@@ -124,7 +124,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if warning:
             print(f"claude-auth-sync: warning: {warning} is set in the environment and was not passed to claude", file=sys.stderr)
     if event.exit_code != ExitCode.OK and not args.json:
-        print(f"claude-auth-sync: {event.status} reason={event.reason} ({_next_step(event.reason or '', event.exit_code)})", file=sys.stderr)
+        next_step = event.details.get("next_step") or _next_step(event.reason or "", event.exit_code)
+        print(f"claude-auth-sync: {event.status} reason={event.reason} ({next_step})", file=sys.stderr)
     _print_event(event, args.json, sink_failures=failed)
     return int(event.exit_code)
 

@@ -123,6 +123,8 @@ class HealthCycle:
         except CasError as err:
             verdict = Verdict(err.exit_code, Action.NONE, err.reason)
             self.details["error"] = err.message
+            if err.remedy:
+                self.details["next_step"] = err.remedy
         self.timings_ms["total"] = round((self.clock() - started) * 1000)
         return self._event(verdict)
 
@@ -321,7 +323,8 @@ def failure_event(user: str, err: CasError) -> StatusEvent:
     verdict = Verdict(err.exit_code, Action.NONE, err.reason)
     return StatusEvent(
         timestamp=utc_timestamp(), status=verdict.status, exit_code=verdict.exit_code, user=user,
-        action=Action.NONE, reason=err.reason, details={"error": err.message},
+        action=Action.NONE, reason=err.reason,
+        details={"error": err.message, **({"next_step": err.remedy} if err.remedy else {})},
     )
 
 

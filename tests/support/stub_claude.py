@@ -6,7 +6,9 @@ fingerprint (first 8 hex) is listed in ``STUB_CLAUDE_ACCEPT`` (comma-separated),
 ever put in the environment. ``STUB_CLAUDE_MODE``: ``auto`` (default), ``429``, ``529``, ``500``,
 ``hang``, ``crash``. ``STUB_CLAUDE_REFRESH_TO``: when set to ``ACCESS:REFRESH`` the stub rewrites
 the file's tokens on success, like the CLI's own refresh, and from then on accepts ACCESS (the
-token the server issued) without refreshing again. Only Debian's /usr/bin/python3 stdlib.
+token the server issued) without refreshing again. ``STUB_CLAUDE_TRIGGER_FP`` and
+``STUB_CLAUDE_ON_TRIGGER``: when the rejected token has that fingerprint, act as another process
+first (take Claude Code's lock, or write a new login: see ``another_process``). Only Debian's /usr/bin/python3 stdlib.
 
 The probe passes the CLI an allow-listed environment, so the ``STUB_CLAUDE_*`` knobs are also read
 from the parent's (the agent's) initial environment in ``/proc/<ppid>/environ``; the stub's own
@@ -42,6 +44,24 @@ def knobs():
         pass
     found.update({k: v for k, v in os.environ.items() if k.startswith("STUB_CLAUDE_")})
     return found
+
+
+def another_process(path, action):
+    """What another process does while this (rejected) probe runs: ``lock`` takes Claude Code's
+    refresh lock and keeps it (a fresh mkdir lock); ``login:ACCESS:REFRESH`` writes a new login."""
+    if action == "lock":
+        os.makedirs(os.path.join(os.path.dirname(path), ".oauth_refresh.lock"), exist_ok=True)
+    elif action.startswith("login:"):
+        _, access, refresh = action.split(":", 2)
+        with open(path) as handle:
+            document = json.load(handle)
+        document["claudeAiOauth"] = {"accessToken": access, "refreshToken": refresh, "expiresAt": 4102444800000,
+                                     "scopes": ["user:inference"], "subscriptionType": "enterprise"}
+        tmp = path + ".stub-tmp"
+        with open(tmp, "w") as handle:
+            json.dump(document, handle)
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, path)
 
 
 def main():
@@ -82,6 +102,8 @@ def main():
             os.chmod(tmp, 0o600)
             os.rename(tmp, path)
         result(False, "ok")
+    if token and hashlib.sha256(token.encode()).hexdigest()[:8] == knob.get("STUB_CLAUDE_TRIGGER_FP"):
+        another_process(path, knob.get("STUB_CLAUDE_ON_TRIGGER", ""))
     result(True, "Failed to authenticate. API Error: 401 {\"type\":\"error\",\"error\":{\"type\":\"authentication_error\",\"message\":\"Invalid bearer token\"}}", 401, 1)
 
 
