@@ -122,3 +122,30 @@ def test_a_clean_run_under_strace_writes_the_new_file(tmp_path, strace) -> None:
     result = run_child(strace, config, ["-e", "trace=none"])
     assert result.returncode == 0, result.stderr
     assert assert_whole(config, old_bytes) == "new"
+
+
+FINISH = """
+import sys
+from pathlib import Path
+from claude_auth_sync.credentials_file import CredentialsFile
+print(CredentialsFile(Path(sys.argv[1]), lock_wait_timeout_s=2).finish_pending_rollback())
+"""
+
+KILL_POINTS = [f"inject=rename,renameat,renameat2:signal=SIGKILL:when={n}" for n in (1, 2, 3)] + [
+    f"inject=fsync:signal=SIGKILL:when={n}" for n in range(1, 7)]  # 3 files x (file, directory)
+
+
+@pytest.mark.parametrize("inject", KILL_POINTS)
+def test_a_kill_at_any_step_of_a_restore_is_undone_by_the_next_run(tmp_path, strace, inject) -> None:
+    """Killed anywhere in restore (copy, journal, new file, directory syncs): the file is whole,
+    and the next run's finish_pending_rollback leaves exactly the pre-restore bytes, no journal."""
+    config, old_bytes = setup_dir(tmp_path)
+    killed = run_child(strace, config, ["-e", inject])
+    assert killed.returncode != 0, "the kill must have hit the restore"
+    assert_whole(config, old_bytes) in ("old", "new")
+    age_leftover_locks(config)
+    finish = subprocess.run([sys.executable, "-c", FINISH, str(config)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert finish.returncode == 0, finish.stderr
+    assert (config / ".credentials.json").read_bytes() == old_bytes
+    assert not (config / ".credentials.json.restore-journal").exists()
