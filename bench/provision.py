@@ -38,7 +38,7 @@ from tests.support.openbao import OpenBaoServer  # noqa: E402
 
 
 def run(sandbox: dict[str, Path], bao: OpenBaoServer, *args: str, admin: bool) -> tuple[float, dict, list]:
-    argv = [sys.executable, "-m", "claude_auth_sync.provision", "--json", "--roster", str(sandbox["roster"]),
+    argv = [sys.executable, "-m", "claude_auth_sync.admin.provision", "--json", "--roster", str(sandbox["roster"]),
             "--systemd-root", str(sandbox["root"]), "--state-dir", str(sandbox["state"]),
             "--config", str(sandbox["config"]), *args]
     env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "VAULT_ADDR": bao.addr}

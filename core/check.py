@@ -10,17 +10,15 @@ renewed TTL minus the time since), ``last_ok_age``.
 from __future__ import annotations
 
 import enum
-import shlex
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .cycle import REFRESH_WARN_S, STORE_TTL_WARN_S, refresh_expiry_ms
 from .errors import CasError
+from .status_line import LogRecord, parse_log_line
 from .fileio import read_tail
 from .model import LoginState
 
@@ -34,29 +32,6 @@ class NagiosState(enum.IntEnum):
     WARNING = 1
     CRITICAL = 2
     UNKNOWN = 3
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    when: datetime
-    status: str
-    fields: Mapping[str, str]
-
-
-def parse_log_line(line: str) -> LogRecord | None:
-    """One ``sync.log`` line; None if it does not have the contract's shape."""
-    try:
-        parts = shlex.split(line)
-    except ValueError:
-        return None
-    if len(parts) < 2 or parts[1] not in ("OK", "WARN", "FAIL"):
-        return None
-    try:
-        when = datetime.strptime(parts[0], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    fields = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
-    return LogRecord(when, parts[1], fields)
 
 
 def read_log(path: Path, limit: int = 200) -> list[LogRecord]:
@@ -128,7 +103,7 @@ def command_check(overrides: Mapping[str, Any] | None = None) -> int:
 
     try:
         rt = build_runtime(overrides)
-        login = rt.local().read()
+        login = rt.restorer().read()
         records = read_log(ResolvedPaths.of(rt.settings).log_file)
     except CasError as err:
         print(f"CLAUDE-AUTH-SYNC UNKNOWN - {err.message}")

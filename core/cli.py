@@ -1,7 +1,9 @@
 """The ``claude-auth-sync`` command line.
 
-Commands: ``run`` (one health cycle for the OS user running it), ``diagnose`` (read-only report),
-``plugins``, ``policy USER``, ``check`` (monitoring-plugin mode, exit 0/1/2/3), ``--version``. ``run`` and
+Kernel commands: ``run`` (one health cycle for the OS user running it), ``diagnose`` (read-only
+report), ``plugins``, ``check`` (monitoring-plugin mode, exit 0/1/2/3), ``--version``. Plugins add
+their own through ``cas_commands``: ``policy USER`` (the Vault backend), ``fleet`` (the
+administrator's package, also reached as ``diagnose --all``). ``run`` and
 ``diagnose`` take ``--json``: one JSON object on stdout and nothing else there.
 
 ``run`` stays fast: rich and hvac are imported only by the commands and plugins that use them.
@@ -13,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CasError
+from .errors import CasError, PluginError
+from .hookspecs import CommandSpec
 from .model import RELOGIN_COMMAND, ExitCode
 
 __all__ = ["main", "build_parser"]
@@ -32,7 +35,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
+KERNEL_COMMANDS = ("run", "diagnose", "check", "plugins")
+
+
+def build_parser(commands: Mapping[str, CommandSpec] | None = None) -> argparse.ArgumentParser:
+    """The kernel's commands plus those the plugins contribute (``cas_commands``)."""
     parser = argparse.ArgumentParser(
         prog="claude-auth-sync",
         description="Keep this user's Claude Code login alive: probe, back up, restore.",
@@ -45,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND for this run")
     run.add_argument("--sink", action="append", help="override CLAUDE_AUTH_SYNC_SINKS (repeatable)")
 
-    diag = sub.add_parser("diagnose", help="read-only report of this user's login, store and settings")
+    diag = sub.add_parser("diagnose", help="read-only report of this user's login, backend and settings")
     diag.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     diag.add_argument("--probe", action="store_true", help="also run a real inference probe")
     diag.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND")
@@ -59,32 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="monitoring-plugin check from state only (exit 0/1/2/3)")
     check.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND")
 
-    policy = sub.add_parser("policy", help="the Vault policy (HCL) USER's token must carry")
-    policy.add_argument("user", metavar="USER")
+    for name, spec in sorted((commands or {}).items()):
+        if name in KERNEL_COMMANDS:
+            continue  # a plugin never replaces a kernel command
+        spec.add_arguments(sub.add_parser(name, help=spec.help))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "diagnose" and args.all:
-            from .fleet import command_fleet
+        from .plugin_manager import get_plugin_manager
 
-            return command_fleet(roster=args.roster, json_output=args.json, systemd_root=args.systemd_root)
-        if args.command == "diagnose":
-            from .diagnose import command_diagnose
-
-            return command_diagnose(json_output=args.json, probe=args.probe, overrides=_overrides(args))
-        if args.command == "check":
-            from .check import command_check
-
-            return command_check(_overrides(args))
-        if args.command == "plugins":
-            return _cmd_plugins(args)
-        if args.command == "policy":
-            return _cmd_policy(args)
+        commands = get_plugin_manager().commands()
+    except CasError as err:
+        print(f"claude-auth-sync: {err}", file=sys.stderr)
+        return int(err.exit_code)
+    args = build_parser(commands).parse_args(argv)
+    try:
+        return _dispatch(args, commands)
     except CasError as err:
         print(f"claude-auth-sync: {err}", file=sys.stderr)
         return int(err.exit_code)
@@ -94,12 +93,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"claude-auth-sync: internal error ({type(err).__name__}); run 'claude-auth-sync diagnose' "
               "and report it with its output", file=sys.stderr)
         return int(ExitCode.CONFIG)
-    return 2  # pragma: no cover - argparse enforces a command
+
+
+def _dispatch(args: argparse.Namespace, commands: Mapping[str, CommandSpec]) -> int:
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "diagnose" and args.all:
+        return _plugin_command(commands, "fleet", "the fleet view (diagnose --all)").run(args)
+    if args.command == "diagnose":
+        from .diagnose import command_diagnose
+
+        return command_diagnose(json_output=args.json, probe=args.probe, overrides=_overrides(args))
+    if args.command == "check":
+        from .check import command_check
+
+        return command_check(_overrides(args))
+    if args.command == "plugins":
+        return _cmd_plugins(args)
+    return commands[args.command].run(args)
+
+
+def _plugin_command(commands: Mapping[str, CommandSpec], name: str, what: str) -> CommandSpec:
+    try:
+        return commands[name]
+    except KeyError:
+        raise PluginError(
+            f"{what} is provided by the administrator's package, which is not registered",
+            reason="plugin_missing", remedy="reinstall claude-auth-sync (its entry point 'admin' provides it)",
+        ) from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .cycle import failure_event
-    from .lock import sigterm_raises_systemexit
+    from .signals import sigterm_raises_systemexit
     from .model import UserIdentity
     from .runner import build_runtime, emit_to_sinks, run_cycle
 
@@ -146,7 +172,7 @@ def _print_event(event: Any, as_json: bool, sink_failures: list[str] | None = No
         payload["sink_failures"] = sink_failures or []
         print(json.dumps(payload, sort_keys=True))
     elif sys.stdout.isatty():
-        from .plugins.sink_file import format_status_line
+        from .status_line import format_status_line
 
         sys.stdout.write(format_status_line(event))
 
@@ -163,7 +189,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     }
     rows: list[dict[str, Any]] = []
     kinds = {
-        "backend": plugins.stores(), "probe": plugins.probes(), "restorer": plugins.restorers(), "sink": plugins.sinks()
+        "backend": plugins.backends(), "probe": plugins.probes(), "restorer": plugins.restorers(), "sink": plugins.sinks()
     }
     for kind, specs in kinds.items():
         for name, spec in sorted(specs.items()):
@@ -191,13 +217,4 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     for item in broken:
         hooks_table.add_row(f"[red]{item['name']} (broken)[/red]", item["error"])
     console.print(hooks_table)
-    return 0
-
-
-def _cmd_policy(args: argparse.Namespace) -> int:
-    from .plugins.backend_vault.policy import render_policy
-    from .runner import build_runtime
-
-    runtime = build_runtime()
-    sys.stdout.write(render_policy(args.user, runtime.settings.section("vault")))
     return 0

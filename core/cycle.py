@@ -1,11 +1,11 @@
 """The health cycle: the runbook's "Automatic recovery", as a small state machine.
 
 It knows nothing about Vault, journald or the ``claude`` CLI: it talks to a
-:class:`~claude_auth_sync.model.CredentialStore`, a :class:`~claude_auth_sync.model.Probe` and a
-:class:`~claude_auth_sync.model.LocalCredentials`, and returns one :class:`StatusEvent`.
+:class:`~claude_auth_sync.model.Backend`, a :class:`~claude_auth_sync.model.Probe` and a
+:class:`~claude_auth_sync.model.Restorer`, and returns one :class:`StatusEvent`.
 
 0. Finish a rollback an earlier run could not complete (killed, lock busy, disk full).
-1. Renew the store's own credential (the per-user Vault token).
+1. Renew the backend's own credential (the per-user Vault token).
 2. No login at all (no file, no ``claudeAiOauth``: never logged in or ``claude auth logout``):
    WARN ``not_logged_in``; nothing is probed or restored.
 3. Probe: a minimal real inference.
@@ -39,9 +39,9 @@ from .fingerprint import oauth_fingerprints
 from .oauth import has_both_tokens, oauth_problem
 from .model import (
     Action,
-    CredentialStore,
+    Backend,
     ExitCode,
-    LocalCredentials,
+    Restorer,
     LocalLogin,
     LoginState,
     Probe,
@@ -108,9 +108,9 @@ class HealthCycle:
     """One health cycle for one user. Call :meth:`run` once; it never raises a CasError."""
 
     user: str
-    store: CredentialStore
+    backend: Backend
     probe: Probe
-    local: LocalCredentials
+    restorer: Restorer
     clock: Callable[[], float] = time.monotonic
     timings_ms: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
@@ -133,11 +133,11 @@ class HealthCycle:
     def _cycle(self) -> Verdict:
         self._finish_pending_rollback()
         with self._timed("renew"):
-            health = self.store.renew()
+            health = self.backend.renew()
         if health.ttl_s is not None:
             self.details["store_ttl_s"] = health.ttl_s
 
-        login = self.local.read()
+        login = self.restorer.read()
         if login.state in LOGGED_OUT:
             return _not_logged_in()
         first, probed, now = self._probe_tested("probe", login)
@@ -157,7 +157,7 @@ class HealthCycle:
         ``probed`` is the login the failed probe ran against; ``now`` the file as it is (the CLI
         may have blanked it after an ``invalid_grant``).
         """
-        latest = self.store.read_latest()
+        latest = self.backend.read_latest()
         if latest is None:
             return Verdict(ExitCode.FAIL, Action.NONE, "auth_failed_no_backup")
         problem = oauth_problem(latest.oauth) or (None if has_both_tokens(latest.oauth) else "a token is empty")
@@ -169,15 +169,15 @@ class HealthCycle:
 
         try:
             with self._timed("restore"):
-                snapshot = self.local.restore(latest.oauth, expected=now.oauth)
+                snapshot = self.restorer.restore(latest.oauth, expected=now.oauth)
         except ConcurrentChange:
             return self._after_concurrent_change()
         if snapshot.kept_copy is not None:
             self.details["kept_file"] = str(snapshot.kept_copy)
 
-        retry, tested, _ = self._probe_tested("retry", self.local.read())
+        retry, tested, _ = self._probe_tested("retry", self.restorer.read())
         if retry.outcome == ProbeOutcome.AUTHENTICATED:
-            self.local.keep(snapshot)
+            self.restorer.keep(snapshot)
             try:
                 self._back_up(tested, latest=latest)
             except CasError as err:  # the restored login works and stays; only the backup failed
@@ -186,7 +186,7 @@ class HealthCycle:
             return _ok(Action.RESTORE, "restored_latest_backup")
         if retry.outcome == ProbeOutcome.UNAVAILABLE:
             # The local copy is known bad; the restored one is untested. Keep it: next run decides.
-            self.local.keep(snapshot)
+            self.restorer.keep(snapshot)
             return Verdict(ExitCode.TEMPFAIL, Action.RESTORE, f"retry_{retry.reason}")
         return self._roll_back(snapshot, retry)
 
@@ -201,7 +201,7 @@ class HealthCycle:
             failed = Verdict(ExitCode.FAIL, Action.ROLLBACK, "auth_failed_after_restore")
         try:
             with self._timed("rollback"):
-                self.local.rollback(snapshot)
+                self.restorer.rollback(snapshot)
         except ConcurrentChange:
             return self._after_concurrent_change()
         except CasError as err:
@@ -213,7 +213,7 @@ class HealthCycle:
 
     def _finish_pending_rollback(self) -> None:
         """An earlier run restored, then could not roll back (killed, lock busy, disk full): finish."""
-        done = self.local.finish_pending_rollback()
+        done = self.restorer.finish_pending_rollback()
         if done:
             self.details["pending_rollback"] = done
 
@@ -228,7 +228,7 @@ class HealthCycle:
 
     def _after_concurrent_change(self) -> Verdict:
         """Someone (Claude Code, a new login) rewrote the file meanwhile: probe that, never overwrite it."""
-        login = self.local.read()
+        login = self.restorer.read()
         if login.state in LOGGED_OUT:
             return _not_logged_in()
         again, tested, _ = self._probe_tested("recheck", login)
@@ -238,16 +238,16 @@ class HealthCycle:
 
     def _back_up(self, tested: LocalLogin, latest: StoredCopy | None) -> Action:
         """Back up ``tested`` (the object a successful probe ran against) unless the latest stored
-        copy equals it. ``latest`` avoids a second store read when the recovery path has it."""
+        copy equals it. ``latest`` avoids a second backend read when the recovery path has it."""
         self._note_local(tested)
         if not tested.backupable or tested.oauth is None:
             raise _NotBackupable(tested)
         if latest is None:
-            latest = self.store.read_latest()
+            latest = self.backend.read_latest()
         if latest is not None and _same_oauth(latest.oauth, tested.oauth):
             return Action.NONE
         with self._timed("backup"):
-            version = self.store.write(tested.oauth, expected_version=latest.version if latest else None)
+            version = self.backend.write(tested.oauth, expected_version=latest.version if latest else None)
         if version is not None:
             self.details["backup_version"] = version
         return Action.BACKUP
@@ -262,7 +262,7 @@ class HealthCycle:
         """
         for attempt in range(1, MAX_PROBES + 1):
             result = self._probe(label if attempt == 1 else f"{label}{attempt}")
-            after = self.local.read()
+            after = self.restorer.read()
             if result.outcome != ProbeOutcome.AUTHENTICATED or _same_login(after, before):
                 return result, before, after
             before = after
@@ -301,7 +301,7 @@ class HealthCycle:
     def _event(self, verdict: Verdict) -> StatusEvent:
         if self.fingerprints is None:
             try:
-                self._note_local(self.local.read())
+                self._note_local(self.restorer.read())
             except CasError:
                 self.fingerprints = {}
         fingerprints = self.fingerprints or {}
@@ -319,7 +319,7 @@ class HealthCycle:
 
 
 def failure_event(user: str, err: CasError) -> StatusEvent:
-    """The status event for a cycle that could not start (settings, plugins, store token)."""
+    """The status event for a cycle that could not start (settings, plugins, backend token)."""
     verdict = Verdict(err.exit_code, Action.NONE, err.reason)
     return StatusEvent(
         timestamp=utc_timestamp(), status=verdict.status, exit_code=verdict.exit_code, user=user,

@@ -1,6 +1,7 @@
 """``claude-auth-sync diagnose``: a read-only report of what is wrong and the command that fixes it.
 
-Checks are plain functions returning :class:`Check` rows; each runs in isolation with a time
+Checks are plain functions returning :class:`~claude_auth_sync.model.DiagnosticRow` rows (plugins add
+theirs about the backend, probe and restorer they provided through ``cas_diagnose``); each runs in isolation with a time
 bound, so one failing or hanging check never hides the others. Rows carry no secret: tokens are
 shown as fingerprints, other credential keys by name only. The same rows render as a rich table
 for people and as JSON (``schema_version``) for machines.
@@ -17,21 +18,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from .cycle import REFRESH_WARN_S, STORE_TTL_WARN_S, refresh_expiry_ms
+from .cycle import REFRESH_WARN_S, refresh_expiry_ms
 from .errors import CasError
 from .fingerprint import fingerprint, oauth_fingerprints
-from .model import LOGIN_VARIABLES, PROVISION_COMMAND, RELOGIN_COMMAND, LoginState, ProbeOutcome
+from .model import LOGIN_VARIABLES, RELOGIN_COMMAND, DiagnosticRow, DiagnosticState, LoginState, ProbeOutcome
 from .runner import Runtime, build_runtime
 from .settings import ResolvedPaths, settings_provenance
 
-__all__ = ["SCHEMA_VERSION", "JSON_SCHEMA", "Check", "collect", "command_diagnose", "render_table", "relative_time"]
+__all__ = ["SCHEMA_VERSION", "JSON_SCHEMA", "collect", "command_diagnose", "render_table", "relative_time"]
 
 SCHEMA_VERSION = 1
-State = Literal["ok", "warn", "fail", "info"]
 CHECK_TIMEOUT_S = 15.0
 
 
@@ -71,15 +71,6 @@ JSON_SCHEMA: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class Check:
-    group: str
-    name: str
-    state: State
-    detail: str
-    next_step: str | None = None
-
-
 def relative_time(seconds: float) -> str:
     """``in 3h 12m`` / ``5m ago`` style, to the two largest units."""
     future = seconds >= 0
@@ -98,159 +89,125 @@ def relative_time(seconds: float) -> str:
 # -- checks ---------------------------------------------------------------------------------
 
 
-def check_local_login(rt: Runtime) -> list[Check]:
+def check_local_login(rt: Runtime) -> list[DiagnosticRow]:
     g = "local login"
     paths = ResolvedPaths.of(rt.settings)
     path = paths.credentials_file
-    rows: list[Check] = []
+    rows: list[DiagnosticRow] = []
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return [Check(g, "credentials file", "warn", f"{path} does not exist (not logged in)", RELOGIN_COMMAND)]
+        return [DiagnosticRow(g, "credentials file", "warn", f"{path} does not exist (not logged in)", RELOGIN_COMMAND)]
     if stat.S_ISLNK(st.st_mode):
-        return [Check(g, "credentials file", "fail", f"{path} is a symlink", f"replace {path} with the real file")]
+        return [DiagnosticRow(g, "credentials file", "fail", f"{path} is a symlink", f"replace {path} with the real file")]
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid != rt.user.uid:
-        rows.append(Check(g, "owner", "fail", f"owned by uid {st.st_uid}, not {rt.user.name}", f"sudo chown {rt.user.name} {path}"))
+        rows.append(DiagnosticRow(g, "owner", "fail", f"owned by uid {st.st_uid}, not {rt.user.name}", f"sudo chown {rt.user.name} {path}"))
     else:
-        rows.append(Check(g, "owner", "ok", rt.user.name))
-    rows.append(Check(g, "mode", "ok" if mode == 0o600 else "warn", f"{mode:04o}", None if mode == 0o600 else f"chmod 600 {path}"))
-    login = rt.local().read()
+        rows.append(DiagnosticRow(g, "owner", "ok", rt.user.name))
+    rows.append(DiagnosticRow(g, "mode", "ok" if mode == 0o600 else "warn", f"{mode:04o}", None if mode == 0o600 else f"chmod 600 {path}"))
+    login = rt.restorer().read()
     state_rows = {
-        LoginState.NOT_JSON: Check(g, "parse", "fail", login.detail, f"the next run restores the backup; or {RELOGIN_COMMAND}"),
-        LoginState.NO_OAUTH: Check(g, "claudeAiOauth", "warn", login.detail, f"not logged in; to be: {RELOGIN_COMMAND}"),
-        LoginState.INVALID: Check(g, "claudeAiOauth", "fail", login.detail, f"the next run restores the backup; or {RELOGIN_COMMAND}"),
-        LoginState.BLANKED: Check(g, "tokens", "fail", login.detail, RELOGIN_COMMAND),
-        LoginState.MISSING: Check(g, "credentials file", "fail", "missing", RELOGIN_COMMAND),
+        LoginState.NOT_JSON: DiagnosticRow(g, "parse", "fail", login.detail, f"the next run restores the backup; or {RELOGIN_COMMAND}"),
+        LoginState.NO_OAUTH: DiagnosticRow(g, "claudeAiOauth", "warn", login.detail, f"not logged in; to be: {RELOGIN_COMMAND}"),
+        LoginState.INVALID: DiagnosticRow(g, "claudeAiOauth", "fail", login.detail, f"the next run restores the backup; or {RELOGIN_COMMAND}"),
+        LoginState.BLANKED: DiagnosticRow(g, "tokens", "fail", login.detail, RELOGIN_COMMAND),
+        LoginState.MISSING: DiagnosticRow(g, "credentials file", "fail", "missing", RELOGIN_COMMAND),
     }
     if login.state in state_rows:
         rows.append(state_rows[login.state])
     else:
-        rows.append(Check(g, "parse", "ok", "valid JSON with claudeAiOauth"))
+        rows.append(DiagnosticRow(g, "parse", "ok", "valid JSON with claudeAiOauth"))
         fps = oauth_fingerprints(login.oauth)
         if login.expires_at_ms is not None:
             delta = login.expires_at_ms / 1000 - time.time()
-            state: State = "ok" if delta > 0 else "info"
+            state: DiagnosticState = "ok" if delta > 0 else "info"
             note = "" if delta > 0 else " (normal: the CLI refreshes it on next use)"
-            rows.append(Check(g, "access token", state, f"fp {fps['access']}, expires {relative_time(delta)}{note}"))
-        rows.append(Check(g, "refresh token", "ok", f"present, fp {fps['refresh']}"))
+            rows.append(DiagnosticRow(g, "access token", state, f"fp {fps['access']}, expires {relative_time(delta)}{note}"))
+        rows.append(DiagnosticRow(g, "refresh token", "ok", f"present, fp {fps['refresh']}"))
         refresh_expiry = refresh_expiry_ms(login.oauth)
         if refresh_expiry is not None:
             delta = refresh_expiry / 1000 - time.time()
             state = "ok" if delta > REFRESH_WARN_S else ("warn" if delta > 0 else "fail")
-            rows.append(Check(g, "refresh token expiry", state, relative_time(delta), None if state == "ok" else RELOGIN_COMMAND))
+            rows.append(DiagnosticRow(g, "refresh token expiry", state, relative_time(delta), None if state == "ok" else RELOGIN_COMMAND))
     if login.other_keys:
-        rows.append(Check(g, "other keys", "info", ", ".join(login.other_keys) + " (kept untouched)"))
+        rows.append(DiagnosticRow(g, "other keys", "info", ", ".join(login.other_keys) + " (kept untouched)"))
     return rows
 
 
-def check_environment(rt: Runtime) -> list[Check]:
+def check_environment(rt: Runtime) -> list[DiagnosticRow]:
     g = "environment"
     rows = []
     found = [name for name in LOGIN_VARIABLES if rt.environ.get(name)]
     if found:
-        rows.append(Check(g, "login variables", "warn", f"{', '.join(found)} set (never passed to claude by the agent)",
+        rows.append(DiagnosticRow(g, "login variables", "warn", f"{', '.join(found)} set (never passed to claude by the agent)",
                           f"unset {' '.join(found)} (environment credentials outrank the per-user login)"))
     else:
-        rows.append(Check(g, "login variables", "ok", "none of " + ", ".join(LOGIN_VARIABLES)))
+        rows.append(DiagnosticRow(g, "login variables", "ok", "none of " + ", ".join(LOGIN_VARIABLES)))
     config_dir = rt.environ.get("CLAUDE_CONFIG_DIR")
-    rows.append(Check(g, "CLAUDE_CONFIG_DIR", "info", config_dir or f"unset (using {rt.settings.claude_config_dir})"))
+    rows.append(DiagnosticRow(g, "CLAUDE_CONFIG_DIR", "info", config_dir or f"unset (using {rt.settings.claude_config_dir})"))
     return rows
 
 
-def check_cli(rt: Runtime) -> list[Check]:
+def check_cli(rt: Runtime) -> list[DiagnosticRow]:
     info = rt.probe().describe()
     binary = info.get("binary")
     if not binary:
-        return [Check("claude CLI", "binary", "fail", "claude not found", "npm install -g @anthropic-ai/claude-code")]
+        return [DiagnosticRow("claude CLI", "binary", "fail", "claude not found", "npm install -g @anthropic-ai/claude-code")]
     return [
-        Check("claude CLI", "binary", "ok", str(binary)),
-        Check("claude CLI", "version", "ok" if info.get("version") else "warn", str(info.get("version") or "unknown")),
+        DiagnosticRow("claude CLI", "binary", "ok", str(binary)),
+        DiagnosticRow("claude CLI", "version", "ok" if info.get("version") else "warn", str(info.get("version") or "unknown")),
     ]
 
 
-def check_store(rt: Runtime) -> list[Check]:
-    g = "store"
-    rows = [Check(g, "backend", "ok", rt.settings.backend)]
+def check_backend(rt: Runtime) -> list[DiagnosticRow]:
+    """The selected backend: the plugin's own rows (``cas_diagnose``), then whether the latest stored
+    copy matches the local login (fingerprints only)."""
+    g = "backend"
+    origin = rt.plugins.origin("backend", rt.settings.backend)
+    rows = [DiagnosticRow(g, "backend", "ok", f"{rt.settings.backend} (plugin {origin})")]
     try:
-        store = rt.store()
-        facts = store.describe()
+        backend = rt.backend()
+        rows.extend(rt.plugins.diagnose(origin or "", rt.context, backend) if origin else [])
+        latest = backend.read_latest()
+        local = rt.restorer().read()
     except CasError as err:
-        return [*rows, Check(g, "reachable", "fail" if err.exit_code != 75 else "warn", err.message, err.remedy)]
-    token_file = facts.get("token_file")
-    if isinstance(token_file, dict):
-        path = token_file.get("path")
-        if not token_file.get("exists"):
-            rows.append(Check(g, "token file", "fail", f"{path} missing", PROVISION_COMMAND))
-        elif token_file.get("symlink") or token_file.get("mode") != "0600" or token_file.get("uid") != rt.user.uid:
-            rows.append(Check(g, "token file", "fail", f"{path}: mode {token_file.get('mode')}, uid {token_file.get('uid')}",
-                              f"chmod 600 {path} (and make sure {rt.user.name} owns it)"))
-        else:
-            rows.append(Check(g, "token file", "ok", f"{path} (0600)"))
-    token = facts.get("token")
-    if isinstance(token, dict) and "error" in token:
-        unreachable = token.get("reason") in ("vault_unreachable", "store_unavailable")
-        rows.append(Check(g, "address", "info", str(facts.get("addr"))))
-        if unreachable:
-            rows.append(Check(g, "reachable", "warn", str(token["error"]), "nothing now: the next run retries; check the network and Vault"))
-        else:
-            rows.append(Check(g, "token", "fail", str(token["error"]), PROVISION_COMMAND))
-        return rows
-    if isinstance(token, dict):
-        rows.append(Check(g, "address", "ok", str(facts.get("addr"))))
-        ttl = token.get("ttl_s")
-        ttl_state: State = "ok" if isinstance(ttl, int) and ttl > STORE_TTL_WARN_S else "warn"
-        rows.append(Check(g, "token TTL", ttl_state, relative_time(ttl or 0) if ttl is not None else "unknown",
-                          None if ttl_state == "ok" else f"run the service (it renews): systemctl start claude-auth-sync@{rt.user.name}.service"))
-        rows.append(Check(g, "token period", "info", f"{token.get('period_s')}s, renewable={token.get('renewable')}"))
-        drift = token.get("drifted")
-        rows.append(Check(g, "token policies", "fail" if drift else "ok", ", ".join(token.get("policies") or []),
-                          PROVISION_COMMAND if drift else None))
-    secret = facts.get("secret") or {}
-    if isinstance(secret, dict) and secret:
-        if secret.get("exists") is False:
-            rows.append(Check(g, "backup", "warn", "no backup yet", f"systemctl start claude-auth-sync@{rt.user.name}.service"))
-        elif "error" in secret:
-            rows.append(Check(g, "backup", "fail", str(secret["error"]), PROVISION_COMMAND))
-        else:
-            rows.append(Check(g, "backup", "ok", f"version {secret.get('current_version')}, updated {secret.get('updated_time')}, "
-                                                 f"{secret.get('versions_kept')} versions kept"))
-    if "current_version" in facts:
-        rows.append(Check(g, "backup", "ok" if facts["current_version"] else "warn",
-                          f"version {facts['current_version']}, updated {facts.get('updated')}"))
-    try:
-        latest = store.read_latest()
-        local = rt.local().read()
-    except CasError as err:
-        return [*rows, Check(g, "matches local", "fail", err.message, err.remedy)]
-    if latest is not None and local.oauth is not None:
-        same = dict(latest.oauth) == dict(local.oauth)
-        stored_fp = fingerprint(latest.oauth.get("accessToken"))
-        rows.append(Check(g, "matches local", "ok" if same else "info",
-                          f"stored fp {stored_fp}" + ("" if same else " (differs: the next healthy run backs up)")))
+        state: DiagnosticState = "warn" if err.exit_code == 75 else "fail"
+        return [*rows, DiagnosticRow(g, "reachable", state, err.message, err.remedy)]
+    if latest is None:
+        rows.append(DiagnosticRow(g, "backup", "warn", "no backup yet", f"systemctl start claude-auth-sync@{rt.user.name}.service"))
+    elif local.oauth is not None:
+        same = _same(latest.oauth, local.oauth)
+        stored_fp = fingerprint(latest.oauth.get("accessToken")) if isinstance(latest.oauth, Mapping) else None
+        rows.append(DiagnosticRow(g, "matches local", "ok" if same else "info",
+                                  f"stored fp {stored_fp}" + ("" if same else " (differs: the next healthy run backs up)")))
     return rows
 
 
-def check_timer(rt: Runtime) -> list[Check]:
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def check_timer(rt: Runtime) -> list[DiagnosticRow]:
     g = "timer"
     unit = f"claude-auth-sync@{rt.user.name}.timer"
     systemctl = shutil.which("systemctl", path=rt.environ.get("PATH", os.defpath))
     if systemctl is None:
-        return [Check(g, unit, "info", "systemctl not found (not a systemd host)")]
+        return [DiagnosticRow(g, unit, "info", "systemctl not found (not a systemd host)")]
     enabled = subprocess.run([systemctl, "is-enabled", unit], capture_output=True, text=True, timeout=10)
     state = enabled.stdout.strip() or enabled.stderr.strip()
-    rows = [Check(g, "enabled", "ok" if state == "enabled" else "warn", state or "unknown",
+    rows = [DiagnosticRow(g, "enabled", "ok" if state == "enabled" else "warn", state or "unknown",
                   None if state == "enabled" else f"sudo systemctl enable --now {unit}")]
     if Path("/run/systemd/system").is_dir() and state == "enabled":
         show = subprocess.run([systemctl, "show", unit, "-p", "LastTriggerUSec", "-p", "NextElapseUSecRealtime"],
                               capture_output=True, text=True, timeout=10)
-        rows.append(Check(g, "schedule", "info", " ".join(show.stdout.split()) or "unknown"))
+        rows.append(DiagnosticRow(g, "schedule", "info", " ".join(show.stdout.split()) or "unknown"))
     else:
-        rows.append(Check(g, "schedule", "info", "systemd is not running here: no last/next run"))
+        rows.append(DiagnosticRow(g, "schedule", "info", "systemd is not running here: no last/next run"))
     return rows
 
 
-def check_log(rt: Runtime) -> list[Check]:
+def check_log(rt: Runtime) -> list[DiagnosticRow]:
     """The last five status lines: read with read_tail (no symlink, no FIFO, at most 64 KiB)."""
     from .fileio import read_tail
 
@@ -259,20 +216,20 @@ def check_log(rt: Runtime) -> list[Check]:
     try:
         data = read_tail(path)
     except CasError as err:
-        return [Check("private log", str(path), "fail", err.message, f"move {path} aside, then {start}")]
+        return [DiagnosticRow("private log", str(path), "fail", err.message, f"move {path} aside, then {start}")]
     if data is None:
-        return [Check("private log", str(path), "warn", "no run recorded yet", start)]
+        return [DiagnosticRow("private log", str(path), "warn", "no run recorded yet", start)]
     lines = data.decode("utf-8", errors="replace").splitlines()[-5:]
     rows = []
     for index, line in enumerate(lines):
         word = line.split(" ", 2)[1] if line.count(" ") >= 1 else "?"
-        state: State = {"OK": "ok", "WARN": "warn", "FAIL": "fail"}.get(word, "info")
+        state: DiagnosticState = {"OK": "ok", "WARN": "warn", "FAIL": "fail"}.get(word, "info")
         last = index == len(lines) - 1
-        rows.append(Check("private log", "last run" if last else "earlier run", state if last else "info", _condensed(line)))
+        rows.append(DiagnosticRow("private log", "last run" if last else "earlier run", state if last else "info", _condensed(line)))
     if rows and rows[-1].state == "fail":
         last = rows[-1]
         fix = RELOGIN_COMMAND if "reason=auth_failed" in last.detail else "claude-auth-sync diagnose --probe"
-        rows[-1] = Check(last.group, last.name, last.state, last.detail, fix)
+        rows[-1] = DiagnosticRow(last.group, last.name, last.state, last.detail, fix)
     return rows
 
 
@@ -283,54 +240,54 @@ def _condensed(line: str) -> str:
     return " ".join(parts[:2] + keep)
 
 
-def check_probe(rt: Runtime) -> list[Check]:
+def check_probe(rt: Runtime) -> list[DiagnosticRow]:
     result = rt.probe().run()
-    state: State = {"authenticated": "ok", "unavailable": "warn"}.get(str(result.outcome), "fail")
+    state: DiagnosticState = {"authenticated": "ok", "unavailable": "warn"}.get(str(result.outcome), "fail")
     fix = {ProbeOutcome.AUTH_FAILED: f"systemctl start claude-auth-sync@{rt.user.name}.service (restores the backup); else {RELOGIN_COMMAND}",
            ProbeOutcome.BROKEN: "npm install -g @anthropic-ai/claude-code"}.get(result.outcome)
     detail = f"{result.outcome} ({result.reason}) in {result.duration_s:.1f}s"
-    return [Check("probe", "inference", state, detail, fix)]
+    return [DiagnosticRow("probe", "inference", state, detail, fix)]
 
 
-CHECKS: list[tuple[str, Callable[[Runtime], list[Check]]]] = [
+CHECKS: list[tuple[str, Callable[[Runtime], list[DiagnosticRow]]]] = [
     ("local login", check_local_login),
     ("environment", check_environment),
     ("claude CLI", check_cli),
-    ("store", check_store),
+    ("backend", check_backend),
     ("timer", check_timer),
     ("private log", check_log),
 ]
 
 
-def _isolated(group: str, check: Callable[[Runtime], list[Check]], rt: Runtime, timeout_s: float) -> list[Check]:
+def _isolated(group: str, check: Callable[[Runtime], list[DiagnosticRow]], rt: Runtime, timeout_s: float) -> list[DiagnosticRow]:
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
             box["rows"] = check(rt)
         except CasError as err:
-            box["rows"] = [Check(group, "check", "fail", err.message, err.remedy)]
+            box["rows"] = [DiagnosticRow(group, "check", "fail", err.message, err.remedy)]
         except Exception as err:  # isolate: report, never hide the other checks
-            box["rows"] = [Check(group, "check", "fail", f"check failed: {type(err).__name__}")]
+            box["rows"] = [DiagnosticRow(group, "check", "fail", f"check failed: {type(err).__name__}")]
 
     worker = threading.Thread(target=target, daemon=True)
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        return [Check(group, "check", "fail", f"no answer within {timeout_s:.0f}s", "claude-auth-sync diagnose (again), then check the network")]
+        return [DiagnosticRow(group, "check", "fail", f"no answer within {timeout_s:.0f}s", "claude-auth-sync diagnose (again), then check the network")]
     return box.get("rows", [])
 
 
-def collect(rt: Runtime, *, probe: bool = False, timeout_s: float = CHECK_TIMEOUT_S) -> list[Check]:
+def collect(rt: Runtime, *, probe: bool = False, timeout_s: float = CHECK_TIMEOUT_S) -> list[DiagnosticRow]:
     checks = list(CHECKS) + ([("probe", check_probe)] if probe else [])
-    rows: list[Check] = []
+    rows: list[DiagnosticRow] = []
     for group, check in checks:
         limit = max(timeout_s, rt.settings.section("inference").timeout + 5) if group == "probe" else timeout_s
         rows.extend(_isolated(group, check, rt, limit))
     return rows
 
 
-def report(rt: Runtime, rows: list[Check]) -> dict[str, Any]:
+def report(rt: Runtime, rows: list[DiagnosticRow]) -> dict[str, Any]:
     provenance = settings_provenance(rt.settings)
     settings = json.loads(rt.settings.model_dump_json())
     flat = {}

@@ -14,10 +14,10 @@ __all__ = [
     "CasError",
     "ConfigurationError",
     "PluginError",
-    "StoreError",
-    "StoreUnavailable",
-    "StoreRefused",
-    "StoreConflict",
+    "BackendError",
+    "BackendUnavailable",
+    "BackendRefused",
+    "BackendConflict",
     "CredentialsError",
     "CredentialsUnsafe",
     "CredentialsBusy",
@@ -59,25 +59,25 @@ class PluginError(ConfigurationError):
     default_reason = "plugin_error"
 
 
-class StoreError(CasError):
+class BackendError(CasError):
     """Base for credential-store (backend) failures."""
 
 
-class StoreUnavailable(StoreError):
+class BackendUnavailable(BackendError):
     """The store could not be reached, is sealed or answered 5xx (exit 75, WARN)."""
 
     exit_code = ExitCode.TEMPFAIL
     default_reason = "store_unavailable"
 
 
-class StoreRefused(StoreError):
+class BackendRefused(BackendError):
     """The store refused us: token missing, unreadable, too open, expired, drifted, 403 (exit 78)."""
 
     exit_code = ExitCode.CONFIG
     default_reason = "store_refused"
 
 
-class StoreConflict(StoreError):
+class BackendConflict(BackendError):
     """A check-and-set write lost against a concurrent writer (exit 75, try again next run)."""
 
     exit_code = ExitCode.TEMPFAIL

@@ -21,6 +21,7 @@ and registers it under the entry-point group ``claude_auth_sync`` (the built-ins
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -30,7 +31,7 @@ import pluggy
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from .model import CredentialStore, LocalCredentials, Probe, Sink, UserIdentity  # noqa: F401 - named in string annotations
+    from .model import Backend, DiagnosticRow, Restorer, Probe, Sink, UserIdentity  # noqa: F401 - named in string annotations
     from .settings import Settings
 
 __all__ = [
@@ -38,15 +39,18 @@ __all__ = [
     "hookimpl",
     "PluginContext",
     "SettingsSection",
-    "StoreSpec",
+    "BackendSpec",
     "ProbeSpec",
     "RestorerSpec",
     "SinkSpec",
+    "CommandSpec",
     "cas_settings_sections",
-    "cas_credential_stores",
+    "cas_backends",
     "cas_probes",
     "cas_restorers",
     "cas_sinks",
+    "cas_commands",
+    "cas_diagnose",
 ]
 
 PROJECT = "claude_auth_sync"
@@ -61,8 +65,8 @@ class PluginContext:
     """What a factory gets: the resolved settings and the OS user the cycle runs for.
 
     A plugin reads its own section with ``ctx.settings.section("<name>")``; it never reads the
-    environment itself: ``environ`` is the process environment, captured once by the core (the
-    probe passes it, scrubbed, to the ``claude`` CLI).
+    environment itself. ``environ`` is empty for every factory but the probe's: the probe gets the
+    process environment, captured once by the core, and passes an allow-listed part to ``claude``.
     """
 
     settings: Settings
@@ -93,7 +97,7 @@ class _Spec(Generic[T]):
 
 
 @dataclass(frozen=True)
-class StoreSpec(_Spec["CredentialStore"]):
+class BackendSpec(_Spec["Backend"]):
     """A credential store (backend): selected by ``CLAUDE_AUTH_SYNC_BACKEND``."""
 
 
@@ -103,13 +107,30 @@ class ProbeSpec(_Spec["Probe"]):
 
 
 @dataclass(frozen=True)
-class RestorerSpec(_Spec["LocalCredentials"]):
+class RestorerSpec(_Spec["Restorer"]):
     """Local credentials access (read, restore, roll back): selected by ``CLAUDE_AUTH_SYNC_RESTORER``."""
 
 
 @dataclass(frozen=True)
 class SinkSpec(_Spec["Sink"]):
     """A status sink: every sink named in ``CLAUDE_AUTH_SYNC_SINKS`` receives every event."""
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A ``claude-auth-sync`` subcommand a plugin contributes (the Vault plugin's ``policy``, the
+    administrator's ``fleet`` behind ``diagnose --all``).
+
+    :param name: the subcommand name.
+    :param help: one line for ``--help``.
+    :param add_arguments: adds the command's options to its ``argparse`` parser.
+    :param run: runs it with the parsed arguments; returns the exit code; may raise a CasError.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 @_hookspec
@@ -132,17 +153,17 @@ def cas_settings_sections() -> Sequence[SettingsSection]:
 
 
 @_hookspec
-def cas_credential_stores() -> Sequence[StoreSpec]:
+def cas_backends() -> Sequence[BackendSpec]:
     """Offer credential stores (where the ``claudeAiOauth`` object is backed up).
 
     Called when the core selects the backend named by ``CLAUDE_AUTH_SYNC_BACKEND``; only the
     selected spec's factory is called, once per cycle, with a :class:`PluginContext`.
 
-    :returns: a sequence of :class:`StoreSpec`. The object the factory builds implements
-        :class:`claude_auth_sync.model.CredentialStore`: ``renew()``, ``read_latest()`` (only the
+    :returns: a sequence of :class:`BackendSpec`. The object the factory builds implements
+        :class:`claude_auth_sync.model.Backend`: ``renew()``, ``read_latest()`` (only the
         latest version, never an older one), ``write(oauth, expected_version=...)`` (check-and-set)
-        and ``describe()``; it raises :class:`~claude_auth_sync.errors.StoreRefused` (exit 78) or
-        :class:`~claude_auth_sync.errors.StoreUnavailable` (exit 75).
+        and ``describe()``; it raises :class:`~claude_auth_sync.errors.BackendRefused` (exit 78) or
+        :class:`~claude_auth_sync.errors.BackendUnavailable` (exit 75).
 
     Must never: store anything but the OAuth object it is given, put a secret into an exception
     message or ``describe()``, or fall back silently to another store.
@@ -150,8 +171,8 @@ def cas_credential_stores() -> Sequence[StoreSpec]:
     Example::
 
         @hookimpl
-        def cas_credential_stores():
-            return [StoreSpec("memory", lambda ctx: MemoryStore())]
+        def cas_backends():
+            return [BackendSpec("memory", lambda ctx: MemoryBackend())]
     """
 
 
@@ -181,7 +202,7 @@ def cas_restorers() -> Sequence[RestorerSpec]:
     """Offer local-credentials access: how a stored OAuth object is merged into the local login.
 
     Called when the core selects ``CLAUDE_AUTH_SYNC_RESTORER`` (default ``credentials_file``).
-    The object implements :class:`claude_auth_sync.model.LocalCredentials`: ``read()``,
+    The object implements :class:`claude_auth_sync.model.Restorer`: ``read()``,
     ``restore(oauth, expected=...)`` returning a snapshot, and ``rollback(snapshot)``.
 
     :returns: a sequence of :class:`RestorerSpec`.
@@ -215,4 +236,53 @@ def cas_sinks() -> Sequence[SinkSpec]:
         @hookimpl
         def cas_sinks():
             return [SinkSpec("file", lambda ctx: FileSink(ctx))]
+    """
+
+
+@_hookspec
+def cas_commands() -> Sequence[CommandSpec]:
+    """Offer subcommands of ``claude-auth-sync``.
+
+    Called once when the command line is built, before settings are loaded; a command's ``run``
+    loads what it needs itself (for example with :func:`claude_auth_sync.runner.build_runtime`).
+
+    :returns: a sequence of :class:`CommandSpec`; names must not clash with the kernel's commands
+        (``run``, ``diagnose``, ``check``, ``plugins``) or with each other.
+
+    Must never: print from ``add_arguments``, import heavy modules at hook time (``run`` is
+    imported on every cycle), or put a secret on stdout.
+
+    Example::
+
+        @hookimpl
+        def cas_commands():
+            return [CommandSpec("policy", "the Vault policy USER's token needs",
+                                lambda parser: parser.add_argument("user"), run_policy)]
+    """
+
+
+@_hookspec
+def cas_diagnose(ctx: PluginContext, component: object) -> Sequence[DiagnosticRow]:
+    """Contribute rows to ``claude-auth-sync diagnose`` about a component this plugin provided.
+
+    Called only on the plugin that offered the selected backend, probe or restorer, once per
+    component, with the object its factory built; a plugin that knows nothing to add returns
+    an empty sequence. The kernel adds its own generic rows (name, reachability, whether the
+    stored copy matches the local login) around them.
+
+    :param ctx: the settings and user (no environment).
+    :param component: the built backend, probe or restorer object.
+    :returns: a sequence of :class:`~claude_auth_sync.model.DiagnosticRow` (group, name, state,
+        detail, next step); a problem row carries the command that fixes it.
+
+    Must never: put a secret (a token, a Vault token, a secret value) into a row, change anything,
+    or raise for an unreachable service (return a ``warn`` row instead).
+
+    Example::
+
+        @hookimpl
+        def cas_diagnose(ctx, component):
+            if not isinstance(component, VaultBackend):
+                return []
+            return [DiagnosticRow("backend", "token TTL", "ok", "in 31d 23h")]
     """

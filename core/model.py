@@ -13,7 +13,7 @@ import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "LOGIN_VARIABLES",
@@ -26,15 +26,17 @@ __all__ = [
     "ProbeOutcome",
     "ProbeResult",
     "StoredCopy",
-    "StoreHealth",
+    "BackendHealth",
     "LoginState",
     "LocalLogin",
     "RestoreSnapshot",
     "StatusEvent",
     "UserIdentity",
-    "CredentialStore",
+    "DiagnosticRow",
+    "DiagnosticState",
+    "Backend",
     "Probe",
-    "LocalCredentials",
+    "Restorer",
     "Sink",
     "OAuth",
 ]
@@ -110,7 +112,7 @@ class StoredCopy:
 
 
 @dataclass(frozen=True)
-class StoreHealth:
+class BackendHealth:
     """What renewing the store's own credential found (e.g. a Vault token's TTL)."""
 
     ttl_s: int | None = None
@@ -153,6 +155,21 @@ class RestoreSnapshot:
     kept_copy: Path | None = None  # 0600 copy of an unparseable or pre-restore file
     written_digest: str | None = None  # SHA-256 of what the restore wrote: roll back only that
     previous_copy: Path | None = None  # where the pre-restore content is kept on disk (0600)
+
+
+DiagnosticState = Literal["ok", "info", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class DiagnosticRow:
+    """One row of ``diagnose``: a group (``local login``, ``backend``...), what was checked, its
+    state, a detail for people (never a secret) and, for anything but ok/info, the next step."""
+
+    group: str
+    name: str
+    state: DiagnosticState
+    detail: str
+    next_step: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,11 +234,11 @@ class StatusEvent:
 
 
 @runtime_checkable
-class CredentialStore(Protocol):
+class Backend(Protocol):
     """Where the OAuth object is backed up (Vault, a file, memory)."""
 
-    def renew(self) -> StoreHealth:
-        """Renew/verify the store's own credential. Raises StoreRefused / StoreUnavailable."""
+    def renew(self) -> BackendHealth:
+        """Renew/verify the store's own credential. Raises BackendRefused / BackendUnavailable."""
 
     def read_latest(self) -> StoredCopy | None:
         """The latest stored copy, or None when nothing was stored yet. Never an older version."""
@@ -243,7 +260,7 @@ class Probe(Protocol):
 
 
 @runtime_checkable
-class LocalCredentials(Protocol):
+class Restorer(Protocol):
     """Access to the local credentials file: read it, restore a stored copy into it, roll back."""
 
     def read(self) -> LocalLogin: ...

@@ -20,13 +20,14 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .hookspecs import PROJECT, ProbeSpec, RestorerSpec, SettingsSection, SinkSpec, StoreSpec
+from .hookspecs import PROJECT, BackendSpec, CommandSpec, PluginContext, ProbeSpec, RestorerSpec, SettingsSection, SinkSpec
+from .model import Backend, DiagnosticRow, Probe, Restorer, Sink
 
 __all__ = ["ENTRY_POINT_GROUP", "BrokenPlugin", "Plugins", "get_plugin_manager"]
 
 ENTRY_POINT_GROUP = "claude_auth_sync"
 
-S = TypeVar("S", StoreSpec, ProbeSpec, RestorerSpec, SinkSpec)
+S = TypeVar("S", BackendSpec, ProbeSpec, RestorerSpec, SinkSpec, CommandSpec)
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,34 @@ class BrokenPlugin:
     error: str
 
 
+KINDS: dict[str, tuple[str, type]] = {
+    "backend": ("cas_backends", Backend),
+    "probe": ("cas_probes", Probe),
+    "restorer": ("cas_restorers", Restorer),
+    "sink": ("cas_sinks", Sink),
+}
+"""Each selectable kind: its provider hook and the Protocol its factory's object must satisfy."""
+
+
 @dataclass
 class Plugins:
-    """A plugin manager plus the bookkeeping the CLI shows (sources, broken entry points)."""
+    """A plugin manager plus the bookkeeping the CLI shows (sources, broken entry points).
+
+    Every hook is called through pluggy, one plugin at a time (``subset_hook_caller``), so each
+    record keeps the name of the plugin that offered it: duplicate names are reported with both
+    sources, a factory's wrong object names its plugin, and ``cas_diagnose`` is asked of exactly
+    the plugin that provided a component.
+    """
 
     pm: pluggy.PluginManager
     broken: list[BrokenPlugin] = field(default_factory=list)
+    origins: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def settings_sections(self) -> list[SettingsSection]:
         return [s for batch in self.pm.hook.cas_settings_sections() for s in batch]
 
-    def stores(self) -> dict[str, StoreSpec]:
-        return self._collect("cas_credential_stores", "backend")
+    def backends(self) -> dict[str, BackendSpec]:
+        return self._collect("cas_backends", "backend")
 
     def probes(self) -> dict[str, ProbeSpec]:
         return self._collect("cas_probes", "probe")
@@ -58,6 +75,9 @@ class Plugins:
 
     def sinks(self) -> dict[str, SinkSpec]:
         return self._collect("cas_sinks", "sink")
+
+    def commands(self) -> dict[str, CommandSpec]:
+        return self._collect("cas_commands", "command")
 
     def select(self, available: dict[str, S], name: str, kind: str) -> S:
         """The spec called ``name``; a miss is a PluginError listing the valid choices."""
@@ -71,6 +91,34 @@ class Plugins:
                 remedy=f"set CLAUDE_AUTH_SYNC_{kind.upper()}{'S' if kind == 'sink' else ''} to one of: {choices}",
             ) from None
 
+    def build(self, kind: str, name: str, ctx: PluginContext) -> Any:
+        """Build the selected ``kind`` plugin ``name`` and check its object against the Protocol.
+
+        :raises PluginError: unknown name (listing the choices), or an object that lacks a method
+            of the Protocol (naming the plugin, the object's type and what is missing).
+        """
+        hook_name, protocol = KINDS[kind]
+        spec = self.select(self._collect(hook_name, kind), name, kind)
+        component = spec.factory(ctx)
+        missing = [m for m in _protocol_methods(protocol) if not callable(getattr(component, m, None))]
+        if missing:
+            origin = self.origins.get((hook_name, name), "?")
+            raise PluginError(
+                f"the {kind} {name!r} of plugin {origin!r} built a {type(component).__name__}, which lacks "
+                f"{', '.join(missing)} of {protocol.__name__}",
+                reason="plugin_error", remedy=f"fix or uninstall the plugin {origin!r}",
+            )
+        return component
+
+    def origin(self, kind: str, name: str) -> str | None:
+        """The plugin that offered the ``kind`` called ``name``."""
+        return self.origins.get((KINDS[kind][0], name))
+
+    def diagnose(self, plugin_name: str, ctx: PluginContext, component: object) -> list[DiagnosticRow]:
+        """The ``cas_diagnose`` rows of one plugin about a component it provided."""
+        caller = self._only(plugin_name, "cas_diagnose")
+        return [row for batch in caller(ctx=ctx, component=component) for row in batch or []]
+
     def hooks_by_plugin(self) -> dict[str, list[str]]:
         """``plugin name -> [hook names it implements]`` for ``claude-auth-sync plugins``."""
         table: dict[str, list[str]] = {}
@@ -80,21 +128,34 @@ class Plugins:
             table[name] = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
         return table
 
+    def _only(self, plugin_name: str, hook_name: str) -> Any:
+        """A caller of ``hook_name`` that reaches only the plugin ``plugin_name`` (through pluggy)."""
+        others = [p for name, p in self.pm.list_name_plugin() if name != plugin_name and p is not None]
+        return self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+
     def _collect(self, hook_name: str, kind: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
-        origin: dict[str, str] = {}
         hook = getattr(self.pm.hook, hook_name)
         for impl in hook.get_hookimpls():
-            for spec in impl.function() or []:
+            for spec in _flatten(self._only(impl.plugin_name, hook_name)()):
+                key = (hook_name, spec.name)
                 if spec.name in found:
                     raise PluginError(
-                        f"two {kind} plugins are named {spec.name!r}: {origin[spec.name]} and {impl.plugin_name}",
+                        f"two {kind} plugins are named {spec.name!r}: {self.origins[key]} and {impl.plugin_name}",
                         reason="duplicate_plugin",
                         remedy="uninstall or rename one of them",
                     )
                 found[spec.name] = spec
-                origin[spec.name] = impl.plugin_name
+                self.origins[key] = impl.plugin_name
         return found
+
+
+def _flatten(batches: list[Any]) -> list[Any]:
+    return [spec for batch in batches for spec in batch or []]
+
+
+def _protocol_methods(protocol: type) -> list[str]:
+    return sorted(name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_"))
 
 
 def get_plugin_manager(*, load_entry_points: bool = True, extra_plugins: Iterable[tuple[str, object]] = ()) -> Plugins:

@@ -1,4 +1,4 @@
-"""Wiring: plugins -> settings -> the selected store, probe, restorer and sinks -> one cycle.
+"""Wiring: plugins -> settings -> the selected backend, probe, restorer and sinks -> one cycle.
 
 ``run_cycle`` is what ``claude-auth-sync run`` does. Sinks are called one by one in isolation: a
 failing sink is reported on stderr and never stops the others or changes the exit code.
@@ -20,7 +20,7 @@ from .cycle import HealthCycle, failure_event
 from .errors import CasError
 from .fileio import ensure_private_dir, open_regular
 from .hookspecs import PluginContext
-from .model import ExitCode, CredentialStore, LocalCredentials, Probe, Sink, StatusEvent, UserIdentity
+from .model import ExitCode, Backend, Restorer, Probe, Sink, StatusEvent, UserIdentity
 from .plugin_manager import Plugins, get_plugin_manager
 from .settings import Settings, load_settings
 
@@ -38,20 +38,23 @@ class Runtime:
 
     @property
     def context(self) -> PluginContext:
-        return PluginContext(settings=self.settings, user=self.user, environ=self.environ)
+        """What every factory gets: settings and user, never the process environment."""
+        return PluginContext(settings=self.settings, user=self.user)
 
-    def store(self) -> CredentialStore:
-        return self.plugins.select(self.plugins.stores(), self.settings.backend, "backend").factory(self.context)
+    def backend(self) -> Backend:
+        return self.plugins.build("backend", self.settings.backend, self.context)
 
     def probe(self) -> Probe:
-        return self.plugins.select(self.plugins.probes(), self.settings.probe, "probe").factory(self.context)
+        """Only the probe sees the environment (it hands an allow-listed part to ``claude``)."""
+        return self.plugins.build("probe", self.settings.probe,
+                                  PluginContext(settings=self.settings, user=self.user, environ=self.environ))
 
-    def local(self) -> LocalCredentials:
-        return self.plugins.select(self.plugins.restorers(), self.settings.restorer, "restorer").factory(self.context)
+    def restorer(self) -> Restorer:
+        return self.plugins.build("restorer", self.settings.restorer, self.context)
 
     def validate_selection(self) -> None:
         """Every configured plugin name exists; otherwise PluginError naming the available ones."""
-        self.plugins.select(self.plugins.stores(), self.settings.backend, "backend")
+        self.plugins.select(self.plugins.backends(), self.settings.backend, "backend")
         self.plugins.select(self.plugins.probes(), self.settings.probe, "probe")
         self.plugins.select(self.plugins.restorers(), self.settings.restorer, "restorer")
         available = self.plugins.sinks()
@@ -60,11 +63,10 @@ class Runtime:
 
     def sinks_or_report(self, stderr: TextIO | None = None) -> list[tuple[str, Sink]]:
         """Build every configured sink; one that fails to build is reported and left out."""
-        available = self.plugins.sinks()
         built: list[tuple[str, Sink]] = []
         for name in self.settings.sinks:
             try:
-                built.append((name, self.plugins.select(available, name, "sink").factory(self.context)))
+                built.append((name, self.plugins.build("sink", name, self.context)))
             except Exception as err:
                 print(f"claude-auth-sync: sink {name!r} unavailable: {err}", file=stderr or sys.stderr)
         return built
@@ -141,11 +143,11 @@ def run_cycle(runtime: Runtime) -> StatusEvent:
     Never raises a CasError: building a plugin, the run lock and the cycle all end in an event.
     """
     try:
-        store = runtime.store()
+        backend = runtime.backend()
         probe = runtime.probe()
-        local = runtime.local()
+        restorer = runtime.restorer()
         assert runtime.settings.state_dir is not None
         with run_lock(runtime.settings.state_dir, runtime.settings.run_lock_wait):
-            return HealthCycle(user=runtime.user.name, store=store, probe=probe, local=local).run()
+            return HealthCycle(user=runtime.user.name, backend=backend, probe=probe, restorer=restorer).run()
     except CasError as err:
         return failure_event(runtime.user.name, err)

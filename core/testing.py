@@ -1,13 +1,13 @@
 """Fakes for tests, shipped for plugin authors too (also a pytest plugin: ``pytest11`` entry point).
 
-* :class:`MemoryStore` (re-exported from the ``memory`` backend): versions in a list, check-and-set.
+* :class:`MemoryBackend` (re-exported from the ``memory`` backend): versions in a list, check-and-set.
 * :class:`FakeProbe`: answers from a script of outcomes; can simulate the CLI refreshing the file.
-* :class:`MemoryCredentials`: an in-memory credentials file with the real classify/merge logic.
+* :class:`MemoryRestorer`: an in-memory credentials file with the real classify/merge logic.
 * :class:`RecordingSink`: keeps every event it receives.
 * :func:`plugin`: wraps any of them in a plugin object with proper hookimpls, registered the
   public way (``get_plugin_manager(extra_plugins=[("name", plugin(...))])``).
 
-Fixtures: ``cas_store``, ``cas_local``, ``cas_sink``.
+Fixtures: ``cas_backend``, ``cas_restorer``, ``cas_sink``.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from .credentials_file import classify, merge_oauth
+from .login import classify, merge_oauth
 from .errors import ConcurrentChange
-from .hookspecs import ProbeSpec, RestorerSpec, SinkSpec, StoreSpec, hookimpl
+from .hookspecs import ProbeSpec, RestorerSpec, SinkSpec, BackendSpec, hookimpl
 from .model import (
-    CredentialStore,
-    LocalCredentials,
+    Backend,
+    Restorer,
     LocalLogin,
     LoginState,
     OAuth,
@@ -36,12 +36,12 @@ from .model import (
     Sink,
     StatusEvent,
 )
-from .plugins.backend_memory import MemoryStore
+from .memory_backend import MemoryBackend
 
 __all__ = [
-    "MemoryStore",
+    "MemoryBackend",
     "FakeProbe",
-    "MemoryCredentials",
+    "MemoryRestorer",
     "RecordingSink",
     "plugin",
     "oauth_object",
@@ -66,13 +66,13 @@ class FakeProbe:
 
     ``on_run`` is called before each answer (e.g. to rewrite the credentials like the CLI would).
     ``accept`` makes the answer depend on the local login instead: authenticated when
-    ``accept(local.read())`` is true, else auth_failed.
+    ``accept(restorer.read())`` is true, else auth_failed.
     """
 
     script: list[ProbeOutcome] = field(default_factory=lambda: [ProbeOutcome.AUTHENTICATED])
     on_run: Callable[[int], None] | None = None
     accept: Callable[[LocalLogin], bool] | None = None
-    local: LocalCredentials | None = None
+    restorer: Restorer | None = None
     runs: int = 0
 
     def run(self) -> ProbeResult:
@@ -80,8 +80,8 @@ class FakeProbe:
         self.runs += 1
         if self.on_run is not None:
             self.on_run(index)
-        if self.accept is not None and self.local is not None:
-            ok = self.accept(self.local.read())
+        if self.accept is not None and self.restorer is not None:
+            ok = self.accept(self.restorer.read())
             outcome = ProbeOutcome.AUTHENTICATED if ok else ProbeOutcome.AUTH_FAILED
         else:
             outcome = self.script[min(index, len(self.script) - 1)]
@@ -99,7 +99,7 @@ class FakeProbe:
 
 
 @dataclass
-class MemoryCredentials:
+class MemoryRestorer:
     """The credentials file in memory, using the real classify and merge of the file restorer."""
 
     raw: bytes | None = None
@@ -108,7 +108,7 @@ class MemoryCredentials:
     fail_rollback: Exception | None = None  # raise this from rollback() (lock busy, disk full)
 
     @classmethod
-    def with_document(cls, document: dict[str, Any]) -> MemoryCredentials:
+    def with_document(cls, document: dict[str, Any]) -> MemoryRestorer:
         return cls(raw=json.dumps(document).encode())
 
     def document(self) -> dict[str, Any]:
@@ -164,9 +164,9 @@ class RecordingSink:
 
 def plugin(
     *,
-    store: CredentialStore | None = None,
+    backend: Backend | None = None,
     probe: Probe | None = None,
-    local: LocalCredentials | None = None,
+    restorer: Restorer | None = None,
     sinks: dict[str, Sink] | None = None,
     name: str = "test",
 ) -> object:
@@ -174,8 +174,8 @@ def plugin(
 
     class _TestPlugin:
         @hookimpl
-        def cas_credential_stores(self) -> Iterable[StoreSpec]:
-            return [StoreSpec(name, lambda ctx: store, "test store")] if store is not None else []
+        def cas_backends(self) -> Iterable[BackendSpec]:
+            return [BackendSpec(name, lambda ctx: backend, "test backend")] if backend is not None else []
 
         @hookimpl
         def cas_probes(self) -> Iterable[ProbeSpec]:
@@ -183,7 +183,7 @@ def plugin(
 
         @hookimpl
         def cas_restorers(self) -> Iterable[RestorerSpec]:
-            return [RestorerSpec(name, lambda ctx: local, "test restorer")] if local is not None else []
+            return [RestorerSpec(name, lambda ctx: restorer, "test restorer")] if restorer is not None else []
 
         @hookimpl
         def cas_sinks(self) -> Iterable[SinkSpec]:
@@ -193,15 +193,15 @@ def plugin(
 
 
 @pytest.fixture
-def cas_store() -> MemoryStore:
-    """An empty in-memory credential store."""
-    return MemoryStore()
+def cas_backend() -> MemoryBackend:
+    """An empty in-memory backend."""
+    return MemoryBackend()
 
 
 @pytest.fixture
-def cas_local() -> MemoryCredentials:
+def cas_restorer() -> MemoryRestorer:
     """An in-memory credentials file with no content yet."""
-    return MemoryCredentials()
+    return MemoryRestorer()
 
 
 @pytest.fixture

@@ -16,12 +16,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from claude_auth_sync.cycle import utc_timestamp
-from claude_auth_sync.errors import StoreConflict, StoreRefused
+from claude_auth_sync.errors import BackendConflict, BackendRefused
 from claude_auth_sync.fileio import read_private, replace_private
-from claude_auth_sync.hookspecs import PluginContext, SettingsSection, StoreSpec, hookimpl
-from claude_auth_sync.model import OAuth, StoreHealth, StoredCopy
+from claude_auth_sync.hookspecs import PluginContext, SettingsSection, BackendSpec, hookimpl
+from claude_auth_sync.model import BackendHealth, DiagnosticRow, OAuth, StoredCopy
 
-__all__ = ["FileStore", "FileBackendSettings"]
+__all__ = ["FileBackend", "FileBackendSettings"]
 
 
 class FileBackendSettings(BaseModel):
@@ -32,14 +32,14 @@ class FileBackendSettings(BaseModel):
     directory: Path | None = None
 
 
-class FileStore:
+class FileBackend:
     """The latest OAuth object of one user in a private JSON file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def renew(self) -> StoreHealth:
-        return StoreHealth(ttl_s=None, details={"path": str(self.path)})
+    def renew(self) -> BackendHealth:
+        return BackendHealth(ttl_s=None, details={"path": str(self.path)})
 
     def read_latest(self) -> StoredCopy | None:
         record = self._load()
@@ -51,7 +51,7 @@ class FileStore:
         record = self._load()
         current = record["version"] if record else None
         if current != expected_version:
-            raise StoreConflict(f"{self.path} changed meanwhile (version {current}, expected {expected_version})")
+            raise BackendConflict(f"{self.path} changed meanwhile (version {current}, expected {expected_version})")
         version = (current or 0) + 1
         body = {"version": version, "updated": utc_timestamp(), "data": {"claudeAiOauth": dict(oauth)}}
         replace_private(self.path, json.dumps(body, indent=2).encode("utf-8"))
@@ -77,7 +77,7 @@ class FileStore:
             if not isinstance(record["version"], int) or isinstance(record["version"], bool) or record["version"] < 1:
                 raise TypeError("version is not a positive integer")
         except (ValueError, KeyError, TypeError, RecursionError):
-            raise StoreRefused(
+            raise BackendRefused(
                 f"the backup file {self.path} is damaged", reason="store_damaged",
                 remedy=f"move {self.path} aside; the next healthy run writes a new one",
             ) from None
@@ -90,11 +90,22 @@ def cas_settings_sections() -> list[SettingsSection]:
 
 
 @hookimpl
-def cas_credential_stores() -> list[StoreSpec]:
-    def build(ctx: PluginContext) -> FileStore:
+def cas_backends() -> list[BackendSpec]:
+    def build(ctx: PluginContext) -> FileBackend:
         section: FileBackendSettings = ctx.settings.section("file")
         assert ctx.settings.state_dir is not None
         directory = section.directory or ctx.settings.state_dir / "backup"
-        return FileStore(directory / f"{ctx.user.name}.json")
+        return FileBackend(directory / f"{ctx.user.name}.json")
 
-    return [StoreSpec("file", build, "one private JSON file per user (no Vault needed)")]
+    return [BackendSpec("file", build, "one private JSON file per user (no Vault needed)")]
+
+
+@hookimpl
+def cas_diagnose(ctx: PluginContext, component: object) -> list[DiagnosticRow]:
+    if not isinstance(component, FileBackend):
+        return []
+    facts = component.describe()
+    if not facts["current_version"]:
+        return [DiagnosticRow("backend", "backup file", "info", f"{facts['path']} (none yet)")]
+    return [DiagnosticRow("backend", "backup file", "ok",
+                          f"{facts['path']}: version {facts['current_version']}, updated {facts['updated']}")]

@@ -6,11 +6,15 @@ See :mod:`.store` for the guarantees, :mod:`.policy` for the per-user policy and
 
 from __future__ import annotations
 
-from claude_auth_sync.hookspecs import PluginContext, SettingsSection, StoreSpec, hookimpl
+import argparse
+import sys
+
+from claude_auth_sync.hookspecs import BackendSpec, CommandSpec, PluginContext, SettingsSection, hookimpl
+from claude_auth_sync.model import DiagnosticRow
 
 from .settings import VaultSettings
 
-__all__ = ["VaultSettings", "cas_settings_sections", "cas_credential_stores"]
+__all__ = ["VaultSettings", "cas_settings_sections", "cas_backends", "cas_commands", "cas_diagnose"]
 
 
 @hookimpl
@@ -19,13 +23,39 @@ def cas_settings_sections() -> list[SettingsSection]:
 
 
 @hookimpl
-def cas_credential_stores() -> list[StoreSpec]:
+def cas_backends() -> list[BackendSpec]:
     def build(ctx: PluginContext):  # type: ignore[no-untyped-def]
-        from .store import VaultStore
+        from .store import VaultBackend
 
         section: VaultSettings = ctx.settings.section("vault")
         assert ctx.settings.config_dir is not None
         token_file = section.token_file or ctx.settings.config_dir / "vault-token"
-        return VaultStore(section, ctx.user.name, ctx.user.uid, token_file)
+        return VaultBackend(section, ctx.user.name, ctx.user.uid, token_file)
 
-    return [StoreSpec("vault", build, "HashiCorp Vault / OpenBao KV v2 (hvac)")]
+    return [BackendSpec("vault", build, "HashiCorp Vault / OpenBao KV v2 (hvac)")]
+
+
+def _run_policy(args: argparse.Namespace) -> int:
+    from claude_auth_sync.runner import build_runtime
+
+    from .policy import render_policy
+
+    runtime = build_runtime()
+    sys.stdout.write(render_policy(args.user, runtime.settings.section("vault")))
+    return 0
+
+
+@hookimpl
+def cas_commands() -> list[CommandSpec]:
+    return [CommandSpec("policy", "the Vault policy (HCL) USER's token must carry",
+                        lambda parser: parser.add_argument("user", metavar="USER"), _run_policy)]
+
+
+@hookimpl
+def cas_diagnose(ctx: PluginContext, component: object) -> list[DiagnosticRow]:
+    from .diagnose import vault_rows
+    from .store import VaultBackend
+
+    if not isinstance(component, VaultBackend):
+        return []
+    return vault_rows(component.describe(), ctx.user)

@@ -6,7 +6,7 @@ Guarantees:
   CA bundle: hvac never falls back to ``VAULT_TOKEN`` or ``~/.vault-token``.
 * ``renew()`` is one ``renew-self`` request; its answer's policies (token and identity policies)
   must be exactly the expected set (no ``root``, no ``default``, nothing extra) or the token is
-  refused as drifted. The renewed TTL is reported (:attr:`StoreHealth.ttl_s`).
+  refused as drifted. The renewed TTL is reported (:attr:`BackendHealth.ttl_s`).
 * ``read_latest()`` reads only the latest version (one request); a 404 (nothing stored yet, or the
   latest version deleted by an administrator) is ``None``. ``write()`` stores
   ``{"claudeAiOauth": ...}`` and nothing else, with check-and-set (``cas``) so a concurrent writer
@@ -22,8 +22,8 @@ Guarantees:
 * Reads are never older than the renew that started the cycle: the ``X-Vault-Index`` of every
   answer is sent back with ``X-Vault-Inconsistent: forward-active-node``, so a standby serving reads
   from a lagging replica (OpenBao 2.7+ integrated storage) forwards to the active node instead.
-* Errors are classified, never dumped: unreachable, 5xx, sealed, 429 -> :class:`StoreUnavailable`
-  (75); 403, an invalid/expired token, drift, TLS failure -> :class:`StoreRefused` (78). Messages
+* Errors are classified, never dumped: unreachable, 5xx, sealed, 429 -> :class:`BackendUnavailable`
+  (75); 403, an invalid/expired token, drift, TLS failure -> :class:`BackendRefused` (78). Messages
   carry the HTTP status and path only, never a token or a secret value.
 """
 
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from claude_auth_sync.errors import ConfigurationError, StoreConflict, StoreError, StoreRefused, StoreUnavailable
-from claude_auth_sync.model import OAuth, StoreHealth, StoredCopy
+from claude_auth_sync.errors import ConfigurationError, BackendConflict, BackendError, BackendRefused, BackendUnavailable
+from claude_auth_sync.model import OAuth, BackendHealth, StoredCopy
 
 from .address import AddressRefused, Origin, display_address, parse_vault_addr, redirect_origin
 from .policy import expected_policies, secret_paths
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import hvac
     import requests
 
-__all__ = ["VaultStore", "check_address"]
+__all__ = ["VaultBackend", "check_address"]
 
 OAUTH_KEY = "claudeAiOauth"
 MAX_REDIRECTS = 5
@@ -163,7 +163,7 @@ def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Ses
     return session
 
 
-class VaultStore:
+class VaultBackend:
     """One user's secret ``<mount>/<path_prefix>/<user>`` in KV v2."""
 
     def __init__(self, settings: VaultSettings, user: str, uid: int, token_file: Path) -> None:
@@ -177,9 +177,9 @@ class VaultStore:
         # saw a 404 carrying metadata): a new version must name it as its check-and-set value.
         self._absent_version: int | None = None
 
-    # -- CredentialStore ---------------------------------------------------------------------
+    # -- Backend ---------------------------------------------------------------------
 
-    def renew(self) -> StoreHealth:
+    def renew(self) -> BackendHealth:
         answer = self._call("renew-self", lambda c: c.auth.token.renew_self())
         auth = answer.get("auth") or {}
         policies = {
@@ -187,7 +187,7 @@ class VaultStore:
         }
         self._check_policies(policies)
         ttl = auth.get("lease_duration")
-        return StoreHealth(ttl_s=int(ttl) if ttl is not None else None,
+        return BackendHealth(ttl_s=int(ttl) if ttl is not None else None,
                            details={"policies": sorted(policies), "renewable": auth.get("renewable")})
 
     def read_latest(self) -> StoredCopy | None:
@@ -220,7 +220,7 @@ class VaultStore:
         return version if isinstance(version, int) else None
 
     def describe(self) -> dict[str, Any]:
-        """Token facts (lookup-self) and the secret's metadata, never a value. Never raises a StoreError."""
+        """Token facts (lookup-self) and the secret's metadata, never a value. Never raises a BackendError."""
         facts: dict[str, Any] = {
             "addr": display_address(self.settings.addr),
             "path": f"{self.settings.mount}/{self.relative_path}",
@@ -228,7 +228,7 @@ class VaultStore:
         }
         try:
             token = self._call("lookup-self", lambda c: c.auth.token.lookup_self()).get("data") or {}
-        except (StoreError, ConfigurationError) as err:
+        except (BackendError, ConfigurationError) as err:
             facts["token"] = {"error": err.message, "reason": err.reason}
             return facts
         policies = set(token.get("policies") or []) | set(token.get("identity_policies") or [])
@@ -241,7 +241,7 @@ class VaultStore:
         try:
             meta = self._call("metadata", lambda c: _absent_on_404(lambda: c.secrets.kv.v2.read_secret_metadata(
                 path=self.relative_path, mount_point=self.settings.mount)))
-        except StoreError as err:
+        except BackendError as err:
             facts["secret"] = {"error": err.message, "reason": err.reason}
         else:
             data = {} if meta.get("_absent") else (meta.get("data") or {})
@@ -262,10 +262,10 @@ class VaultStore:
     def _check_policies(self, policies: set[str]) -> None:
         expected = set(expected_policies(self.user))
         if "root" in policies:
-            raise StoreRefused("the Vault token carries the root policy; the agent refuses to use it",
+            raise BackendRefused("the Vault token carries the root policy; the agent refuses to use it",
                                reason="vault_token_root", remedy=PROVISION)
         if policies != expected:
-            raise StoreRefused(
+            raise BackendRefused(
                 f"the Vault token's policies drifted: {sorted(policies)} instead of {sorted(expected)}",
                 reason="vault_token_drift", remedy=PROVISION,
             )
@@ -308,7 +308,7 @@ class VaultStore:
         return configured
 
     def _call(self, what: str, request: Any) -> dict[str, Any]:
-        """Run one hvac request, translating every failure into a classified StoreError."""
+        """Run one hvac request, translating every failure into a classified BackendError."""
         import hvac.exceptions
         import requests
 
@@ -317,44 +317,44 @@ class VaultStore:
         try:
             answer = request(client)
         except hvac.exceptions.InvalidPath:
-            raise StoreRefused(f"{where}: not found (404)", reason="vault_not_found", remedy=PROVISION) from None
+            raise BackendRefused(f"{where}: not found (404)", reason="vault_not_found", remedy=PROVISION) from None
         except hvac.exceptions.Forbidden:
-            raise StoreRefused(f"{where}: permission denied (403): the token is invalid, expired or lacks the policy",
+            raise BackendRefused(f"{where}: permission denied (403): the token is invalid, expired or lacks the policy",
                                reason="vault_forbidden", remedy=PROVISION) from None
         except hvac.exceptions.Unauthorized:
-            raise StoreRefused(f"{where}: unauthorized (401)", reason="vault_forbidden", remedy=PROVISION) from None
+            raise BackendRefused(f"{where}: unauthorized (401)", reason="vault_forbidden", remedy=PROVISION) from None
         except hvac.exceptions.InvalidRequest as err:
             if what == "write" and "check-and-set" in _error_text(err):
-                raise StoreConflict(f"{where}: another writer stored a new version first (check-and-set)",
+                raise BackendConflict(f"{where}: another writer stored a new version first (check-and-set)",
                                     reason="vault_cas_conflict", remedy="nothing: the next run compares again") from None
-            raise StoreRefused(f"{where}: invalid request (400)", reason="vault_invalid_request", remedy=PROVISION) from None
+            raise BackendRefused(f"{where}: invalid request (400)", reason="vault_invalid_request", remedy=PROVISION) from None
         except hvac.exceptions.VaultDown as err:
             sealed = "sealed" in _error_text(err).lower()
-            raise StoreUnavailable(f"{where}: Vault {'is sealed' if sealed else 'unavailable'} (503)",
+            raise BackendUnavailable(f"{where}: Vault {'is sealed' if sealed else 'unavailable'} (503)",
                                    reason="vault_sealed" if sealed else "vault_unavailable", remedy=RETRY_LATER) from None
         except hvac.exceptions.RateLimitExceeded:
-            raise StoreUnavailable(f"{where}: rate limited (429)", reason="vault_rate_limited", remedy=RETRY_LATER) from None
+            raise BackendUnavailable(f"{where}: rate limited (429)", reason="vault_rate_limited", remedy=RETRY_LATER) from None
         except hvac.exceptions.VaultError as err:  # 5xx and anything else unexpected
             status = _status(err)
-            raise StoreUnavailable(f"{where}: Vault answered {status}", reason="vault_unavailable",
+            raise BackendUnavailable(f"{where}: Vault answered {status}", reason="vault_unavailable",
                                    remedy=RETRY_LATER) from None
         except _UnsafeRedirect as err:
-            raise StoreRefused(_redirect_refusal(where, err), reason="vault_insecure_redirect",
+            raise BackendRefused(_redirect_refusal(where, err), reason="vault_insecure_redirect",
                                remedy="set the Vault cluster's api_addr to an https address") from None
         except requests.exceptions.SSLError:
-            raise StoreRefused(f"{where}: TLS verification failed", reason="vault_tls",
+            raise BackendRefused(f"{where}: TLS verification failed", reason="vault_tls",
                                remedy="set VAULT_CACERT (or vault.cacert) to the CA bundle that signed Vault's certificate") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
-            raise StoreUnavailable(f"{where}: cannot reach {self._target(err)}", reason="vault_unreachable",
+            raise BackendUnavailable(f"{where}: cannot reach {self._target(err)}", reason="vault_unreachable",
                                    remedy="nothing now: the next run retries; check the network and Vault") from None
         except requests.exceptions.RequestException as err:  # too many redirects, a broken answer, ...
-            raise StoreUnavailable(f"{where}: HTTP error talking to Vault ({type(err).__name__})",
+            raise BackendUnavailable(f"{where}: HTTP error talking to Vault ({type(err).__name__})",
                                    reason="vault_unavailable", remedy=RETRY_LATER) from None
         if not isinstance(answer, dict):
             # hvac hands back the raw response for anything but a JSON 200 (a 204, a 3xx without
             # Location, a proxy's HTML page): never a Vault answer we can use.
             status = getattr(answer, "status_code", "?")
-            raise StoreUnavailable(f"{where}: unexpected answer (HTTP {status}, not Vault JSON)",
+            raise BackendUnavailable(f"{where}: unexpected answer (HTTP {status}, not Vault JSON)",
                                    reason="vault_unavailable", remedy=RETRY_LATER)
         return answer
 
@@ -402,11 +402,11 @@ def _status(err: Exception) -> str:
 def _check_payload(oauth: OAuth) -> None:
     """Only a complete claudeAiOauth object is ever stored (never a whole credentials document)."""
     if not isinstance(oauth, Mapping):
-        raise StoreRefused("refusing to store a non-object as claudeAiOauth", reason="vault_payload_refused")
+        raise BackendRefused("refusing to store a non-object as claudeAiOauth", reason="vault_payload_refused")
     if OAUTH_KEY in oauth or "mcpOAuth" in oauth:
-        raise StoreRefused("refusing to store a whole credentials document: only claudeAiOauth goes to Vault",
+        raise BackendRefused("refusing to store a whole credentials document: only claudeAiOauth goes to Vault",
                            reason="vault_payload_refused")
     for key in ("accessToken", "refreshToken"):
         value = oauth.get(key)
         if not isinstance(value, str) or not value:
-            raise StoreRefused(f"refusing to store an OAuth object without {key}", reason="vault_payload_refused")
+            raise BackendRefused(f"refusing to store an OAuth object without {key}", reason="vault_payload_refused")

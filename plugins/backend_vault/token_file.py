@@ -3,7 +3,7 @@
 The token file (``~/.config/claude-auth-sync/vault-token``) must be a regular file (not a
 symlink), owned by the running user, with no group or world permission bits, and hold exactly one
 word of printable ASCII (surrounding whitespace, such as a final newline, is ignored).
-Anything else is refused with :class:`StoreRefused` (exit 78) and a message that names the fix.
+Anything else is refused with :class:`BackendRefused` (exit 78) and a message that names the fix.
 The token itself never appears in a message.
 """
 
@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from claude_auth_sync.errors import StoreRefused
+from claude_auth_sync.errors import BackendRefused
 from claude_auth_sync.model import PROVISION_COMMAND
 
 __all__ = ["PROVISION", "MalformedToken", "read_token_file", "token_file_facts", "token_from_bytes"]
@@ -54,26 +54,26 @@ def token_from_bytes(data: bytes) -> str:
 
 
 def read_token_file(path: Path, uid: int) -> str:
-    """The token, after every check; raises StoreRefused naming the problem and the fix."""
+    """The token, after every check; raises BackendRefused naming the problem and the fix."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise StoreRefused(f"the Vault token file {path} does not exist", reason="vault_token_missing", remedy=PROVISION) from None
+        raise BackendRefused(f"the Vault token file {path} does not exist", reason="vault_token_missing", remedy=PROVISION) from None
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise StoreRefused(f"the Vault token file {path} is a symlink; refusing it", reason="vault_token_unsafe",
+            raise BackendRefused(f"the Vault token file {path} is a symlink; refusing it", reason="vault_token_unsafe",
                                remedy=f"remove {path}, then {PROVISION}") from None
-        raise StoreRefused(f"cannot read the Vault token file {path}: {os.strerror(err.errno or 0)}",
+        raise BackendRefused(f"cannot read the Vault token file {path}: {os.strerror(err.errno or 0)}",
                            reason="vault_token_unreadable", remedy=f"check {path}, then {PROVISION}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise StoreRefused(f"{path} is not a regular file", reason="vault_token_unsafe", remedy=f"remove {path}, then {PROVISION}")
+            raise BackendRefused(f"{path} is not a regular file", reason="vault_token_unsafe", remedy=f"remove {path}, then {PROVISION}")
         if st.st_uid != uid:
-            raise StoreRefused(f"the Vault token file {path} is owned by uid {st.st_uid}, not by you (uid {uid})",
+            raise BackendRefused(f"the Vault token file {path} is owned by uid {st.st_uid}, not by you (uid {uid})",
                                reason="vault_token_unsafe", remedy=PROVISION)
         if stat.S_IMODE(st.st_mode) & 0o077:
-            raise StoreRefused(
+            raise BackendRefused(
                 f"the Vault token file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 (not group/world accessible)",
                 reason="vault_token_mode", remedy=f"chmod 600 {path}",
             )
@@ -85,7 +85,7 @@ def read_token_file(path: Path, uid: int) -> str:
     except MalformedToken as err:
         # An empty file is a missing token; anything else cannot be read as one.
         reason = "vault_token_missing" if err.kind == "empty" else "vault_token_unreadable"
-        raise StoreRefused(f"the Vault token file {path} {err}", reason=reason, remedy=PROVISION) from None
+        raise BackendRefused(f"the Vault token file {path} {err}", reason=reason, remedy=PROVISION) from None
 
 
 def token_file_facts(path: Path) -> dict[str, object]:

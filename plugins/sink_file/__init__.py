@@ -9,30 +9,15 @@ one line. The event carries no secret, so the log cannot hold one.
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 from claude_auth_sync.fileio import append_private
 from claude_auth_sync.hookspecs import SinkSpec, hookimpl
 from claude_auth_sync.model import StatusEvent
 from claude_auth_sync.settings import ResolvedPaths
+from claude_auth_sync.status_line import format_status_line
 
 __all__ = ["FileSink", "format_status_line"]
-
-_PLAIN = re.compile(r"^[A-Za-z0-9_.:/@+,-]+$")
-
-
-def _value(text: str) -> str:
-    return text if _PLAIN.match(text) else json.dumps(text, ensure_ascii=True)
-
-
-def format_status_line(event: StatusEvent) -> str:
-    """``2026-11-28T20:10:45Z OK user=alice action=none probe_ms=812 ...`` plus a newline."""
-    parts = [event.timestamp, str(event.status)]
-    parts += [f"{key}={_value(value)}" for key, value in event.fields().items()]
-    return " ".join(parts) + "\n"
-
 
 class FileSink:
     def __init__(self, path: Path) -> None:

@@ -64,7 +64,7 @@ install -d -m 0755 -o root -g root "$etc_dir"
 "$venv/bin/python" - "$repo/scripts/workstation/roster.yaml" <<'PY'
 import sys
 from pathlib import Path
-from claude_auth_sync.roster import RosterError, load_roster
+from claude_auth_sync.admin.roster import RosterError, load_roster
 try:
     load_roster(Path(sys.argv[1]), trusted_only=False)  # the checkout; installed below as root:root 0644
 except RosterError as err:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_auth_sync.lock import lock_paths
+from claude_auth_sync.plugins.restore_credentials_file.lock import lock_paths
 from claude_auth_sync.testing import oauth_object
 
 pytestmark = pytest.mark.real
@@ -31,7 +31,7 @@ MCP = {"github": {"accessToken": "mcp-secret", "nested": {"k": [1, 2, 3]}}}
 CHILD = """
 import json, sys
 from pathlib import Path
-from claude_auth_sync.credentials_file import CredentialsFile
+from claude_auth_sync.plugins.restore_credentials_file.credentials_file import CredentialsFile
 cf = CredentialsFile(Path(sys.argv[1]), lock_wait_timeout_s=2)
 expected = json.loads(sys.argv[2])
 new = json.loads(sys.argv[3])
@@ -127,7 +127,7 @@ def test_a_clean_run_under_strace_writes_the_new_file(tmp_path, strace) -> None:
 FINISH = """
 import sys
 from pathlib import Path
-from claude_auth_sync.credentials_file import CredentialsFile
+from claude_auth_sync.plugins.restore_credentials_file.credentials_file import CredentialsFile
 print(CredentialsFile(Path(sys.argv[1]), lock_wait_timeout_s=2).finish_pending_rollback())
 """
 

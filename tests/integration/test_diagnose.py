@@ -116,7 +116,7 @@ def test_healthy_rows(tmp_path) -> None:
     r = rows(data)
     assert r[("local login", "refresh token")]["detail"] == f"present, fp {fp(REFRESH)}"
     assert r[("local login", "other keys")]["detail"] == "mcpOAuth (kept untouched)"
-    assert r[("store", "matches local")]["state"] == "ok"
+    assert r[("backend", "matches local")]["state"] == "ok"
     assert r[("timer", "enabled")]["state"] == "ok"
     assert data["settings"]["backend"] == {"value": "file", "source": "environment"}
 
@@ -135,8 +135,8 @@ def test_vault_outage_row_says_unreachable_and_other_checks_still_run(tmp_path) 
     box = Sandbox(tmp_path)
     data, result = diagnose_json(box, vault_outage(box))
     r = rows(data)
-    assert r[("store", "backend")]["detail"] == "vault"
-    reach = r[("store", "reachable")]
+    assert r[("backend", "backend")]["detail"] == "vault (plugin backend_vault)"
+    reach = r[("backend", "reachable")]
     assert reach["state"] == "warn" and "cannot reach" in reach["detail"]
     assert "next run retries" in reach["next_step"]
     groups = {row["group"] for row in data["checks"]}

@@ -1,4 +1,4 @@
-"""Interop of claude_auth_sync.lock with the real npm proper-lockfile (as Claude Code uses it).
+"""Interop of claude_auth_sync.plugins.restore_credentials_file.lock with the real npm proper-lockfile (as Claude Code uses it).
 
 The Node side is tests/node/lockhelper.js, pinned by tests/node/package.json.
 Node is required: a missing node fails these tests, it never skips them.
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from claude_auth_sync.lock import LockBusy, claude_credentials_lock, lock_paths
+from claude_auth_sync.plugins.restore_credentials_file.lock import LockBusy, claude_credentials_lock, lock_paths
 
 pytestmark = pytest.mark.real
 
@@ -130,7 +130,8 @@ def node_hold(procs: list[Proc], node: str, which: str, config_dir: Path, *extra
 AGENT = """
 import sys, time
 from pathlib import Path
-from claude_auth_sync.lock import claude_credentials_lock, sigterm_raises_systemexit
+from claude_auth_sync.plugins.restore_credentials_file.lock import claude_credentials_lock
+from claude_auth_sync.signals import sigterm_raises_systemexit
 with sigterm_raises_systemexit():
     with claude_credentials_lock(Path(sys.argv[1]), refresh_every_s=float(sys.argv[2])):
         print("HELD", flush=True)

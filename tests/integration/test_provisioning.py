@@ -179,7 +179,7 @@ class Sandbox:
 
     def run(self, *args: str, admin: bool | str = False, json_output: bool = True,
             sampler: ProcSampler | None = None, vault_addr: bool = True) -> Result:
-        argv = [sys.executable, "-m", "claude_auth_sync.provision", "--roster", str(self.roster),
+        argv = [sys.executable, "-m", "claude_auth_sync.admin.provision", "--roster", str(self.roster),
                 "--systemd-root", str(self.sysroot), "--state-dir", str(self.state), "--config", str(self.config)]
         if json_output:
             argv.append("--json")
@@ -493,7 +493,7 @@ def test_attacks_planted_in_a_home_never_make_root_touch_anything_outside(
 
     sampler = ProcSampler()
     result = sandbox.run("--apply-policies", admin=True, sampler=sampler)
-    assert sampler.rounds > 3 and any(b"claude_auth_sync.provision" in c for c in sampler.cmdlines), \
+    assert sampler.rounds > 3 and any(b"claude_auth_sync.admin.provision" in c for c in sampler.cmdlines), \
         "the sampler did not see the provisioner running"
 
     assert snapshot(scratch, links=False) == outside, "something outside the homes changed"
@@ -555,21 +555,21 @@ def test_removed_user_timer_disabled_then_token_revoked_with_prune(
 AGENT_CHECK = '''
 import json, os, pwd, sys
 from pathlib import Path
-from claude_auth_sync.errors import StoreRefused
+from claude_auth_sync.errors import BackendRefused
 from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
-from claude_auth_sync.plugins.backend_vault.store import VaultStore
+from claude_auth_sync.plugins.backend_vault.store import VaultBackend
 me = pwd.getpwuid(os.getuid())
 settings = VaultSettings(addr=sys.argv[1])
 token_file = Path(me.pw_dir) / ".config/claude-auth-sync/vault-token"
-mine = VaultStore(settings, me.pw_name, me.pw_uid, token_file)
+mine = VaultBackend(settings, me.pw_name, me.pw_uid, token_file)
 out = {"ttl": mine.renew().ttl_s}
 out["version"] = mine.write({"accessToken": "a", "refreshToken": "r"}, expected_version=None)
 out["read_back"] = mine.read_latest().oauth == {"accessToken": "a", "refreshToken": "r"}
-other = VaultStore(settings, sys.argv[2], me.pw_uid, token_file)
+other = VaultBackend(settings, sys.argv[2], me.pw_uid, token_file)
 try:
     other.read_latest()
     out["other"] = "readable"
-except StoreRefused as err:
+except BackendRefused as err:
     out["other"] = err.reason
 print(json.dumps(out))
 '''

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import random
-import signal
 import socket
 import subprocess
 import threading
@@ -244,7 +243,7 @@ def _stopped_children(user_uid: int) -> list[int]:
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields["Uid"].split()[0] == str(user_uid) and b"claude_auth_sync.provision" in cmdline \
+        if fields["Uid"].split()[0] == str(user_uid) and b"claude_auth_sync.admin.provision" in cmdline \
                 and fields["State"].strip().startswith("T"):
             found.append(int(pid))
     return found

@@ -139,7 +139,7 @@ def test_plain_http_to_loopback_never_goes_through_a_proxy(
     """Plain http is allowed only because the token stays on the machine: an ``HTTP_PROXY`` from the
     environment (the trap stands in for a corporate proxy) must not carry it off, neither for the
     configured address nor for a standby's redirect to another loopback address."""
-    from claude_auth_sync.plugins.backend_vault.store import VaultStore
+    from claude_auth_sync.plugins.backend_vault.store import VaultBackend
 
     box = provisioned_box(bao, tmp_path)
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
@@ -147,12 +147,12 @@ def test_plain_http_to_loopback_never_goes_through_a_proxy(
     for name in ("HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(name, f"http://127.0.0.2:{trap.port}")
     token_file = box.root / "config" / "claude-auth-sync" / "vault-token"
-    store = VaultStore(VaultSettings(addr=bao.addr, timeout=5), current_user(), os.getuid(), token_file)
+    store = VaultBackend(VaultSettings(addr=bao.addr, timeout=5), current_user(), os.getuid(), token_file)
     assert store.renew().ttl_s
     standby = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _redirect_handler(bao.addr))
     threading.Thread(target=standby.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        via_standby = VaultStore(VaultSettings(addr=f"http://127.0.0.1:{standby.server_address[1]}", timeout=5),
+        via_standby = VaultBackend(VaultSettings(addr=f"http://127.0.0.1:{standby.server_address[1]}", timeout=5),
                                  current_user(), os.getuid(), token_file)
         assert via_standby.renew().ttl_s
     finally:

@@ -3,7 +3,7 @@
 No hvac mock anywhere: every test talks HTTP to ``bao server -dev`` on loopback (see
 ``tests/support/openbao.py``), counts the plugin's requests with the server's audit log, and reads
 what really landed in KV v2 with the root client. Whole-cycle tests use the real
-:class:`~claude_auth_sync.credentials_file.CredentialsFile` on a temporary config dir and a
+:class:`~claude_auth_sync.plugins.restore_credentials_file.credentials_file.CredentialsFile` on a temporary config dir and a
 :class:`~claude_auth_sync.testing.FakeProbe` whose answer depends on the file's access token.
 
 The few 5xx/429/redirect answers the real server cannot be made to give on demand come from a tiny
@@ -32,15 +32,16 @@ from typing import Any
 import pytest
 import requests
 
-from claude_auth_sync.credentials_file import CredentialsFile, merge_oauth
+from claude_auth_sync.plugins.restore_credentials_file.credentials_file import CredentialsFile
+from claude_auth_sync.login import merge_oauth
 from claude_auth_sync.cycle import HealthCycle
-from claude_auth_sync.errors import CasError, ConfigurationError, StoreConflict, StoreRefused, StoreUnavailable
+from claude_auth_sync.errors import CasError, ConfigurationError, BackendConflict, BackendRefused, BackendUnavailable
 from claude_auth_sync.hookspecs import PluginContext
 from claude_auth_sync.model import Action, ExitCode, LocalLogin, Status, StatusEvent, UserIdentity
 from claude_auth_sync.plugins import backend_vault
 from claude_auth_sync.plugins.backend_vault.policy import policy_name, render_policy
 from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
-from claude_auth_sync.plugins.backend_vault.store import VaultStore
+from claude_auth_sync.plugins.backend_vault.store import VaultBackend
 from claude_auth_sync.settings import load_settings
 from claude_auth_sync.testing import FakeProbe, oauth_object
 from tests.support.processes import stop_process
@@ -104,11 +105,11 @@ def write_token_file(directory: Path, token: str, mode: int = 0o600) -> Path:
     return path
 
 
-def make_store(addr: str, user: str, token_file: Path, **settings: Any) -> VaultStore:
-    return VaultStore(VaultSettings(addr=addr, **settings), user, os.getuid(), token_file)
+def make_store(addr: str, user: str, token_file: Path, **settings: Any) -> VaultBackend:
+    return VaultBackend(VaultSettings(addr=addr, **settings), user, os.getuid(), token_file)
 
 
-def setup_user(server: OpenBaoServer, tmp_path: Path, user: str | None = None) -> tuple[str, str, VaultStore]:
+def setup_user(server: OpenBaoServer, tmp_path: Path, user: str | None = None) -> tuple[str, str, VaultBackend]:
     user = user or new_user()
     token = provision(server, user)
     store = make_store(server.addr, user, write_token_file(tmp_path / "cfg" / user, token))
@@ -163,11 +164,11 @@ class Login:
         def accept(login: LocalLogin) -> bool:
             return login.oauth is not None and str(login.oauth.get("accessToken", "")).startswith("live-")
 
-        return FakeProbe(accept=accept, local=self.file, on_run=on_run)
+        return FakeProbe(accept=accept, restorer=self.file, on_run=on_run)
 
 
-def cycle(user: str, store: VaultStore, login: Login, probe: FakeProbe | None = None) -> StatusEvent:
-    return HealthCycle(user=user, store=store, probe=probe or login.probe(), local=login.file).run()
+def cycle(user: str, store: VaultBackend, login: Login, probe: FakeProbe | None = None) -> StatusEvent:
+    return HealthCycle(user=user, backend=store, probe=probe or login.probe(), restorer=login.file).run()
 
 
 # ----------------------------------------------------------------------------- the whole cycle
@@ -239,7 +240,7 @@ def test_whole_cycle_backup_unchanged_restore_rollback(bao: OpenBaoServer, tmp_p
         return False
 
     mark = bao.audit_mark()
-    event = cycle(user, store, login, FakeProbe(accept=revoked_everywhere, local=login.file))
+    event = cycle(user, store, login, FakeProbe(accept=revoked_everywhere, restorer=login.file))
     calls = vault_requests(bao, mark)
     counts["rollback"] = len(calls)
     assert (event.status, event.exit_code, event.action) == (Status.FAIL, ExitCode.FAIL, Action.ROLLBACK)
@@ -292,15 +293,15 @@ def test_check_and_set_never_overwrites_a_concurrent_writer(bao: OpenBaoServer, 
     # another agent (or an admin) writes version 2 in between
     bao.client().secrets.kv.v2.create_or_update_secret(
         path=f"{PREFIX}/{user}", secret={"claudeAiOauth": oauth_object("live-2", "r2")}, cas=1)
-    with pytest.raises(StoreConflict) as conflict:
+    with pytest.raises(BackendConflict) as conflict:
         store.write(oauth_object("live-3", "r3"), expected_version=seen.version)
     assert conflict.value.exit_code == ExitCode.TEMPFAIL
-    with pytest.raises(StoreConflict):
+    with pytest.raises(BackendConflict):
         store.write(oauth_object("live-3", "r3"), expected_version=None)  # "must not exist yet"
     assert root_read(bao, user) == {"claudeAiOauth": oauth_object("live-2", "r2")}
     # Never a whole document, never a blanked object.
     for bad in ({"claudeAiOauth": oauth_object("a", "b"), "mcpOAuth": MCP}, oauth_object("", "r"), oauth_object("a", "")):
-        with pytest.raises(StoreRefused):
+        with pytest.raises(BackendRefused):
             store.write(bad, expected_version=2)
     assert root_metadata(bao, user)["current_version"] == 2
 
@@ -327,7 +328,7 @@ def test_vault_token_env_and_home_vault_token_are_ignored(
     identity = UserIdentity(name=user, uid=os.getuid(), gid=os.getgid(), home=home)
     settings = load_settings(backend_vault.cas_settings_sections(), identity, system_file=tmp_path / "none.toml")
     assert settings.section("vault").addr == bao.addr
-    store = backend_vault.cas_credential_stores()[0].factory(PluginContext(settings=settings, user=identity))
+    store = backend_vault.cas_backends()[0].factory(PluginContext(settings=settings, user=identity))
 
     mark = bao.audit_mark()
     health = store.renew()  # the root token would have been refused (vault_token_root)
@@ -341,9 +342,9 @@ def test_vault_token_env_and_home_vault_token_are_ignored(
 
     # No token file: refused (78), no fallback to VAULT_TOKEN or ~/.vault-token, no request made.
     token_file.unlink()
-    fresh = backend_vault.cas_credential_stores()[0].factory(PluginContext(settings=settings, user=identity))
+    fresh = backend_vault.cas_backends()[0].factory(PluginContext(settings=settings, user=identity))
     mark = bao.audit_mark()
-    with pytest.raises(StoreRefused) as refused:
+    with pytest.raises(BackendRefused) as refused:
         fresh.renew()
     assert (refused.value.reason, refused.value.exit_code) == ("vault_token_missing", ExitCode.CONFIG)
     assert "rerun the root provisioner" in (refused.value.remedy or "")
@@ -362,7 +363,7 @@ def test_token_file_too_open_is_refused_before_any_request(bao: OpenBaoServer, t
     assert "0644" in str(event.details["error"])
     assert bao.requests_since(mark) == []
     assert login.raw() == before
-    with pytest.raises(StoreRefused) as refused:
+    with pytest.raises(BackendRefused) as refused:
         store.renew()
     assert refused.value.remedy and "chmod 600" in refused.value.remedy
 
@@ -420,12 +421,12 @@ def test_isolation_alice_cannot_touch_bob(bao: OpenBaoServer, tmp_path: Path) ->
     store = make_store(bao.addr, bob, alice_file)
     mark = bao.audit_mark()
     for attempt in (store.read_latest, lambda: store.write(oauth_object("x", "y"), expected_version=1)):
-        with pytest.raises(StoreRefused) as refused:
+        with pytest.raises(BackendRefused) as refused:
             attempt()
         assert (refused.value.reason, refused.value.exit_code) == ("vault_forbidden", ExitCode.CONFIG)
         assert "(403)" in refused.value.message
         assert "rerun the root provisioner" in (refused.value.remedy or "")
-    with pytest.raises(StoreRefused) as drift:
+    with pytest.raises(BackendRefused) as drift:
         store.renew()  # alice's token is not what bob's agent must carry
     assert drift.value.reason == "vault_token_drift"
     denied = bao.requests_since(mark)
@@ -471,7 +472,7 @@ def test_revoked_token_is_refused_with_the_provisioner_remedy(bao: OpenBaoServer
     login = Login(tmp_path, oauth_object("live-a", "r"))
     event = cycle(user, store, login)
     assert (event.status, event.exit_code, event.reason) == (Status.FAIL, ExitCode.CONFIG, "vault_forbidden")
-    with pytest.raises(StoreRefused) as refused:
+    with pytest.raises(BackendRefused) as refused:
         store.renew()
     assert "rerun the root provisioner" in (refused.value.remedy or "")
     assert "403" in refused.value.message
@@ -518,7 +519,7 @@ def test_sealed_vault_is_a_warning_and_touches_nothing(fresh_bao: Callable[[], O
     login.set(oauth_object("dead", "dead"))
     before = login.raw()
     server.seal()
-    with pytest.raises(StoreUnavailable) as unavailable:
+    with pytest.raises(BackendUnavailable) as unavailable:
         store.renew()
     assert (unavailable.value.reason, unavailable.value.exit_code) == ("vault_sealed", ExitCode.TEMPFAIL)
     probe = login.probe()
@@ -531,7 +532,7 @@ def test_sealed_vault_is_a_warning_and_touches_nothing(fresh_bao: Callable[[], O
         try:
             store.renew()
             break
-        except StoreUnavailable:
+        except BackendUnavailable:
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert cycle(user, store, login).action == Action.RESTORE
@@ -642,7 +643,7 @@ def test_5xx_and_odd_answers_are_warnings(tmp_path: Path, respond: Any, reason: 
     with _FakeVault(respond) as fake:
         store = make_store(fake.addr, "carol", write_token_file(tmp_path, "s.not-a-real-token-000"))
         for call in (store.renew, store.read_latest):
-            with pytest.raises(StoreUnavailable) as err:
+            with pytest.raises(BackendUnavailable) as err:
                 call()
             assert (err.value.reason, err.value.exit_code) == (reason, ExitCode.TEMPFAIL)
             assert "not-a-real-token" not in str(err.value)
@@ -650,7 +651,7 @@ def test_5xx_and_odd_answers_are_warnings(tmp_path: Path, respond: Any, reason: 
 
 def test_unreachable_vault_is_a_warning(tmp_path: Path) -> None:
     store = make_store(f"http://127.0.0.1:{free_loopback_port()}", "carol", write_token_file(tmp_path, "s.x"), timeout=2)
-    with pytest.raises(StoreUnavailable) as err:
+    with pytest.raises(BackendUnavailable) as err:
         store.renew()
     assert (err.value.reason, err.value.exit_code) == ("vault_unreachable", ExitCode.TEMPFAIL)
 
@@ -678,7 +679,7 @@ def test_standby_redirect_is_followed_only_to_a_safe_address(bao: OpenBaoServer,
     # A redirect that would carry the token over plain http to another host is refused before it is followed.
     with _FakeVault(lambda h: (307, {"Location": "http://203.0.113.7:8200" + h.path}, b"")) as rogue:
         store = make_store(rogue.addr, user, token_file, timeout=2)
-        with pytest.raises(StoreRefused) as refused:
+        with pytest.raises(BackendRefused) as refused:
             store.renew()
         assert (refused.value.reason, refused.value.exit_code) == ("vault_insecure_redirect", ExitCode.CONFIG)
 
@@ -691,7 +692,7 @@ def test_standby_redirect_is_followed_only_to_a_safe_address(bao: OpenBaoServer,
         with _FakeVault(lambda h, target=target: (307, {"Location": target + h.path}, b"")) as rogue:
             store = make_store(rogue.addr, user, token_file, timeout=2)
             mark = bao.audit_mark()
-            with pytest.raises(StoreRefused) as refused:
+            with pytest.raises(BackendRefused) as refused:
                 store.renew()
             assert (refused.value.reason, refused.value.exit_code) == ("vault_insecure_redirect", ExitCode.CONFIG)
             assert password not in str(refused.value) and "agent:" not in str(refused.value)
@@ -930,8 +931,8 @@ def test_tls_uses_vault_cacert(tls_bao: tuple[str, str, Path], tmp_path: Path, m
     # Without the CA: TLS verification fails -> refused (78), not a silent retry.
     settings = load_settings(backend_vault.cas_settings_sections(), identity, system_file=tmp_path / "none.toml",
                              environ={"VAULT_ADDR": addr})
-    store = VaultStore(settings.section("vault"), user, os.getuid(), token_file)
-    with pytest.raises(StoreRefused) as refused:
+    store = VaultBackend(settings.section("vault"), user, os.getuid(), token_file)
+    with pytest.raises(BackendRefused) as refused:
         store.renew()
     assert (refused.value.reason, refused.value.exit_code) == ("vault_tls", ExitCode.CONFIG)
 
@@ -939,13 +940,13 @@ def test_tls_uses_vault_cacert(tls_bao: tuple[str, str, Path], tmp_path: Path, m
     settings = load_settings(backend_vault.cas_settings_sections(), identity, system_file=tmp_path / "none.toml",
                              environ={"VAULT_ADDR": addr, "VAULT_CACERT": str(ca)})
     assert settings.section("vault").cacert == ca
-    store = VaultStore(settings.section("vault"), user, os.getuid(), token_file)
+    store = VaultBackend(settings.section("vault"), user, os.getuid(), token_file)
     assert store.renew().ttl_s == PERIOD_S
     login = Login(tmp_path, oauth_object("live-tls", "r-tls"))
     assert cycle(user, store, login).action == Action.BACKUP
 
     # A CA bundle that does not exist is a configuration error, not an internal one.
-    missing = VaultStore(VaultSettings(addr=addr, cacert=tmp_path / "nope.pem"), user, os.getuid(), token_file)
+    missing = VaultBackend(VaultSettings(addr=addr, cacert=tmp_path / "nope.pem"), user, os.getuid(), token_file)
     with pytest.raises(ConfigurationError) as bad:
         missing.renew()
     assert bad.value.reason == "vault_cacert_missing"

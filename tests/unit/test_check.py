@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from claude_auth_sync.check import NagiosState, evaluate, parse_log_line
+from claude_auth_sync.check import NagiosState, evaluate
+from claude_auth_sync.status_line import parse_log_line
 from claude_auth_sync.model import LoginState
 from claude_auth_sync.testing import oauth_object
 

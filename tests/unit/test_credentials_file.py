@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from claude_auth_sync.credentials_file import CREDENTIALS_NAME, CredentialsFile, classify, merge_oauth
+from claude_auth_sync.plugins.restore_credentials_file.credentials_file import CREDENTIALS_NAME, CredentialsFile
+from claude_auth_sync.login import classify, merge_oauth
 from claude_auth_sync.errors import ConcurrentChange, CredentialsBusy, CredentialsUnsafe
-from claude_auth_sync.lock import lock_paths
+from claude_auth_sync.plugins.restore_credentials_file.lock import lock_paths
 from claude_auth_sync.model import LoginState
 from claude_auth_sync.testing import oauth_object
 

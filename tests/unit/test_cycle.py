@@ -7,9 +7,9 @@ import json
 import pytest
 
 from claude_auth_sync.cycle import HealthCycle
-from claude_auth_sync.errors import StoreRefused, StoreUnavailable
+from claude_auth_sync.errors import BackendRefused, BackendUnavailable
 from claude_auth_sync.model import Action, ExitCode, LocalLogin, ProbeOutcome, Status
-from claude_auth_sync.testing import FakeProbe, MemoryCredentials, MemoryStore, oauth_object
+from claude_auth_sync.testing import FakeProbe, MemoryRestorer, MemoryBackend, oauth_object
 
 GOOD = oauth_object("sk-ant-oat01-good-access", "sk-ant-ort01-good-refresh")
 BAD = oauth_object("sk-ant-oat01-bad-access", "sk-ant-ort01-bad-refresh")
@@ -18,8 +18,8 @@ MCP = {"github": {"accessToken": "mcp-secret-token", "nested": [1, {"a": None}]}
 A, F, U, B = ProbeOutcome.AUTHENTICATED, ProbeOutcome.AUTH_FAILED, ProbeOutcome.UNAVAILABLE, ProbeOutcome.BROKEN
 
 
-def local_with(oauth: dict) -> MemoryCredentials:
-    return MemoryCredentials.with_document({"claudeAiOauth": oauth, "mcpOAuth": MCP})
+def local_with(oauth: dict) -> MemoryRestorer:
+    return MemoryRestorer.with_document({"claudeAiOauth": oauth, "mcpOAuth": MCP})
 
 
 def accepts(token: str):
@@ -29,13 +29,13 @@ def accepts(token: str):
     return check
 
 
-def cycle(store: MemoryStore, local: MemoryCredentials, probe: FakeProbe) -> HealthCycle:
-    probe.local = local
-    return HealthCycle(user="alice", store=store, probe=probe, local=local)
+def cycle(store: MemoryBackend, local: MemoryRestorer, probe: FakeProbe) -> HealthCycle:
+    probe.restorer = local
+    return HealthCycle(user="alice", backend=store, probe=probe, restorer=local)
 
 
 def test_healthy_and_unchanged_writes_nothing() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(GOOD)
     event = cycle(store, local, FakeProbe([A])).run()
     assert (event.status, event.exit_code, event.action, event.reason) == (Status.OK, ExitCode.OK, Action.NONE, None)
@@ -45,7 +45,7 @@ def test_healthy_and_unchanged_writes_nothing() -> None:
 
 
 def test_healthy_and_changed_writes_once() -> None:
-    store = MemoryStore(versions=[BAD])
+    store = MemoryBackend(versions=[BAD])
     local = local_with(GOOD)
     event = cycle(store, local, FakeProbe([A])).run()
     assert (event.status, event.action) == (Status.OK, Action.BACKUP)
@@ -55,13 +55,13 @@ def test_healthy_and_changed_writes_once() -> None:
 
 
 def test_first_backup_creates_version_one() -> None:
-    store = MemoryStore()
+    store = MemoryBackend()
     event = cycle(store, local_with(GOOD), FakeProbe([A])).run()
     assert event.action == Action.BACKUP and store.versions == [GOOD]
 
 
 def test_auth_failure_with_good_stored_copy_restores_retries_and_backs_up() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(BAD)
     refreshed = oauth_object("sk-ant-oat01-refreshed", "sk-ant-ort01-refreshed")
 
@@ -80,7 +80,7 @@ def test_auth_failure_with_good_stored_copy_restores_retries_and_backs_up() -> N
 
 def test_auth_failure_with_bad_stored_copy_rolls_back_and_fails() -> None:
     other_bad = oauth_object("sk-ant-oat01-also-bad", "sk-ant-ort01-also-bad")
-    store = MemoryStore(versions=[other_bad])
+    store = MemoryBackend(versions=[other_bad])
     local = local_with(BAD)
     before = local.raw
     event = cycle(store, local, FakeProbe([F, F])).run()
@@ -91,14 +91,14 @@ def test_auth_failure_with_bad_stored_copy_rolls_back_and_fails() -> None:
 
 
 def test_auth_failure_without_backup_fails_without_touching_anything() -> None:
-    store = MemoryStore()
+    store = MemoryBackend()
     local = local_with(BAD)
     event = cycle(store, local, FakeProbe([F])).run()
     assert (event.exit_code, event.reason, local.writes) == (ExitCode.FAIL, "auth_failed_no_backup", 0)
 
 
 def test_auth_failure_when_backup_equals_local_copy_does_not_restore() -> None:
-    store = MemoryStore(versions=[BAD])
+    store = MemoryBackend(versions=[BAD])
     local = local_with(BAD)
     event = cycle(store, local, FakeProbe([F])).run()
     assert (event.exit_code, event.reason, local.writes) == (ExitCode.FAIL, "auth_failed_backup_is_local_copy", 0)
@@ -106,14 +106,14 @@ def test_auth_failure_when_backup_equals_local_copy_does_not_restore() -> None:
 
 def test_blanked_stored_copy_is_never_restored() -> None:
     blank = oauth_object("", "", expires_at_ms=0)
-    store = MemoryStore(versions=[blank])
+    store = MemoryBackend(versions=[blank])
     local = local_with(BAD)
     event = cycle(store, local, FakeProbe([F])).run()
     assert (event.exit_code, event.reason, local.writes) == (ExitCode.FAIL, "auth_failed_backup_unusable", 0)
 
 
 def test_unavailable_reports_warn_and_writes_nothing() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(BAD)
     event = cycle(store, local, FakeProbe([U])).run()
     assert (event.status, event.exit_code, event.action) == (Status.WARN, ExitCode.TEMPFAIL, Action.NONE)
@@ -121,7 +121,7 @@ def test_unavailable_reports_warn_and_writes_nothing() -> None:
 
 
 def test_retry_unavailable_keeps_the_restored_copy_and_warns() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(BAD)
     event = cycle(store, local, FakeProbe([F, U])).run()
     assert (event.status, event.action) == (Status.WARN, Action.RESTORE)
@@ -130,20 +130,20 @@ def test_retry_unavailable_keeps_the_restored_copy_and_warns() -> None:
 
 
 def test_broken_probe_is_a_configuration_failure() -> None:
-    event = cycle(MemoryStore(), local_with(GOOD), FakeProbe([B])).run()
+    event = cycle(MemoryBackend(), local_with(GOOD), FakeProbe([B])).run()
     assert (event.status, event.exit_code, event.reason) == (Status.FAIL, ExitCode.CONFIG, "cli_missing")
 
 
 @pytest.mark.parametrize(
     ("error", "code", "status"),
     [
-        (StoreRefused("token file mode 0644", reason="vault_token_mode"), ExitCode.CONFIG, Status.FAIL),
-        (StoreRefused("drift", reason="vault_token_drift"), ExitCode.CONFIG, Status.FAIL),
-        (StoreUnavailable("sealed"), ExitCode.TEMPFAIL, Status.WARN),
+        (BackendRefused("token file mode 0644", reason="vault_token_mode"), ExitCode.CONFIG, Status.FAIL),
+        (BackendRefused("drift", reason="vault_token_drift"), ExitCode.CONFIG, Status.FAIL),
+        (BackendUnavailable("sealed"), ExitCode.TEMPFAIL, Status.WARN),
     ],
 )
 def test_token_problems_stop_before_the_probe(error, code, status) -> None:
-    store = MemoryStore(versions=[GOOD], fail_with=error)
+    store = MemoryBackend(versions=[GOOD], fail_with=error)
     probe = FakeProbe([A])
     event = cycle(store, local_with(GOOD), probe).run()
     assert (event.exit_code, event.status, event.reason) == (code, status, error.reason)
@@ -151,7 +151,7 @@ def test_token_problems_stop_before_the_probe(error, code, status) -> None:
 
 
 def test_blanked_local_object_passing_the_probe_is_never_backed_up() -> None:
-    store = MemoryStore()
+    store = MemoryBackend()
     local = local_with(oauth_object("", "", expires_at_ms=0))
     event = cycle(store, local, FakeProbe([A])).run()
     assert event.exit_code == ExitCode.TEMPFAIL and event.reason == "local_blanked_not_backed_up"
@@ -159,14 +159,14 @@ def test_blanked_local_object_passing_the_probe_is_never_backed_up() -> None:
 
 
 def test_event_carries_fingerprints_not_tokens() -> None:
-    event = cycle(MemoryStore(), local_with(GOOD), FakeProbe([A])).run()
+    event = cycle(MemoryBackend(), local_with(GOOD), FakeProbe([A])).run()
     text = json.dumps(event.to_json())
     assert GOOD["accessToken"] not in text and GOOD["refreshToken"] not in text
     assert event.fingerprints["access"] is not None and len(event.fingerprints["access"]) == 8
 
 
 def test_vault_token_ttl_under_7_days_despite_renewal_warns() -> None:
-    store = MemoryStore(versions=[GOOD], ttl_s=6 * 86400)
+    store = MemoryBackend(versions=[GOOD], ttl_s=6 * 86400)
     event = cycle(store, local_with(GOOD), FakeProbe([A])).run()
     assert (event.status, event.exit_code, event.reason) == (Status.WARN, ExitCode.TEMPFAIL, "vault_token_expires_soon")
     assert event.details["store_ttl_s"] == 6 * 86400
@@ -177,20 +177,20 @@ def test_refresh_token_expiring_within_3_days_warns_but_still_backs_up() -> None
 
     soon = int((time.time() + 2 * 86400) * 1000)
     oauth = {**GOOD, "refreshTokenExpiresAt": soon}
-    store = MemoryStore(ttl_s=32 * 86400)
+    store = MemoryBackend(ttl_s=32 * 86400)
     event = cycle(store, local_with(oauth), FakeProbe([A])).run()
     assert (event.status, event.action, event.reason) == (Status.WARN, Action.BACKUP, "refresh_token_expires_soon")
     assert store.versions == [oauth]
 
 
 def test_healthy_event_carries_access_expiry_for_the_metrics() -> None:
-    event = cycle(MemoryStore(versions=[GOOD]), local_with(GOOD), FakeProbe([A])).run()
+    event = cycle(MemoryBackend(versions=[GOOD]), local_with(GOOD), FakeProbe([A])).run()
     assert event.details["access_expires_at_ms"] == GOOD["expiresAt"]
 
 
 def test_claude_code_rewriting_the_login_during_restore_is_reprobed_not_overwritten() -> None:
     """The restorer re-reads under the lock; a changed OAuth object means: probe again, don't write."""
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(BAD)
     fresh = oauth_object("sk-ant-oat01-claude-code-fresh", "sk-ant-ort01-claude-code-fresh")
     original_restore = local.restore
@@ -208,12 +208,12 @@ def test_claude_code_rewriting_the_login_during_restore_is_reprobed_not_overwrit
 
 
 def test_store_failing_after_a_successful_restore_keeps_the_login_and_says_restore() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(BAD)
     original_write = store.write
 
     def vault_goes_down(*args, **kwargs):
-        raise StoreUnavailable("Vault went away")
+        raise BackendUnavailable("Vault went away")
 
     store.write = vault_goes_down  # type: ignore[method-assign]
     refreshed = oauth_object("sk-ant-oat01-after", "sk-ant-ort01-after")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from claude_auth_sync.cycle import HealthCycle
 from claude_auth_sync.errors import CredentialsBusy
 from claude_auth_sync.model import Action, ExitCode, LocalLogin, ProbeOutcome, ProbeResult, Status
-from claude_auth_sync.testing import FakeProbe, MemoryCredentials, MemoryStore, oauth_object
+from claude_auth_sync.testing import FakeProbe, MemoryRestorer, MemoryBackend, oauth_object
 
 GOOD = oauth_object("sk-ant-oat01-good-access", "sk-ant-ort01-good-refresh")
 BAD = oauth_object("sk-ant-oat01-bad-access", "sk-ant-ort01-bad-refresh")
@@ -23,14 +23,14 @@ MCP = {"github": {"accessToken": "mcp-secret-token"}}
 A, F = ProbeOutcome.AUTHENTICATED, ProbeOutcome.AUTH_FAILED
 
 
-def local_with(oauth: dict | None, **others: object) -> MemoryCredentials:
+def local_with(oauth: dict | None, **others: object) -> MemoryRestorer:
     document: dict = {"mcpOAuth": MCP, **others}
     if oauth is not None:
         document["claudeAiOauth"] = oauth
-    return MemoryCredentials.with_document(document)
+    return MemoryRestorer.with_document(document)
 
 
-def write(local: MemoryCredentials, oauth: dict) -> None:
+def write(local: MemoryRestorer, oauth: dict) -> None:
     document = local.document()
     document["claudeAiOauth"] = oauth
     local.raw = json.dumps(document).encode()
@@ -58,15 +58,15 @@ class WriterAfterProbe:
         return {}
 
 
-def run_cycle(store: MemoryStore, local: MemoryCredentials, probe: object) -> object:
-    return HealthCycle(user="alice", store=store, probe=probe, local=local).run()  # type: ignore[arg-type]
+def run_cycle(store: MemoryBackend, local: MemoryRestorer, probe: object) -> object:
+    return HealthCycle(user="alice", backend=store, probe=probe, restorer=local).run()  # type: ignore[arg-type]
 
 
 # -- item 2: a rollback never overwrites a login written after the restore ---------------------
 
 
 def test_rollback_keeps_a_login_written_during_the_retry_and_backs_it_up() -> None:
-    store = MemoryStore(versions=[REJECTED])
+    store = MemoryBackend(versions=[REJECTED])
     local = local_with(BAD)
     fake = FakeProbe([F, F, A])
     probe = WriterAfterProbe(fake, lambda i: write(local, FRESH) if i == 1 else None)  # lands during the retry
@@ -78,7 +78,7 @@ def test_rollback_keeps_a_login_written_during_the_retry_and_backs_it_up() -> No
 
 
 def test_rollback_still_happens_over_our_copy_blanked_by_the_cli() -> None:
-    store = MemoryStore(versions=[REJECTED])
+    store = MemoryBackend(versions=[REJECTED])
     local = local_with(BAD)
     before = local.raw
     blank = oauth_object("", "", expires_at_ms=0)
@@ -92,9 +92,9 @@ def test_rollback_still_happens_over_our_copy_blanked_by_the_cli() -> None:
 
 
 def test_a_login_changed_after_a_passing_probe_is_probed_again_not_stored_blindly() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(GOOD)
-    fake = FakeProbe(accept=token_in(GOOD), local=local)
+    fake = FakeProbe(accept=token_in(GOOD), restorer=local)
     probe = WriterAfterProbe(fake, lambda i: write(local, REJECTED) if i == 0 else None)
     event = run_cycle(store, local, probe)
     assert REJECTED not in store.versions
@@ -103,9 +103,9 @@ def test_a_login_changed_after_a_passing_probe_is_probed_again_not_stored_blindl
 
 
 def test_the_cli_refreshing_during_the_probe_costs_one_more_probe_and_stores_the_refreshed_login() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(GOOD)
-    fake = FakeProbe(accept=token_in(GOOD, FRESH), local=local)
+    fake = FakeProbe(accept=token_in(GOOD, FRESH), restorer=local)
     probe = WriterAfterProbe(fake, lambda i: write(local, FRESH) if i == 0 else None)
     event = run_cycle(store, local, probe)
     assert (event.status, event.action) == (Status.OK, Action.BACKUP)
@@ -113,7 +113,7 @@ def test_the_cli_refreshing_during_the_probe_costs_one_more_probe_and_stores_the
 
 
 def test_a_file_that_never_settles_is_not_backed_up() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(GOOD)
     logins = [oauth_object(f"sk-ant-oat01-n{i}", f"sk-ant-ort01-n{i}") for i in range(10)]
     fake = FakeProbe([A])
@@ -128,7 +128,7 @@ def test_a_file_that_never_settles_is_not_backed_up() -> None:
 
 
 def test_a_rollback_that_cannot_be_done_is_reported_and_finished_by_the_next_run() -> None:
-    store = MemoryStore(versions=[REJECTED])
+    store = MemoryBackend(versions=[REJECTED])
     local = local_with(BAD)
     before = local.raw
     local.fail_rollback = CredentialsBusy("Claude Code holds its credentials lock")
@@ -147,8 +147,8 @@ def test_a_rollback_that_cannot_be_done_is_reported_and_finished_by_the_next_run
 
 
 def test_missing_credentials_file_is_not_logged_in_and_nothing_is_restored() -> None:
-    store = MemoryStore(versions=[GOOD])
-    local = MemoryCredentials(raw=None)
+    store = MemoryBackend(versions=[GOOD])
+    local = MemoryRestorer(raw=None)
     probe = FakeProbe([F])
     event = run_cycle(store, local, probe)
     assert (event.status, event.exit_code, event.action, event.reason) == (
@@ -157,7 +157,7 @@ def test_missing_credentials_file_is_not_logged_in_and_nothing_is_restored() -> 
 
 
 def test_file_without_claude_ai_oauth_is_not_logged_in() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(None)
     before = local.raw
     event = run_cycle(store, local, FakeProbe([F]))
@@ -166,7 +166,7 @@ def test_file_without_claude_ai_oauth_is_not_logged_in() -> None:
 
 
 def test_logout_during_the_probe_is_respected() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(BAD)
     probe = WriterAfterProbe(FakeProbe([F]), lambda i: setattr(local, "raw", None))
     event = run_cycle(store, local, probe)
@@ -175,9 +175,9 @@ def test_logout_during_the_probe_is_respected() -> None:
 
 
 def test_blanked_login_is_still_restored() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(oauth_object("", "", expires_at_ms=0))
-    event = run_cycle(store, local, FakeProbe(accept=token_in(GOOD), local=local))
+    event = run_cycle(store, local, FakeProbe(accept=token_in(GOOD), restorer=local))
     assert (event.status, event.action) == (Status.OK, Action.RESTORE)
     assert local.document()["claudeAiOauth"] == GOOD
 
@@ -186,7 +186,7 @@ def test_blanked_login_is_still_restored() -> None:
 
 
 def test_a_restore_by_another_process_during_the_probe_is_not_a_fail() -> None:
-    store = MemoryStore(versions=[GOOD])
+    store = MemoryBackend(versions=[GOOD])
     local = local_with(BAD)
     fake = FakeProbe([F, A])
     probe = WriterAfterProbe(fake, lambda i: write(local, GOOD) if i == 0 else None)  # the other run restored
@@ -199,7 +199,7 @@ def test_a_restore_by_another_process_during_the_probe_is_not_a_fail() -> None:
 
 
 def test_a_wrongly_typed_stored_copy_is_never_restored() -> None:
-    store = MemoryStore(versions=[{**GOOD, "scopes": "user:inference"}])
+    store = MemoryBackend(versions=[{**GOOD, "scopes": "user:inference"}])
     local = local_with(BAD)
     before = local.raw
     event = run_cycle(store, local, FakeProbe([F, A]))
@@ -209,7 +209,7 @@ def test_a_wrongly_typed_stored_copy_is_never_restored() -> None:
 
 
 def test_a_huge_stored_token_is_a_bad_backup_not_a_configuration_problem() -> None:
-    store = MemoryStore(versions=[oauth_object("sk-ant-oat01-" + "x" * 5_000_000, "sk-ant-ort01-r")])
+    store = MemoryBackend(versions=[oauth_object("sk-ant-oat01-" + "x" * 5_000_000, "sk-ant-ort01-r")])
     local = local_with(BAD)
     before = local.raw
     event = run_cycle(store, local, FakeProbe([F, A]))
@@ -220,7 +220,7 @@ def test_a_huge_stored_token_is_a_bad_backup_not_a_configuration_problem() -> No
 
 def test_a_stored_copy_that_is_not_an_object_is_never_restored() -> None:
     for stored in (None, "sk-ant-oat01-string", ["list"], 5):
-        store = MemoryStore(versions=[stored])  # type: ignore[list-item]
+        store = MemoryBackend(versions=[stored])  # type: ignore[list-item]
         local = local_with(BAD)
         event = run_cycle(store, local, FakeProbe([F, A]))
         assert (event.exit_code, event.reason) == (ExitCode.FAIL, "auth_failed_backup_unusable"), stored

@@ -19,10 +19,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from claude_auth_sync.credentials_file import classify, merge_oauth
+from claude_auth_sync.login import classify, merge_oauth
 from claude_auth_sync.cycle import HealthCycle
 from claude_auth_sync.model import LocalLogin, LoginState, ProbeOutcome, ProbeResult
-from claude_auth_sync.testing import MemoryCredentials, MemoryStore, oauth_object
+from claude_auth_sync.testing import MemoryRestorer, MemoryBackend, oauth_object
 
 GOOD = oauth_object("sk-ant-oat01-fuzz-good", "sk-ant-ort01-fuzz-good")
 BAD = oauth_object("sk-ant-oat01-fuzz-bad", "sk-ant-ort01-fuzz-bad")
@@ -97,12 +97,12 @@ stored_values = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(stored=stored_values, retry_ok=st.booleans())
 def test_no_stored_object_the_classifier_rejects_is_ever_restored(stored: Any, retry_ok: bool) -> None:
-    local = MemoryCredentials.with_document({"claudeAiOauth": BAD, "mcpOAuth": {"k": [1, 2.5, None]}})
+    local = MemoryRestorer.with_document({"claudeAiOauth": BAD, "mcpOAuth": {"k": [1, 2.5, None]}})
     before = local.raw
-    store = MemoryStore(versions=[stored])
+    store = MemoryBackend(versions=[stored])
     outcomes = [ProbeOutcome.AUTH_FAILED, ProbeOutcome.AUTHENTICATED if retry_ok else ProbeOutcome.AUTH_FAILED]
     probe = _ScriptProbe(outcomes)
-    HealthCycle(user="alice", store=store, probe=probe, local=local).run()
+    HealthCycle(user="alice", backend=store, probe=probe, restorer=local).run()
     assert local.raw is not None
     document = strict_parse(local.raw)
     assert document["mcpOAuth"] == strict_parse(before)["mcpOAuth"]
@@ -129,7 +129,7 @@ class _RacingProbe:
     """Accepts GOOD and FRESH; at probe number ``write_at`` another process writes FRESH, either
     before the CLI reads the file or after it answered."""
 
-    local: MemoryCredentials
+    restorer: MemoryRestorer
     write_at: int
     before_read: bool
     runs: int = 0
@@ -140,7 +140,7 @@ class _RacingProbe:
         index, self.runs = self.runs, self.runs + 1
         if index == self.write_at and self.before_read:
             self._write_fresh()
-        login: LocalLogin = self.local.read()
+        login: LocalLogin = self.restorer.read()
         ok = login.oauth is not None and login.oauth.get("accessToken") in (GOOD["accessToken"], FRESH["accessToken"])
         if ok:
             self.accepted_objects.append(dict(login.oauth))
@@ -149,9 +149,9 @@ class _RacingProbe:
         return ProbeResult(ProbeOutcome.AUTHENTICATED if ok else ProbeOutcome.AUTH_FAILED, "fuzz")
 
     def _write_fresh(self) -> None:
-        document = json.loads(self.local.raw or b"{}")
+        document = json.loads(self.restorer.raw or b"{}")
         document["claudeAiOauth"] = FRESH
-        self.local.raw = json.dumps(document).encode()
+        self.restorer.raw = json.dumps(document).encode()
         self.wrote = True
 
     def describe(self) -> dict[str, Any]:
@@ -164,11 +164,11 @@ class _RacingProbe:
 def test_a_newer_login_is_never_lost_and_only_probed_objects_are_stored(
     start: dict[str, Any], stored: dict[str, Any] | None, write_at: int, before_read: bool
 ) -> None:
-    local = MemoryCredentials.with_document({"claudeAiOauth": start, "mcpOAuth": {"x": 1}})
-    store = MemoryStore(versions=[stored] if stored else [])
+    local = MemoryRestorer.with_document({"claudeAiOauth": start, "mcpOAuth": {"x": 1}})
+    store = MemoryBackend(versions=[stored] if stored else [])
     initial_versions = len(store.versions)
     probe = _RacingProbe(local, write_at, before_read)
-    HealthCycle(user="alice", store=store, probe=probe, local=local).run()
+    HealthCycle(user="alice", backend=store, probe=probe, restorer=local).run()
     document = json.loads(local.raw or b"{}")
     if probe.wrote:
         assert document["claudeAiOauth"] == FRESH  # the newer login survived whatever the agent did

@@ -14,9 +14,10 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 SPECS = [(name, fn) for name, fn in vars(hookspecs).items() if name.startswith("cas_") and callable(fn)]
 
 
-def test_there_are_five_hooks() -> None:
+def test_there_are_seven_hooks() -> None:
     assert sorted(name for name, _ in SPECS) == [
-        "cas_credential_stores", "cas_probes", "cas_restorers", "cas_settings_sections", "cas_sinks"]
+        "cas_backends", "cas_commands", "cas_diagnose", "cas_probes", "cas_restorers", "cas_settings_sections",
+        "cas_sinks"]
 
 
 @pytest.mark.parametrize(("name", "fn"), SPECS, ids=[n for n, _ in SPECS])

@@ -1,4 +1,4 @@
-"""Unit tests of claude_auth_sync.lock (the Python side of the proper-lockfile protocol)."""
+"""Unit tests of claude_auth_sync.plugins.restore_credentials_file.lock (the Python side of the proper-lockfile protocol)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from claude_auth_sync import lock as lockmod
-from claude_auth_sync.lock import (
-    LockBusy,
-    LockCompromised,
-    LockError,
-    claude_credentials_lock,
-    lock_paths,
-    sigterm_raises_systemexit,
-)
+from claude_auth_sync.plugins.restore_credentials_file import lock as lockmod
+from claude_auth_sync.plugins.restore_credentials_file.lock import LockBusy, LockCompromised, LockError, claude_credentials_lock, lock_paths
+from claude_auth_sync.signals import sigterm_raises_systemexit
 
 
 @pytest.fixture()

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from claude_auth_sync.errors import PluginError
-from claude_auth_sync.hookspecs import StoreSpec, hookimpl
+from claude_auth_sync.hookspecs import BackendSpec, hookimpl
 from claude_auth_sync.model import ExitCode, ProbeOutcome, UserIdentity
 from claude_auth_sync.plugin_manager import get_plugin_manager
 from claude_auth_sync.runner import build_runtime, emit_to_sinks, run_cycle
-from claude_auth_sync.testing import FakeProbe, MemoryCredentials, MemoryStore, RecordingSink, oauth_object, plugin
+from claude_auth_sync.testing import FakeProbe, MemoryRestorer, MemoryBackend, RecordingSink, oauth_object, plugin
 
 BUILT_INS = {"probe_inference", "backend_vault", "backend_file", "backend_memory", "sink_file", "sink_journald",
              "sink_metrics", "restore_credentials_file"}
@@ -26,7 +26,7 @@ def test_built_ins_come_from_the_entry_point_group() -> None:
     plugins = get_plugin_manager()
     names = {name for name, _ in plugins.pm.list_name_plugin()}
     assert BUILT_INS <= names
-    assert set(plugins.stores()) >= {"vault", "file", "memory"}
+    assert set(plugins.backends()) >= {"vault", "file", "memory"}
     assert set(plugins.sinks()) >= {"file", "journald"}
     assert set(plugins.probes()) == {"inference"}
     assert set(plugins.restorers()) == {"credentials_file"}
@@ -44,12 +44,12 @@ def test_unknown_backend_names_the_available_ones(user, monkeypatch) -> None:
 def test_duplicate_names_are_an_error_listing_both_sources() -> None:
     class Impostor:
         @hookimpl
-        def cas_credential_stores(self):
-            return [StoreSpec("file", lambda ctx: MemoryStore())]
+        def cas_backends(self):
+            return [BackendSpec("file", lambda ctx: MemoryBackend())]
 
     plugins = get_plugin_manager(extra_plugins=[("impostor", Impostor())])
     with pytest.raises(PluginError, match="backend_file and impostor"):
-        plugins.stores()
+        plugins.backends()
 
 
 def test_misspelt_hook_fails_check_pending() -> None:
@@ -64,11 +64,11 @@ def test_misspelt_hook_fails_check_pending() -> None:
 
 def test_third_party_plugin_replaces_backend_and_sink(user, monkeypatch) -> None:
     """The 'swapping backends in tests' use: registered the public way, selected by settings."""
-    store = MemoryStore()
+    store = MemoryBackend()
     sink = RecordingSink()
-    local = MemoryCredentials.with_document({"claudeAiOauth": oauth_object("sk-a", "sk-r"), "mcpOAuth": {}})
+    local = MemoryRestorer.with_document({"claudeAiOauth": oauth_object("sk-a", "sk-r"), "mcpOAuth": {}})
     probe = FakeProbe([ProbeOutcome.AUTHENTICATED])
-    third_party = plugin(store=store, probe=probe, local=local, sinks={"recorder": sink}, name="thirdparty")
+    third_party = plugin(backend=store, probe=probe, restorer=local, sinks={"recorder": sink}, name="thirdparty")
     monkeypatch.setenv("CLAUDE_AUTH_SYNC_BACKEND", "thirdparty")
     monkeypatch.setenv("CLAUDE_AUTH_SYNC_PROBE", "thirdparty")
     monkeypatch.setenv("CLAUDE_AUTH_SYNC_RESTORER", "thirdparty")
@@ -89,7 +89,7 @@ def test_a_failing_sink_never_stops_the_others(capsys) -> None:
     good = RecordingSink()
     from claude_auth_sync.cycle import HealthCycle
 
-    event = HealthCycle("alice", MemoryStore(), FakeProbe(), MemoryCredentials.with_document(
+    event = HealthCycle("alice", MemoryBackend(), FakeProbe(), MemoryRestorer.with_document(
         {"claudeAiOauth": oauth_object("a", "r")})).run()
     failed = emit_to_sinks([("boom", Exploding()), ("good", good)], event)
     assert failed == ["boom"] and good.events == [event]
@@ -105,4 +105,4 @@ def test_broken_third_party_entry_point_is_recorded_not_fatal(tmp_path, monkeypa
     plugins = get_plugin_manager()
     assert [b.name for b in plugins.broken] == ["broken"]
     assert "ModuleNotFoundError" in plugins.broken[0].error
-    assert "file" in plugins.stores()  # the built-ins still work
+    assert "file" in plugins.backends()  # the built-ins still work

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_auth_sync import provision
+from claude_auth_sync.admin import provision
 
 
 def test_an_unexpected_error_is_exit_78_with_one_line_and_no_secret(

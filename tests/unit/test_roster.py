@@ -12,7 +12,7 @@ import pytest
 
 from claude_auth_sync.errors import ConfigurationError
 from claude_auth_sync.model import ExitCode
-from claude_auth_sync.roster import Roster, RosterError, load_roster, parse_roster
+from claude_auth_sync.admin.roster import Roster, RosterError, load_roster, parse_roster
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,11 +19,11 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claude_auth_sync.errors import ConfigurationError, StoreRefused
+from claude_auth_sync.errors import ConfigurationError, BackendRefused
 from claude_auth_sync.model import ExitCode, UserIdentity
 from claude_auth_sync.plugins import backend_vault
 from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
-from claude_auth_sync.plugins.backend_vault.store import VaultStore, _make_session, check_address
+from claude_auth_sync.plugins.backend_vault.store import VaultBackend, _make_session, check_address
 from claude_auth_sync.settings import load_settings
 
 SECRET = "Pa55-SECRET-word"
@@ -183,7 +183,7 @@ def _token_file(tmp_path: Path) -> Path:
 def test_the_store_refuses_before_sending_anything(addr: str, why: str, tmp_path: Path, no_network: list[Any]) -> None:
     # model_construct skips the settings' own check: the store must not rely on it alone.
     settings = VaultSettings.model_construct(**{**VaultSettings().model_dump(), "addr": addr})
-    store = VaultStore(settings, "alice", os.getuid(), _token_file(tmp_path))
+    store = VaultBackend(settings, "alice", os.getuid(), _token_file(tmp_path))
     for call in (store.renew, store.read_latest):
         with pytest.raises(ConfigurationError) as err:
             call()
@@ -253,7 +253,7 @@ def test_a_plain_http_redirect_off_loopback_needs_the_opt_in() -> None:
 
 def test_store_refused_for_a_hostile_redirect_names_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole request path: the first answer (from a patched adapter) redirects to a hostile
-    target; the store raises StoreRefused and the adapter saw exactly one request."""
+    target; the store raises BackendRefused and the adapter saw exactly one request."""
     sent: list[str] = []
 
     def answer(self: Any, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
@@ -265,8 +265,8 @@ def test_store_refused_for_a_hostile_redirect_names_no_secret(tmp_path: Path, mo
         return response
 
     monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", answer)
-    store = VaultStore(VaultSettings(addr="http://127.0.0.1:8200"), "alice", os.getuid(), _token_file(tmp_path))
-    with pytest.raises(StoreRefused) as err:
+    store = VaultBackend(VaultSettings(addr="http://127.0.0.1:8200"), "alice", os.getuid(), _token_file(tmp_path))
+    with pytest.raises(BackendRefused) as err:
         store.renew()
     assert err.value.reason == "vault_insecure_redirect" and err.value.exit_code == ExitCode.CONFIG
     assert SECRET not in str(err.value) and "10.1.2.3" not in str(err.value)

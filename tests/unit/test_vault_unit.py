@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claude_auth_sync.errors import ConfigurationError, StoreRefused
+from claude_auth_sync.errors import ConfigurationError, BackendRefused
 from claude_auth_sync.model import ExitCode, UserIdentity
 from claude_auth_sync.plugins import backend_vault
 from claude_auth_sync.plugins.backend_vault.policy import (
@@ -25,7 +25,7 @@ from claude_auth_sync.plugins.backend_vault.policy import (
     secret_paths,
 )
 from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
-from claude_auth_sync.plugins.backend_vault.store import VaultStore, check_address
+from claude_auth_sync.plugins.backend_vault.store import VaultBackend, check_address
 from claude_auth_sync.plugins.backend_vault.token_file import read_token_file, token_file_facts
 from claude_auth_sync.settings import load_settings
 from claude_auth_sync.testing import oauth_object
@@ -102,7 +102,7 @@ def test_bad_user_names_never_reach_a_path(name: str) -> None:
             call(name)
         assert err.value.reason == "invalid_user_name" and err.value.exit_code == ExitCode.CONFIG
     with pytest.raises(ConfigurationError):
-        VaultStore(VaultSettings(addr="https://vault.example"), name, UID, Path("/nonexistent"))
+        VaultBackend(VaultSettings(addr="https://vault.example"), name, UID, Path("/nonexistent"))
 
 
 @given(valid_names)
@@ -177,8 +177,8 @@ def _write(path: Path, content: bytes, mode: int = 0o600) -> Path:
     return path
 
 
-def _refused(path: Path, reason: str, uid: int = UID) -> StoreRefused:
-    with pytest.raises(StoreRefused) as err:
+def _refused(path: Path, reason: str, uid: int = UID) -> BackendRefused:
+    with pytest.raises(BackendRefused) as err:
         read_token_file(path, uid)
     refused = err.value
     assert (refused.reason, refused.exit_code) == (reason, ExitCode.CONFIG)
@@ -275,7 +275,7 @@ def _closed_port() -> int:
 
 def test_missing_ca_bundle_is_a_configuration_error(tmp_path: Path) -> None:
     token_file = _write(tmp_path / "vault-token", TOKEN.encode())
-    store = VaultStore(VaultSettings(addr=f"https://127.0.0.1:{_closed_port()}", cacert=tmp_path / "ca.pem"),
+    store = VaultBackend(VaultSettings(addr=f"https://127.0.0.1:{_closed_port()}", cacert=tmp_path / "ca.pem"),
                        "alice", UID, token_file)
     with pytest.raises(ConfigurationError) as err:
         store.renew()
@@ -284,16 +284,16 @@ def test_missing_ca_bundle_is_a_configuration_error(tmp_path: Path) -> None:
 
 def test_store_refuses_to_write_anything_but_a_complete_oauth_object(tmp_path: Path) -> None:
     token_file = _write(tmp_path / "vault-token", TOKEN.encode())
-    store = VaultStore(VaultSettings(addr=f"http://127.0.0.1:{_closed_port()}"), "alice", UID, token_file)
+    store = VaultBackend(VaultSettings(addr=f"http://127.0.0.1:{_closed_port()}"), "alice", UID, token_file)
     for bad in ({"claudeAiOauth": oauth_object("a", "r")}, {**oauth_object("a", "r"), "mcpOAuth": {}},
                 oauth_object("", "r"), oauth_object("a", ""), {"accessToken": "a"}):
-        with pytest.raises(StoreRefused) as err:
+        with pytest.raises(BackendRefused) as err:
             store.write(bad, expected_version=None)  # refused before any connection is tried
         assert err.value.reason == "vault_payload_refused"
 
 
 def test_describe_without_a_token_file_reports_instead_of_raising(tmp_path: Path) -> None:
-    store = VaultStore(VaultSettings(addr=f"http://127.0.0.1:{_closed_port()}"), "alice", UID, tmp_path / "vault-token")
+    store = VaultBackend(VaultSettings(addr=f"http://127.0.0.1:{_closed_port()}"), "alice", UID, tmp_path / "vault-token")
     facts = store.describe()
     assert facts["token"]["reason"] == "vault_token_missing"
     assert facts["token_file"] == {"path": str(tmp_path / "vault-token"), "exists": False}

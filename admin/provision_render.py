@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from rich.text import Text
 
-from .terminal_text import plain, safe_text
+from claude_auth_sync.terminal_text import plain, safe_text
 
 __all__ = ["render_report"]
 
@@ -23,7 +23,7 @@ COLUMNS = ("user", "token", "TTL", "timer", "policy", "action")
 
 
 class _Run(Protocol):
-    """What :func:`render_report` needs of a :class:`~claude_auth_sync.provision.Provisioner`."""
+    """What :func:`render_report` needs of a :class:`~claude_auth_sync.admin.provision.Provisioner`."""
 
     admin_token: str | None
     errors: list[tuple[int, str]]

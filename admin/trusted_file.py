@@ -23,8 +23,8 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import ConfigurationError
-from .fileio import NotARegularFile
+from claude_auth_sync.errors import ConfigurationError
+from claude_auth_sync.fileio import NotARegularFile
 
 __all__ = ["UntrustedFile", "open_trusted", "check_trusted", "read_trusted"]
 

@@ -1,7 +1,7 @@
 """``claude-auth-sync diagnose --all``: the administrator's one screen, one row per roster user.
 
 Runs as root, but every fact about a user is gathered **as that user**, in a privilege-dropped
-child (:func:`claude_auth_sync.provision.run_as_user`): their private log's last status, their
+child (:func:`claude_auth_sync.admin.provision.run_as_user`): their private log's last status, their
 access-token expiry, and their Vault token's TTL looked up with **their own** token. Root never
 opens a path inside a home, and no token leaves the child (only TTLs and fingerprints do).
 
@@ -9,7 +9,7 @@ The log is read with :func:`claude_auth_sync.fileio.read_tail`: never through a 
 blocking on a FIFO, at most its last :data:`LOG_TAIL_BYTES`. Everything a user wrote (the log's
 fields) or Vault returned is shown through :mod:`claude_auth_sync.terminal_text`: no rich
 markup is interpreted and no control character reaches root's terminal. Before anything is
-gathered the system settings file must pass :func:`claude_auth_sync.trusted_file.check_trusted`
+gathered the system settings file must pass :func:`claude_auth_sync.admin.trusted_file.check_trusted`
 (its Vault address is where every user's token is sent).
 """
 
@@ -19,30 +19,47 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .check import TIMER_PERIOD_S, parse_log_line
-from .cycle import STORE_TTL_WARN_S
-from .errors import CasError, ConfigurationError
-from .model import PROVISION_COMMAND, RELOGIN_COMMAND, UserIdentity
-from .terminal_text import plain, safe_text
+from claude_auth_sync.check import TIMER_PERIOD_S
+from claude_auth_sync.status_line import parse_log_line
+from claude_auth_sync.cycle import STORE_TTL_WARN_S
+from claude_auth_sync.errors import CasError, ConfigurationError
+from claude_auth_sync.model import PROVISION_COMMAND, RELOGIN_COMMAND, UserIdentity
+from claude_auth_sync.plugin_manager import Plugins
+from claude_auth_sync.runner import Runtime
+from claude_auth_sync.settings import load_settings
+from claude_auth_sync.terminal_text import plain, safe_text
 
 __all__ = ["fleet_rows", "command_fleet"]
 
 LOG_REL = ".local/state/claude-auth-sync/sync.log"
+NO_USER_FILE = Path("/nonexistent/claude-auth-sync/config.toml")  # the fleet view trusts the system file only
+PER_USER_VARIABLES = frozenset({
+    "CLAUDE_CONFIG_DIR", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "CLAUDE_AUTH_SYNC_CLAUDE_CONFIG_DIR",
+    "CLAUDE_AUTH_SYNC_STATE_DIR", "CLAUDE_AUTH_SYNC_CONFIG_DIR", "CLAUDE_AUTH_SYNC_VAULT__TOKEN_FILE",
+})
 LOG_TAIL_BYTES = 64 * 1024
 RELOGIN_AS_USER = "as {user}: " + RELOGIN_COMMAND.replace("<enterprise-email>", "{email}")
 
 
-def _user_facts(vault_settings: dict[str, Any]) -> Any:
-    """The child job: runs as the user, returns facts (never a token)."""
+def _settings_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """Root's environment without the variables that name per-user paths (each user's own apply)."""
+    return {k: v for k, v in environ.items() if k not in PER_USER_VARIABLES}
+
+
+def _user_facts(plugins: Plugins, environ: Mapping[str, str]) -> Any:
+    """The child job: runs as the user, returns facts (never a token).
+
+    The local login is read through the configured restorer and the Vault token looked up through
+    the configured backend, with root's settings only (the system file and root's environment:
+    the Vault address a user's token is sent to is never one the user chose) and the user's own
+    paths.
+    """
 
     def job(account: Any, _payload: bytes) -> dict[str, Any]:
-        from .credentials_file import CredentialsFile
-        from .plugins.backend_vault.settings import VaultSettings
-        from .plugins.backend_vault.store import VaultStore
-
         home = Path(account.home)
         facts: dict[str, Any] = {"ok": True}
         lines, facts["log_error"] = _log_tail(home / LOG_REL)
@@ -50,24 +67,34 @@ def _user_facts(vault_settings: dict[str, Any]) -> Any:
         if record is not None:
             facts["last"] = {"status": record.status, "at": record.when.timestamp(),
                              "reason": safe_text(record.fields.get("reason") or "", 100) or None}
+        identity = UserIdentity(name=account.name, uid=account.uid, gid=account.gid, home=home)
+        runtime = Runtime(plugins=plugins, user=identity, environ={}, settings=load_settings(
+            plugins.settings_sections(), identity, user_file=NO_USER_FILE, environ=environ))
         try:
-            login = CredentialsFile(home / ".claude", uid=account.uid).read()
+            login = runtime.restorer().read()
             facts["login"] = {"state": str(login.state), "expires_at_ms": login.expires_at_ms}
         except CasError as err:
             facts["login"] = {"state": "unsafe", "error": err.message}
-        if vault_settings.get("addr"):
-            store = VaultStore(VaultSettings(**vault_settings), account.name, account.uid,
-                               home / ".config/claude-auth-sync/vault-token")
-            token = store.describe().get("token") or {}
-            facts["vault"] = {k: token.get(k) for k in ("ttl_s", "drifted", "error", "reason")}
+        facts["vault"] = _vault_facts(runtime)
         return facts
 
     return job
 
 
+def _vault_facts(runtime: Runtime) -> dict[str, Any] | None:
+    """The Vault token's TTL and drift, looked up with the user's own token (None: not Vault)."""
+    if runtime.settings.backend != "vault" or not runtime.settings.section("vault").addr:
+        return None
+    try:
+        token = runtime.backend().describe().get("token") or {}
+    except CasError as err:
+        return {"error": err.message, "reason": err.reason}
+    return {k: token.get(k) for k in ("ttl_s", "drifted", "error", "reason")}
+
+
 def _log_tail(path: Path) -> tuple[list[str], str | None]:
     """The last lines of the user's log (bounded, no symlink, no FIFO), or why it was not read."""
-    from .fileio import read_tail
+    from claude_auth_sync.fileio import read_tail
 
     try:
         data = read_tail(path, max_bytes=LOG_TAIL_BYTES)
@@ -105,7 +132,7 @@ def _row(user: str, email: str, facts: dict[str, Any] | None, timer: bool, now: 
     else:
         needs.append(f"never ran: systemctl start claude-auth-sync@{user}.service")
     login = facts.get("login") or {}
-    if login.get("state") in ("missing", "not_json", "no_oauth", "blanked", "unsafe"):
+    if login.get("state") in ("missing", "not_json", "no_oauth", "invalid", "blanked", "unsafe"):
         needs.append(RELOGIN_AS_USER.format(user=user, email=email))
     if login.get("expires_at_ms"):
         row["access_expires_in_s"] = int(login["expires_at_ms"] / 1000 - now)
@@ -120,14 +147,14 @@ def _row(user: str, email: str, facts: dict[str, Any] | None, timer: bool, now: 
     return row
 
 
-def fleet_rows(roster_path: Path, vault_settings: dict[str, Any], systemd_root: Path = Path("/")) -> list[dict[str, Any]]:
+def fleet_rows(roster_path: Path, plugins: Plugins, systemd_root: Path = Path("/")) -> list[dict[str, Any]]:
     from .provision import WANTS, Account, ChildFailed, run_as_user, timer_unit
     from .roster import load_roster
 
     # Import before forking: the child runs as the user, who may not be able to read this venv.
     import hvac  # noqa: F401
-    from .credentials_file import CredentialsFile  # noqa: F401
-    from .plugins.backend_vault.store import VaultStore  # noqa: F401
+
+    from claude_auth_sync.plugins.backend_vault.store import VaultBackend  # noqa: F401
 
     if os.geteuid() != 0:
         raise ConfigurationError("diagnose --all reads every roster user's state: run it as root",
@@ -142,7 +169,7 @@ def fleet_rows(roster_path: Path, vault_settings: dict[str, Any], systemd_root: 
             rows.append(_row(entry.os_user, entry.email, None, timer, now, "no OS account on this host"))
             continue
         try:
-            facts = run_as_user(account, _user_facts(vault_settings))
+            facts = run_as_user(account, _user_facts(plugins, _settings_environ(os.environ)))
         except ChildFailed as err:
             rows.append(_row(entry.os_user, entry.email, None, timer, now, f"cannot inspect: {err}"))
             continue
@@ -151,16 +178,14 @@ def fleet_rows(roster_path: Path, vault_settings: dict[str, Any], systemd_root: 
 
 
 def command_fleet(*, roster: Path, json_output: bool, systemd_root: Path = Path("/")) -> int:
-    from .diagnose import relative_time
-    from .runner import build_runtime
+    from claude_auth_sync.runner import build_runtime
 
-    from .settings import SYSTEM_CONFIG_FILE
+    from claude_auth_sync.settings import SYSTEM_CONFIG_FILE
     from .trusted_file import check_trusted
 
     check_trusted(SYSTEM_CONFIG_FILE)  # its vault.addr receives every user's token
-    runtime = build_runtime(user=UserIdentity.current())
-    vault = runtime.settings.section("vault").model_dump(mode="json")
-    rows = fleet_rows(roster, vault, systemd_root)
+    runtime = build_runtime(user=UserIdentity.current())  # validates the settings and the plugins
+    rows = fleet_rows(roster, runtime.plugins, systemd_root)
     if json_output:
         print(json.dumps({"schema_version": 1, "users": rows}, sort_keys=True))
     else:
@@ -171,7 +196,7 @@ def command_fleet(*, roster: Path, json_output: bool, systemd_root: Path = Path(
 def _cells(row: dict[str, Any]) -> list[Any]:
     from rich.text import Text
 
-    from .diagnose import relative_time
+    from claude_auth_sync.diagnose import relative_time
 
     colour = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
     status = row["last_status"]

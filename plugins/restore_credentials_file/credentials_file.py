@@ -1,7 +1,7 @@
 """The whole write path of ``.credentials.json``: read, classify, merge, atomic write, rollback.
 
-This module is the built-in ``credentials_file`` restorer (hook ``cas_restorers``). It is the only
-code that writes the user's Claude Code login. Guarantees:
+The file I/O of the built-in ``credentials_file`` restorer (hook ``cas_restorers``, in the package
+``__init__``); what a login is and how it is merged are :mod:`claude_auth_sync.login`. Guarantees:
 
 * **Only ``claudeAiOauth`` changes.** Every other top-level key (``mcpOAuth``, ...) is carried over
   with its exact JSON content and in its original order.
@@ -13,7 +13,7 @@ code that writes the user's Claude Code login. Guarantees:
   file owned by the running user; the config directory (after resolving a symlink) must be owned
   by the running user. Anything else raises :class:`CredentialsUnsafe` and nothing is touched.
 * **Under Claude Code's own lock.** Both ``proper-lockfile`` directories are held only around
-  read-merge-rename (see :mod:`claude_auth_sync.lock`); the file is re-read under the lock, and if
+  read-merge-rename (see :mod:`.lock`); the file is re-read under the lock, and if
   its OAuth object is no longer the one the caller saw, :class:`ConcurrentChange` is raised and
   nothing is written.
 * **Reversible.** :meth:`CredentialsFile.restore` returns the exact previous bytes; before it writes
@@ -31,19 +31,24 @@ import hashlib
 import json
 import os
 import stat
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import CasError, ConcurrentChange, CredentialsBusy, CredentialsError, CredentialsUnsafe, CredentialsUnsupported
-from .fileio import DirectorySyncFailed, NotARegularFile, read_regular, write_atomically
-from .json_document import DocumentUnsupported, dump_document, parse_document, plain
-from .oauth import has_both_tokens, oauth_problem
-from .hookspecs import PluginContext, RestorerSpec, hookimpl
+from claude_auth_sync.errors import (
+    CasError,
+    ConcurrentChange,
+    CredentialsBusy,
+    CredentialsError,
+    CredentialsUnsafe,
+    CredentialsUnsupported,
+)
+from claude_auth_sync.fileio import DirectorySyncFailed, NotARegularFile, read_regular, write_atomically
+from claude_auth_sync.login import classify, merge_oauth
+from claude_auth_sync.model import RELOGIN_COMMAND, ExitCode, LocalLogin, LoginState, OAuth, RestoreSnapshot
+
 from .lock import LockBusy, LockCompromised, LockError, claude_credentials_lock
-from .model import RELOGIN_COMMAND, ExitCode, LocalLogin, LoginState, OAuth, RestoreSnapshot
 
 __all__ = [
     "CREDENTIALS_NAME",
@@ -55,7 +60,6 @@ __all__ = [
 ]
 
 CREDENTIALS_NAME = ".credentials.json"
-OAUTH_KEY = "claudeAiOauth"
 TEMP_MARK = ".tmp-"  # write_atomically names its temp files "<name>.tmp-<pid>-<random>"
 PRE_RESTORE_SUFFIX = ".pre-restore"
 JOURNAL_NAME = CREDENTIALS_NAME + ".restore-journal"
@@ -66,74 +70,6 @@ class CredentialsWriteFailed(CredentialsError):
 
     exit_code = ExitCode.TEMPFAIL
     default_reason = "credentials_write_failed"
-
-
-def classify(path: Path, raw: bytes | None, *, now_ms: int | None = None) -> LocalLogin:
-    """Tell apart: missing file, not JSON, no ``claudeAiOauth`` (logged out), an unusable object,
-    blanked tokens, expired, healthy.
-
-    :raises CredentialsUnsupported: valid JSON this tool will not rewrite (nested deeper than
-        :data:`~claude_auth_sync.json_document.MAX_DEPTH` levels, or larger than 1 MiB).
-    """
-    if raw is None:
-        return LocalLogin(LoginState.MISSING, path, detail="no credentials file")
-    try:
-        document = parse_document(raw)
-    except DocumentUnsupported as err:
-        raise CredentialsUnsupported(
-            f"{path}: {err}; claude-auth-sync will not rewrite it and changed nothing",
-            remedy=f"look at {path} (Claude Code's own files nest about 5 levels), move it aside and log in again",
-        ) from None
-    except ValueError:
-        return LocalLogin(LoginState.NOT_JSON, path, detail="the file is not valid JSON")
-    if not isinstance(document, dict):
-        return LocalLogin(LoginState.NOT_JSON, path, detail="the file is not a JSON object")
-    others = tuple(k for k in document if k != OAUTH_KEY)
-    if OAUTH_KEY not in document or document[OAUTH_KEY] is None:
-        return LocalLogin(LoginState.NO_OAUTH, path, other_keys=others, detail="no claudeAiOauth object (logged out)")
-    try:
-        oauth = plain(document[OAUTH_KEY])
-    except ValueError:
-        oauth = None
-    problem = oauth_problem(oauth) if oauth is not None else "claudeAiOauth holds a number out of range"
-    if problem is not None:
-        return LocalLogin(LoginState.INVALID, path, other_keys=others, detail=problem)
-    expires_at = oauth.get("expiresAt")
-    if not has_both_tokens(oauth):
-        return LocalLogin(
-            LoginState.BLANKED, path, oauth=oauth, other_keys=others, expires_at_ms=expires_at,
-            detail="access or refresh token is empty (Claude Code blanks them after invalid_grant)",
-        )
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    if expires_at is not None and expires_at <= now_ms:
-        return LocalLogin(
-            LoginState.EXPIRED, path, oauth=oauth, other_keys=others, expires_at_ms=expires_at,
-            detail="access token expired (normal: the CLI refreshes it)",
-        )
-    return LocalLogin(LoginState.HEALTHY, path, oauth=oauth, other_keys=others, expires_at_ms=expires_at)
-
-
-def merge_oauth(raw: bytes | None, oauth: OAuth) -> bytes:
-    """The file content with ``claudeAiOauth`` replaced and every other key kept in meaning and order.
-
-    Numbers, escapes and key order of the other keys survive exactly (:mod:`json_document`). An
-    unparseable or non-object document contributes nothing (the caller keeps a copy of it).
-
-    :raises CredentialsUnsupported: the document is too deep or too large to rewrite.
-    :raises ValueError: ``oauth`` is not plain JSON data.
-    """
-    document: dict[str, Any] = {}
-    if raw is not None:
-        try:
-            parsed = parse_document(raw)
-        except DocumentUnsupported as err:
-            raise CredentialsUnsupported(f"the credentials file: {err}; nothing was changed") from None
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            document = parsed
-    document[OAUTH_KEY] = dict(oauth)
-    return dump_document(document)
 
 
 def _open_dir(directory: Path, uid: int) -> int:
@@ -461,14 +397,3 @@ def _previous_bytes(dir_fd: int, journal: Mapping[str, Any]) -> bytes | None | L
 
 def _normalise(oauth: Mapping[str, Any] | None) -> str | None:
     return None if oauth is None else json.dumps(oauth, sort_keys=True)
-
-
-@hookimpl
-def cas_restorers() -> list[RestorerSpec]:
-    def build(ctx: PluginContext) -> CredentialsFile:
-        assert ctx.settings.claude_config_dir is not None
-        return CredentialsFile(
-            ctx.settings.claude_config_dir, uid=ctx.user.uid, lock_wait_timeout_s=ctx.settings.lock_wait_timeout
-        )
-
-    return [RestorerSpec("credentials_file", build, "Claude Code's .credentials.json (atomic, locked)")]

@@ -52,7 +52,7 @@ Guarantees of :func:`claude_credentials_lock`:
   alone.  If taking the second lock fails, the first is released.
 * SIGTERM: Python's default action would kill the process without running
   ``finally``.  The CLI therefore wraps its work in
-  :func:`sigterm_raises_systemexit`, which turns SIGTERM into ``SystemExit(143)``
+  :func:`claude_auth_sync.signals.sigterm_raises_systemexit`, which turns SIGTERM into ``SystemExit(143)``
   so the lock's ``finally`` runs.  While that handler is installed, a SIGTERM
   that arrives in the middle of taking or releasing a lock is deferred until
   that step is complete, so it cannot leave a directory behind.  SIGKILL cannot
@@ -70,14 +70,13 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import stat
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
+from claude_auth_sync.signals import critical
 
 __all__ = [
     "CLAUDE_STALE_S",
@@ -87,14 +86,12 @@ __all__ = [
     "LockError",
     "claude_credentials_lock",
     "lock_paths",
-    "sigterm_raises_systemexit",
 ]
 
 CLAUDE_STALE_S = 60.0
 """Claude Code's stale time for both credential locks (recent releases)."""
 MAX_REFRESH_EVERY_S = 5.0
 """Our refresh period must not exceed this (older Claude Code breaks at 10 s)."""
-SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class LockError(Exception):
@@ -120,54 +117,6 @@ class LockBusy(LockError):
 
 class LockCompromised(LockError):
     """Our lock directory vanished or was replaced while we held it."""
-
-
-# --- SIGTERM -> SystemExit, deferred while a lock step is in progress --------
-
-_critical_depth = 0  # only touched from the main thread / its signal handler
-_sigterm_deferred = False
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    global _sigterm_deferred
-    if _critical_depth:
-        _sigterm_deferred = True
-        return
-    raise SystemExit(SIGTERM_EXIT_CODE)
-
-
-@contextmanager
-def _critical() -> Iterator[None]:
-    """Defer our SIGTERM handler's SystemExit until the block is done."""
-    global _critical_depth, _sigterm_deferred
-    main = threading.current_thread() is threading.main_thread()
-    if main:
-        _critical_depth += 1
-    try:
-        yield
-    finally:
-        if main:
-            _critical_depth -= 1
-            if not _critical_depth and _sigterm_deferred:
-                _sigterm_deferred = False
-                raise SystemExit(SIGTERM_EXIT_CODE)
-
-
-@contextmanager
-def sigterm_raises_systemexit() -> Iterator[None]:
-    """Make SIGTERM raise ``SystemExit(143)`` in the main thread for the block.
-
-    The CLI runs its work inside this so that ``finally`` blocks (and hence lock
-    release) run on SIGTERM.  The previous handler is restored on exit.
-    Must be called from the main thread (Python only allows that).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("sigterm_raises_systemexit() must be used in the main thread")
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # --- paths ---------------------------------------------------------------------
@@ -263,7 +212,7 @@ def _try_mkdir(path: Path, owned: list[_OwnedLock]) -> bool:
     Recording ownership happens inside the same critical section as the mkdir,
     so a deferred SIGTERM cannot leave a directory that nobody will remove.
     """
-    with _critical():
+    with critical():
         try:
             os.mkdir(path)
         except FileExistsError:
@@ -378,7 +327,7 @@ def claude_credentials_lock(
         thread.start()
         yield HeldLocks(owned)
     finally:
-        with _critical():
+        with critical():
             stop.set()
             if thread is not None:
                 thread.join()

@@ -20,11 +20,11 @@ guessing:
 * YAML anchors and aliases (``&a``/``*a``): refused while the document is composed, before
   anything is expanded, so a few bytes of nested aliases ("billion laughs") cost nothing.
 
-:func:`load_roster` reads the file only after :func:`claude_auth_sync.trusted_file.open_trusted`
+:func:`load_roster` reads the file only after :func:`claude_auth_sync.admin.trusted_file.open_trusted`
 accepted it (a regular file, never a FIFO, owned by root and not group/world-writable, in a
 directory only root can write), and at most 1 MiB of it. Duplicate uids and accounts outside
 ``/etc/login.defs``' UID range are checked against the OS by the provisioner
-(:mod:`claude_auth_sync.accounts`).
+(:mod:`claude_auth_sync.admin.accounts`).
 
 All problems of a file are reported together in one :class:`RosterError` (exit 78).
 """
@@ -41,9 +41,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigurationError
-from .fileio import open_regular
-from .plugins.backend_vault.policy import USERNAME_PATTERN
+from claude_auth_sync.errors import ConfigurationError
+from claude_auth_sync.fileio import open_regular
+from claude_auth_sync.plugins.backend_vault.policy import USERNAME_PATTERN
 
 __all__ = ["DEFAULT_ROSTER", "Roster", "RosterError", "RosterUser", "load_roster", "parse_roster"]
 

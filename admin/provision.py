@@ -79,12 +79,12 @@ from typing import Any
 
 from . import environ_block
 from .accounts import refusals
-from .errors import CasError, ConfigurationError
-from .fingerprint import fingerprint
-from .model import ExitCode
-from .plugins.backend_vault.token_file import MalformedToken, token_from_bytes
+from claude_auth_sync.errors import CasError, ConfigurationError
+from claude_auth_sync.fingerprint import fingerprint
+from claude_auth_sync.model import ExitCode
+from claude_auth_sync.plugins.backend_vault.token_file import MalformedToken, token_from_bytes
 from .roster import DEFAULT_ROSTER, Roster, load_roster
-from .terminal_text import plain, safe_text
+from claude_auth_sync.terminal_text import safe_text
 from .trusted_file import check_trusted
 
 __all__ = ["main", "build_parser", "Provisioner", "Options", "Account", "run_as_user"]
@@ -797,9 +797,9 @@ class Provisioner:
         return proc.returncode == 0, text
 
     def _load_settings(self) -> Any:
-        from .model import UserIdentity
-        from .plugin_manager import get_plugin_manager
-        from .settings import load_settings
+        from claude_auth_sync.model import UserIdentity
+        from claude_auth_sync.plugin_manager import get_plugin_manager
+        from claude_auth_sync.settings import load_settings
 
         plugins = get_plugin_manager()
         settings = load_settings(plugins.settings_sections(), UserIdentity.current(), system_file=self.o.config,
@@ -814,7 +814,7 @@ class Provisioner:
         check_trusted(self.o.config)
         vault_settings = self._load_settings()
         self.settings = vault_settings
-        from .plugins.backend_vault.store import check_address
+        from claude_auth_sync.plugins.backend_vault.store import check_address
 
         addr = check_address(vault_settings.addr, vault_settings.allow_insecure_http)
         self.vault = Vault(addr, vault_settings.cacert, vault_settings.timeout)
@@ -892,7 +892,7 @@ class Provisioner:
         if not data:
             self.errors.append((EXIT_CONFIG, "the admin token in VAULT_TOKEN could not describe itself"))
             return False
-        from .plugins.backend_vault.policy import POLICY_PREFIX
+        from claude_auth_sync.plugins.backend_vault.policy import POLICY_PREFIX
 
         policies = {*(data.get("policies") or []), *(data.get("identity_policies") or [])} - {"default"}
         if "root" not in policies and (not policies or all(p.startswith(POLICY_PREFIX) for p in policies)):
@@ -906,12 +906,12 @@ class Provisioner:
     # policies
 
     def _policy_name(self, user: str) -> str:
-        from .plugins.backend_vault.policy import policy_name
+        from claude_auth_sync.plugins.backend_vault.policy import policy_name
 
         return policy_name(user)
 
     def _rendered(self, user: str) -> str:
-        from .plugins.backend_vault.policy import render_policy
+        from claude_auth_sync.plugins.backend_vault.policy import render_policy
 
         return render_policy(user, self.settings)
 
@@ -983,7 +983,7 @@ class Provisioner:
 
     def _prune_policies(self) -> None:
         assert self.vault and self.admin_token and self.roster
-        from .plugins.backend_vault.policy import POLICY_PREFIX, USERNAME_PATTERN
+        from claude_auth_sync.plugins.backend_vault.policy import POLICY_PREFIX, USERNAME_PATTERN
 
         try:
             answer = self.vault.call("admin", self.admin_token, "list", "sys/policies/acl")
@@ -1338,7 +1338,7 @@ def _drift(user: str, data: dict[str, Any]) -> list[str]:
 
     Values that came from Vault are passed through :func:`safe_text` (they end up in root's terminal).
     """
-    from .plugins.backend_vault.policy import expected_policies
+    from claude_auth_sync.plugins.backend_vault.policy import expected_policies
 
     policies = {*(data.get("policies") or []), *(data.get("identity_policies") or [])}
     expected = set(expected_policies(user))
