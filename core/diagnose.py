@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import threading
@@ -90,29 +89,21 @@ def relative_time(seconds: float) -> str:
 
 
 def check_local_login(rt: Runtime) -> list[DiagnosticRow]:
+    """The local login as the selected restorer reads it, after the restorer plugin's own rows
+    (for the built-in one: the file's owner, mode, symlink)."""
     g = "local login"
-    paths = ResolvedPaths.of(rt.settings)
-    path = paths.credentials_file
-    rows: list[DiagnosticRow] = []
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return [DiagnosticRow(g, "credentials file", "warn", f"{path} does not exist (not logged in)", RELOGIN_COMMAND)]
-    if stat.S_ISLNK(st.st_mode):
-        return [DiagnosticRow(g, "credentials file", "fail", f"{path} is a symlink", f"replace {path} with the real file")]
-    mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid != rt.user.uid:
-        rows.append(DiagnosticRow(g, "owner", "fail", f"owned by uid {st.st_uid}, not {rt.user.name}", f"sudo chown {rt.user.name} {path}"))
-    else:
-        rows.append(DiagnosticRow(g, "owner", "ok", rt.user.name))
-    rows.append(DiagnosticRow(g, "mode", "ok" if mode == 0o600 else "warn", f"{mode:04o}", None if mode == 0o600 else f"chmod 600 {path}"))
-    login = rt.restorer().read()
+    restorer = rt.restorer()
+    origin = rt.plugins.origin("restorer", rt.settings.restorer)
+    rows = rt.plugins.diagnose(origin, rt.context, restorer) if origin else []
+    if any(row.state == "fail" for row in rows):
+        return rows
+    login = restorer.read()
     state_rows = {
         LoginState.NOT_JSON: DiagnosticRow(g, "parse", "fail", login.detail, f"the next run restores the backup; or {RELOGIN_COMMAND}"),
         LoginState.NO_OAUTH: DiagnosticRow(g, "claudeAiOauth", "warn", login.detail, f"not logged in; to be: {RELOGIN_COMMAND}"),
         LoginState.INVALID: DiagnosticRow(g, "claudeAiOauth", "fail", login.detail, f"the next run restores the backup; or {RELOGIN_COMMAND}"),
         LoginState.BLANKED: DiagnosticRow(g, "tokens", "fail", login.detail, RELOGIN_COMMAND),
-        LoginState.MISSING: DiagnosticRow(g, "credentials file", "fail", "missing", RELOGIN_COMMAND),
+        LoginState.MISSING: DiagnosticRow(g, "credentials file", "warn", "does not exist (not logged in)", RELOGIN_COMMAND),
     }
     if login.state in state_rows:
         rows.append(state_rows[login.state])

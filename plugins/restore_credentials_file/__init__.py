@@ -7,7 +7,11 @@ only through the selected restorer (``CLAUDE_AUTH_SYNC_RESTORER``, default ``cre
 
 from __future__ import annotations
 
+import os
+import stat
+
 from claude_auth_sync.hookspecs import PluginContext, RestorerSpec, hookimpl
+from claude_auth_sync.model import DiagnosticRow
 
 from .credentials_file import CredentialsFile
 
@@ -23,3 +27,23 @@ def cas_restorers() -> list[RestorerSpec]:
         )
 
     return [RestorerSpec("credentials_file", build, "Claude Code's .credentials.json (atomic, locked)")]
+
+
+@hookimpl
+def cas_diagnose(ctx: PluginContext, component: object) -> list[DiagnosticRow]:
+    """The file itself: a symlink or another owner is a failure, a mode other than 0600 a warning."""
+    if not isinstance(component, CredentialsFile):
+        return []
+    g, path, user = "local login", component.path, ctx.user
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return []  # the kernel's row says "not logged in"
+    if stat.S_ISLNK(st.st_mode):
+        return [DiagnosticRow(g, "credentials file", "fail", f"{path} is a symlink", f"replace {path} with the real file")]
+    rows = [DiagnosticRow(g, "owner", "ok", user.name) if st.st_uid == user.uid else
+            DiagnosticRow(g, "owner", "fail", f"owned by uid {st.st_uid}, not {user.name}", f"sudo chown {user.name} {path}")]
+    mode = stat.S_IMODE(st.st_mode)
+    rows.append(DiagnosticRow(g, "mode", "ok" if mode == 0o600 else "warn", f"{mode:04o}",
+                              None if mode == 0o600 else f"chmod 600 {path}"))
+    return rows
