@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -15,7 +16,8 @@ from pathlib import Path
 from .errors import ConfigurationError
 
 __all__ = ["DirectorySyncFailed", "NotARegularFile", "write_atomically", "ensure_private_dir", "append_private",
-           "replace_private", "read_private", "read_regular", "read_tail", "open_regular"]
+           "replace_private", "read_private", "read_regular", "read_tail", "open_regular", "stale_temps",
+           "remove_stale_temps"]
 
 MAX_READ_BYTES = 1 << 20  # no file this tool reads is legitimately larger than 1 MiB
 
@@ -62,6 +64,36 @@ def write_atomically(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600, 
         os.fsync(dir_fd)
     except OSError as err:
         raise DirectorySyncFailed(err.errno, err.strerror) from None
+
+
+def stale_temps(dir_fd: int, pattern: re.Pattern[str], uid: int) -> list[str]:
+    """The names in the directory ``dir_fd`` that ``pattern`` fully matches and that are regular
+    files owned by ``uid`` (temporary files a killed writer left), sorted. Each entry is judged by
+    ``lstat``: a symlink, directory, FIFO or someone else's file is never listed."""
+    found = []
+    for name in sorted(os.listdir(dir_fd)):
+        if not pattern.fullmatch(name):
+            continue
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+            found.append(name)
+    return found
+
+
+def remove_stale_temps(dir_fd: int, pattern: re.Pattern[str], uid: int) -> list[str]:
+    """Unlink every :func:`stale_temps` entry (the link itself: nothing is followed); returns the
+    names removed. An entry that vanished or cannot be removed is skipped, never an error."""
+    removed = []
+    for name in stale_temps(dir_fd, pattern, uid):
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            continue
+        removed.append(name)
+    return removed
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 from claude_auth_sync.errors import ConfigurationError, BackendConflict, BackendError, BackendRefused, BackendUnavailable
 from claude_auth_sync.model import OAuth, BackendHealth, StoredCopy
 
+from .errors import RETRY_LATER, error_text, is_vault_failure, vault_error
 from .address import AddressRefused, Origin, display_address, parse_vault_addr, redirect_origin
 from .policy import expected_policies, secret_paths
 from .settings import VaultSettings
@@ -50,7 +51,6 @@ __all__ = ["VaultBackend", "check_address"]
 
 OAUTH_KEY = "claudeAiOauth"
 MAX_REDIRECTS = 5
-RETRY_LATER = "nothing now: the next run retries; check Vault's health"
 
 
 ADDRESS_REMEDY = ("set vault.addr (or CLAUDE_AUTH_SYNC_VAULT__ADDR / VAULT_ADDR) to https://host:port: no user:password@, "
@@ -308,48 +308,22 @@ class VaultBackend:
         return configured
 
     def _call(self, what: str, request: Any) -> dict[str, Any]:
-        """Run one hvac request, translating every failure into a classified BackendError."""
-        import hvac.exceptions
-        import requests
-
+        """Run one hvac request, translating every failure into a classified BackendError
+        (:func:`.errors.vault_error`, shared with the provisioner's admin client)."""
         client = self.client()
         where = self._where(what)
         try:
             answer = request(client)
-        except hvac.exceptions.InvalidPath:
-            raise BackendRefused(f"{where}: not found (404)", reason="vault_not_found", remedy=PROVISION) from None
-        except hvac.exceptions.Forbidden:
-            raise BackendRefused(f"{where}: permission denied (403): the token is invalid, expired or lacks the policy",
-                               reason="vault_forbidden", remedy=PROVISION) from None
-        except hvac.exceptions.Unauthorized:
-            raise BackendRefused(f"{where}: unauthorized (401)", reason="vault_forbidden", remedy=PROVISION) from None
-        except hvac.exceptions.InvalidRequest as err:
-            if what == "write" and "check-and-set" in _error_text(err):
-                raise BackendConflict(f"{where}: another writer stored a new version first (check-and-set)",
-                                    reason="vault_cas_conflict", remedy="nothing: the next run compares again") from None
-            raise BackendRefused(f"{where}: invalid request (400)", reason="vault_invalid_request", remedy=PROVISION) from None
-        except hvac.exceptions.VaultDown as err:
-            sealed = "sealed" in _error_text(err).lower()
-            raise BackendUnavailable(f"{where}: Vault {'is sealed' if sealed else 'unavailable'} (503)",
-                                   reason="vault_sealed" if sealed else "vault_unavailable", remedy=RETRY_LATER) from None
-        except hvac.exceptions.RateLimitExceeded:
-            raise BackendUnavailable(f"{where}: rate limited (429)", reason="vault_rate_limited", remedy=RETRY_LATER) from None
-        except hvac.exceptions.VaultError as err:  # 5xx and anything else unexpected
-            status = _status(err)
-            raise BackendUnavailable(f"{where}: Vault answered {status}", reason="vault_unavailable",
-                                   remedy=RETRY_LATER) from None
         except _UnsafeRedirect as err:
             raise BackendRefused(_redirect_refusal(where, err), reason="vault_insecure_redirect",
                                remedy="set the Vault cluster's api_addr to an https address") from None
-        except requests.exceptions.SSLError:
-            raise BackendRefused(f"{where}: TLS verification failed", reason="vault_tls",
-                               remedy="set VAULT_CACERT (or vault.cacert) to the CA bundle that signed Vault's certificate") from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
-            raise BackendUnavailable(f"{where}: cannot reach {self._target(err)}", reason="vault_unreachable",
-                                   remedy="nothing now: the next run retries; check the network and Vault") from None
-        except requests.exceptions.RequestException as err:  # too many redirects, a broken answer, ...
-            raise BackendUnavailable(f"{where}: HTTP error talking to Vault ({type(err).__name__})",
-                                   reason="vault_unavailable", remedy=RETRY_LATER) from None
+        except Exception as err:
+            if not is_vault_failure(err):
+                raise
+            if what == "write" and _is_cas_conflict(err):
+                raise BackendConflict(f"{where}: another writer stored a new version first (check-and-set)",
+                                    reason="vault_cas_conflict", remedy="nothing: the next run compares again") from None
+            raise vault_error(err, where, target=self._target(err)) from None
         if not isinstance(answer, dict):
             # hvac hands back the raw response for anything but a JSON 200 (a 204, a 3xx without
             # Location, a proxy's HTML page): never a Vault answer we can use.
@@ -359,12 +333,11 @@ class VaultBackend:
         return answer
 
 
-def _error_text(err: Exception) -> str:
-    """The error strings of an hvac error, for matching only (hvac errors have no ``message`` attribute)."""
-    errors = getattr(err, "errors", None)
-    if isinstance(errors, list) and errors:
-        return ", ".join(str(e) for e in errors)
-    return str(err.args[0]) if err.args and err.args[0] else ""
+def _is_cas_conflict(err: Exception) -> bool:
+    """A 400 whose error names the check-and-set: another writer stored a version first."""
+    import hvac.exceptions
+
+    return isinstance(err, hvac.exceptions.InvalidRequest) and "check-and-set" in error_text(err)
 
 
 def _redirect_refusal(where: str, err: _UnsafeRedirect) -> str:
@@ -383,20 +356,6 @@ def _absent_on_404(request: Any) -> Any:
         body = err.json if isinstance(err.json, dict) else {}
         metadata = ((body.get("data") or {}) if isinstance(body.get("data"), dict) else {}).get("metadata") or {}
         return {"_absent": True, "version": metadata.get("version") if isinstance(metadata, dict) else None}
-
-
-def _status(err: Exception) -> str:
-    import hvac.exceptions
-
-    codes = {
-        hvac.exceptions.InternalServerError: "500", hvac.exceptions.VaultNotInitialized: "501",
-        hvac.exceptions.BadGateway: "502", hvac.exceptions.PreconditionFailed: "412",
-        hvac.exceptions.UnsupportedOperation: "405",
-    }
-    for cls, code in codes.items():
-        if isinstance(err, cls):
-            return f"HTTP {code}"
-    return type(err).__name__
 
 
 def _check_payload(oauth: OAuth) -> None:

@@ -30,6 +30,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -44,7 +45,13 @@ from claude_auth_sync.errors import (
     CredentialsUnsafe,
     CredentialsUnsupported,
 )
-from claude_auth_sync.fileio import DirectorySyncFailed, NotARegularFile, read_regular, write_atomically
+from claude_auth_sync.fileio import (
+    DirectorySyncFailed,
+    NotARegularFile,
+    read_regular,
+    remove_stale_temps,
+    write_atomically,
+)
 from claude_auth_sync.login import classify, merge_oauth
 from claude_auth_sync.model import RELOGIN_COMMAND, ExitCode, LocalLogin, LoginState, OAuth, RestoreSnapshot
 
@@ -61,6 +68,8 @@ __all__ = [
 
 CREDENTIALS_NAME = ".credentials.json"
 TEMP_MARK = ".tmp-"  # write_atomically names its temp files "<name>.tmp-<pid>-<random>"
+# Ours only: the temp files of every file this module writes beside the credentials file.
+STALE_TEMP_PATTERN = re.compile(re.escape(CREDENTIALS_NAME) + ".*" + re.escape(TEMP_MARK) + ".*", re.DOTALL)
 PRE_RESTORE_SUFFIX = ".pre-restore"
 JOURNAL_NAME = CREDENTIALS_NAME + ".restore-journal"
 
@@ -154,19 +163,6 @@ def atomic_write(dir_fd: int, name: str, data: bytes) -> None:
         ) from None
 
 
-def _remove_stale_temps(dir_fd: int, uid: int) -> None:
-    """Remove temp files a crashed run of ours left (only ours: our prefix and our uid)."""
-    for entry in os.listdir(dir_fd):
-        if not (entry.startswith(CREDENTIALS_NAME) and TEMP_MARK in entry):
-            continue
-        try:
-            st = os.lstat(entry, dir_fd=dir_fd)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
-                os.unlink(entry, dir_fd=dir_fd)
-        except OSError:
-            pass
-
-
 def _utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
@@ -201,7 +197,7 @@ class CredentialsFile:
         journal, the next run's :meth:`finish_pending_rollback` can undo this restore.
         """
         with self._locked() as (dir_fd, held):
-            _remove_stale_temps(dir_fd, self.uid)
+            remove_stale_temps(dir_fd, STALE_TEMP_PATTERN, self.uid)
             _check_target(dir_fd, CREDENTIALS_NAME, self.uid, self.path)
             raw = _read_at(dir_fd, CREDENTIALS_NAME, self.path)
             current = classify(self.path, raw)
