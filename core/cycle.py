@@ -36,7 +36,7 @@ from typing import Any
 
 from .errors import CasError, ConcurrentChange
 from .fingerprint import oauth_fingerprints
-from .oauth import has_both_tokens, oauth_problem
+from .oauth import MAX_TIMESTAMP_MS, has_both_tokens, oauth_problem
 from .model import (
     Action,
     Backend,
@@ -69,7 +69,7 @@ def refresh_expiry_ms(oauth: Any) -> int | None:
         return None
     for key in ("refreshTokenExpiresAt", "refreshExpiresAt"):
         value = oauth.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TIMESTAMP_MS:
             return value
     return None
 

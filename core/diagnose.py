@@ -24,7 +24,7 @@ from typing import Any
 from .cycle import REFRESH_WARN_S, refresh_expiry_ms
 from .errors import CasError
 from .fingerprint import fingerprint, oauth_fingerprints
-from .model import LOGIN_VARIABLES, RELOGIN_COMMAND, DiagnosticRow, DiagnosticState, LoginState, ProbeOutcome
+from .model import LOGIN_VARIABLES, RELOGIN_COMMAND, DiagnosticRow, DiagnosticState, LoginState, ProbeOutcome, UserIdentity
 from .runner import Runtime, build_runtime
 from .settings import ResolvedPaths, settings_provenance
 
@@ -328,7 +328,18 @@ def render_table(data: dict[str, Any], console: Any) -> None:
 
 
 def command_diagnose(*, json_output: bool, probe: bool, overrides: Mapping[str, Any]) -> int:
-    rt = build_runtime(overrides)
+    """Exit 0 when nothing fails, 1 when a row fails, 78 when settings or plugins cannot load
+    (with ``--json``: still one JSON object on stdout, its one row saying why)."""
+    try:
+        rt = build_runtime(overrides)
+    except CasError as err:
+        if not json_output:
+            raise
+        row = DiagnosticRow("settings", "load", "fail", err.message, err.remedy)
+        user = UserIdentity.current().name
+        print(json.dumps({"schema_version": SCHEMA_VERSION, "user": user, "ok": False, "checks": [asdict(row)],
+                          "settings": {}}, sort_keys=True))
+        return int(err.exit_code)
     rows = collect(rt, probe=probe)
     data = report(rt, rows)
     if json_output:

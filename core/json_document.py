@@ -20,7 +20,8 @@ import math
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "MAX_DOCUMENT_BYTES", "DocumentUnsupported", "parse_document", "dump_document", "plain"]
+__all__ = ["MAX_DEPTH", "MAX_DOCUMENT_BYTES", "DocumentUnsupported", "parse_document", "dump_document", "is_compact",
+           "plain"]
 
 MAX_DEPTH = 64  # Claude Code's own files nest about 5 levels
 MAX_DOCUMENT_BYTES = 1 << 20
@@ -39,9 +40,13 @@ def _not_json(name: str) -> Any:
 
 
 def parse_document(raw: bytes) -> Any:
-    """Parse ``raw`` as strict JSON (UTF-8, no BOM, no NaN/Infinity), keeping numbers exact.
+    """Parse ``raw`` as Claude Code does, keeping numbers exact.
 
-    :raises ValueError: not valid JSON (also for invalid UTF-8).
+    Bytes that are not UTF-8 become U+FFFD, as Node's ``readFileSync(path, "utf8")`` makes them
+    (so a stray Latin-1 byte in another key does not turn a file Claude Code uses into "not JSON");
+    a BOM, ``NaN`` or ``Infinity`` is not JSON, as for ``JSON.parse``.
+
+    :raises ValueError: not valid JSON.
     :raises DocumentUnsupported: larger than :data:`MAX_DOCUMENT_BYTES` or nested deeper than
         :data:`MAX_DEPTH`.
     """
@@ -49,7 +54,7 @@ def parse_document(raw: bytes) -> Any:
         raise DocumentUnsupported(f"the document is larger than {MAX_DOCUMENT_BYTES} bytes")
     if _nesting_depth(raw) > MAX_DEPTH:
         raise DocumentUnsupported(f"the document is nested deeper than {MAX_DEPTH} levels")
-    text = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    text = raw.decode("utf-8", errors="replace")
     return json.loads(text, parse_float=Decimal, parse_int=_exact_int, parse_constant=_not_json)
 
 
@@ -92,12 +97,28 @@ def plain(value: Any) -> Any:
     return value
 
 
-def dump_document(document: Any) -> bytes:
-    """Serialise like ``JSON.stringify(document, null, 2)``, keeping exact numbers as written.
+def dump_document(document: Any, *, compact: bool = False) -> bytes:
+    """Serialise like ``JSON.stringify(document, null, 2)`` (``compact``: like ``JSON.stringify(document)``),
+    keeping exact numbers as written.
 
     :raises ValueError: a non-finite float, or a value that is not JSON data.
     """
+    if compact:
+        return _dump_compact(document).encode("utf-8")
     return _dump(document, 0).encode("utf-8")
+
+
+def is_compact(raw: bytes) -> bool:
+    """True when ``raw`` was written without line breaks (keep it that way: never grow a file 3x)."""
+    return b"\n" not in raw.strip()
+
+
+def _dump_compact(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_string(str(key))}:{_dump_compact(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_dump_compact(item) for item in value) + "]"
+    return _dump(value, 0)
 
 
 def _string(text: str) -> str:

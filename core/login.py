@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CredentialsUnsupported
-from .json_document import DocumentUnsupported, dump_document, parse_document, plain
+from .json_document import MAX_DOCUMENT_BYTES, DocumentUnsupported, dump_document, is_compact, parse_document, plain
 from .model import LocalLogin, LoginState, OAuth
 from .oauth import has_both_tokens, oauth_problem
 
@@ -70,10 +70,12 @@ def classify(path: Path, raw: bytes | None, *, now_ms: int | None = None) -> Loc
 def merge_oauth(raw: bytes | None, oauth: OAuth) -> bytes:
     """The file content with ``claudeAiOauth`` replaced and every other key kept in meaning and order.
 
-    Numbers, escapes and key order of the other keys survive exactly (:mod:`json_document`). An
-    unparseable or non-object document contributes nothing (the caller keeps a copy of it).
+    Numbers, escapes and key order of the other keys survive exactly (:mod:`json_document`), and a
+    compact file stays compact. An unparseable or non-object document contributes nothing (the
+    caller keeps a copy of it).
 
-    :raises CredentialsUnsupported: the document is too deep or too large to rewrite.
+    :raises CredentialsUnsupported: the document is too deep or too large to rewrite, or the result
+        would be larger than the agent itself agrees to read back.
     :raises ValueError: ``oauth`` is not plain JSON data.
     """
     document: dict[str, Any] = {}
@@ -87,4 +89,10 @@ def merge_oauth(raw: bytes | None, oauth: OAuth) -> bytes:
         if isinstance(parsed, dict):
             document = parsed
     document[OAUTH_KEY] = dict(oauth)
-    return dump_document(document)
+    data = dump_document(document, compact=raw is not None and is_compact(raw))
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise CredentialsUnsupported(
+            f"the merged credentials file would be larger than {MAX_DOCUMENT_BYTES} bytes; nothing was changed",
+            remedy="look at what fills the credentials file (other keys than claudeAiOauth) and trim it",
+        )
+    return data

@@ -6,6 +6,7 @@ classifier would afterwards call unusable.
 
 Guarantees of :func:`oauth_problem`: an object it accepts is a JSON object of plain JSON values
 (no NaN or Infinity, no Decimal, no huge integer), at most :data:`MAX_OBJECT_BYTES` when encoded,
+whose expiry times are between 0 and :data:`MAX_TIMESTAMP_MS`,
 whose known fields have Claude Code's types, and whose tokens are printable ASCII of at most
 :data:`MAX_TOKEN_CHARS` characters (they go into an HTTP header: anything else is a bad copy, not a
 login). The reason it returns never contains a value, only a field name.
@@ -20,10 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError
 
-__all__ = ["MAX_OBJECT_BYTES", "MAX_TOKEN_CHARS", "ClaudeAiOauth", "has_both_tokens", "oauth_problem"]
+__all__ = ["MAX_OBJECT_BYTES", "MAX_TIMESTAMP_MS", "MAX_TOKEN_CHARS", "ClaudeAiOauth", "has_both_tokens", "oauth_problem"]
 
 MAX_TOKEN_CHARS = 4096  # real tokens are ~110 characters; a 5 MB "token" is a bad copy (HTTP 431)
 MAX_OBJECT_BYTES = 64 * 1024
+MAX_TIMESTAMP_MS = 2**53 - 1  # JavaScript's largest exact integer: Claude Code's Number.MAX_SAFE_INTEGER
 _TOKEN = re.compile(r"^[\x21-\x7e]*$")
 
 
@@ -54,6 +56,10 @@ def oauth_problem(oauth: Any) -> str | None:
     except ValidationError as err:
         fields = sorted({".".join(str(p) for p in e["loc"]) for e in err.errors(include_url=False)})
         return f"claudeAiOauth has invalid fields: {', '.join(fields)}"
+    for key in ("expiresAt", "refreshTokenExpiresAt", "refreshExpiresAt"):
+        value = oauth.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value <= MAX_TIMESTAMP_MS:
+            return f"claudeAiOauth.{key} is not a time Claude Code can represent"
     for key in ("accessToken", "refreshToken"):
         token = oauth.get(key, "")
         if len(token) > MAX_TOKEN_CHARS:

@@ -111,30 +111,41 @@ class RunInProgress(CasError):
 
 
 @contextmanager
-def run_lock(state_dir: Path, wait_s: float) -> Iterator[None]:
-    """Serialise runs of one user: an exclusive ``flock`` on ``<state_dir>/run.lock`` (0600).
+def run_lock(state_dir: Path, wait_s: float, *, claude_config_dir: Path | None = None) -> Iterator[None]:
+    """Serialise runs of one user: an exclusive ``flock`` on ``<state_dir>/run.lock`` (0600) and,
+    when it exists, on the Claude config directory itself (so two runs with different state
+    directories, e.g. the unit's and a shell's with its own ``XDG_STATE_HOME``, still never work
+    on one credentials file at once). Claude Code takes no flock there: it is never blocked.
 
-    Waits up to ``wait_s`` seconds, then raises :class:`RunInProgress`. The lock belongs to the open
-    file description, so it is released when the process ends, however it ends.
+    Waits up to ``wait_s`` seconds in all, then raises :class:`RunInProgress`. A lock belongs to
+    its open file description, so it is released when the process ends, however it ends.
     """
     ensure_private_dir(state_dir)
-    fd = open_regular(state_dir / RUN_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    fds = [open_regular(state_dir / RUN_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)]
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise RunInProgress(
-                        f"another claude-auth-sync run for this user is still going (waited {wait_s:.0f}s for {state_dir / RUN_LOCK_NAME})",
-                        remedy="nothing: that run reports its own result; this one ends WARN",
-                    ) from None
-                time.sleep(0.1)
+        _flock_until(fds[0], deadline, state_dir / RUN_LOCK_NAME, wait_s)
+        if claude_config_dir is not None and claude_config_dir.is_dir():
+            fds.append(os.open(claude_config_dir.resolve(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            _flock_until(fds[1], deadline, claude_config_dir, wait_s)
         yield
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
+
+
+def _flock_until(fd: int, deadline: float, shown: Path, wait_s: float) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise RunInProgress(
+                    f"another claude-auth-sync run for this user is still going (waited {wait_s:.0f}s for {shown})",
+                    remedy="nothing: that run reports its own result; this one ends WARN",
+                ) from None
+            time.sleep(0.1)
 
 
 def run_cycle(runtime: Runtime) -> StatusEvent:
@@ -147,7 +158,8 @@ def run_cycle(runtime: Runtime) -> StatusEvent:
         probe = runtime.probe()
         restorer = runtime.restorer()
         assert runtime.settings.state_dir is not None
-        with run_lock(runtime.settings.state_dir, runtime.settings.run_lock_wait):
+        with run_lock(runtime.settings.state_dir, runtime.settings.run_lock_wait,
+                      claude_config_dir=runtime.settings.claude_config_dir):
             return HealthCycle(user=runtime.user.name, backend=backend, probe=probe, restorer=restorer).run()
     except CasError as err:
         return failure_event(runtime.user.name, err)

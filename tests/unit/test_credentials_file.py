@@ -54,7 +54,7 @@ def make(tmp_path: Path, document: dict | bytes | None) -> CredentialsFile:
         (b'{"claudeAiOauth": {"accessToken": "a", "refreshToken": "r", "expiresAt": 1e400}}', LoginState.INVALID),
         (b'{"claudeAiOauth": {"accessToken": "a", "refreshToken": "r"}, "x": NaN}', LoginState.NOT_JSON),
         (b"\xef\xbb\xbf{}", LoginState.NOT_JSON),
-        (b'{"claudeAiOauth": {"accessToken": "\xff"}}', LoginState.NOT_JSON),
+        (b'{"claudeAiOauth": {"accessToken": "\xff"}}', LoginState.INVALID),  # U+FFFD, as Node decodes it
         (json.dumps({"claudeAiOauth": oauth_object("", "", expires_at_ms=0)}).encode(), LoginState.BLANKED),
         (json.dumps({"claudeAiOauth": oauth_object("a", "")}).encode(), LoginState.BLANKED),
         (json.dumps({"claudeAiOauth": oauth_object("a", "r", expires_at_ms=1000)}).encode(), LoginState.EXPIRED),
