@@ -347,7 +347,11 @@ def _not_logged_in() -> Verdict:
 
 
 def _same_oauth(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    """Equal as JSON. An object too deep to encode (a damaged stored copy) equals nothing."""
+    try:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    except RecursionError:
+        return False
 
 
 def _same_login(a: LocalLogin, b: LocalLogin) -> bool:

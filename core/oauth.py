@@ -49,6 +49,8 @@ def oauth_problem(oauth: Any) -> str | None:
         encoded = json.dumps(dict(oauth), allow_nan=False)
     except (TypeError, ValueError):
         return "claudeAiOauth holds values that are not plain JSON (NaN, Infinity or an unsupported number)"
+    except RecursionError:
+        return "claudeAiOauth is nested too deeply"
     if len(encoded) > MAX_OBJECT_BYTES:
         return f"claudeAiOauth is larger than {MAX_OBJECT_BYTES} bytes"
     try:

@@ -26,11 +26,12 @@ RETRY_LATER = "nothing now: the next run retries; check Vault's health"
 
 
 def is_vault_failure(err: BaseException) -> bool:
-    """True for the exceptions :func:`vault_error` classifies (hvac's VaultError, requests' errors)."""
+    """True for the exceptions :func:`vault_error` classifies (hvac's VaultError, requests' errors, and
+    the RecursionError of decoding an answer nested thousands deep)."""
     import hvac.exceptions
     import requests
 
-    return isinstance(err, (hvac.exceptions.VaultError, requests.exceptions.RequestException))
+    return isinstance(err, (hvac.exceptions.VaultError, requests.exceptions.RequestException, RecursionError))
 
 
 def vault_error(err: BaseException, where: str, *, target: str, remedy: str | None = PROVISION) -> BackendError:
@@ -45,6 +46,10 @@ def vault_error(err: BaseException, where: str, *, target: str, remedy: str | No
 
     if isinstance(err, hvac.exceptions.VaultError):
         return _hvac_error(err, where, remedy)
+    if isinstance(err, RecursionError):  # JSON nested thousands deep: a damaged or hostile secret
+        return BackendRefused(f"{where}: Vault's answer is nested too deeply to read (a damaged secret)",
+                              reason="vault_answer_unreadable",
+                              remedy="an administrator writes a sane latest version (vault kv put) or deletes it")
     if isinstance(err, requests.exceptions.SSLError):
         return BackendRefused(f"{where}: TLS verification failed", reason="vault_tls",
                               remedy="set VAULT_CACERT (or vault.cacert) to the CA bundle that signed Vault's certificate")
