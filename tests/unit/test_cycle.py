@@ -54,10 +54,9 @@ def test_healthy_and_changed_writes_once() -> None:
     assert event.details["backup_version"] == 2
 
 
-def test_first_backup_creates_version_one() -> None:
-    store = MemoryBackend()
-    event = cycle(store, local_with(GOOD), FakeProbe([A])).run()
-    assert event.action == Action.BACKUP and store.versions == [GOOD]
+def test_first_backup_creates_version_one(cas_backend: MemoryBackend) -> None:
+    event = cycle(cas_backend, local_with(GOOD), FakeProbe([A])).run()
+    assert event.action == Action.BACKUP and cas_backend.versions == [GOOD]
 
 
 def test_auth_failure_with_good_stored_copy_restores_retries_and_backs_up() -> None:
@@ -90,26 +89,25 @@ def test_auth_failure_with_bad_stored_copy_rolls_back_and_fails() -> None:
     assert store.versions == [other_bad]
 
 
-def test_auth_failure_without_backup_fails_without_touching_anything() -> None:
-    store = MemoryBackend()
+@pytest.mark.parametrize(
+    ("stored", "reason"),
+    [
+        pytest.param([], "auth_failed_no_backup", id="no-backup"),
+        pytest.param([BAD], "auth_failed_backup_is_local_copy", id="backup-equals-local-copy"),
+        pytest.param([oauth_object("", "", expires_at_ms=0)], "auth_failed_backup_unusable", id="blanked-backup"),
+    ],
+)
+def test_auth_failure_without_a_usable_other_copy_fails_without_touching_anything(
+    cas_backend: MemoryBackend, stored: list[dict], reason: str
+) -> None:
+    """No backup, the backup is the failing login itself, or a blanked one: nothing is restored."""
+    cas_backend.versions.extend(stored)
     local = local_with(BAD)
-    event = cycle(store, local, FakeProbe([F])).run()
-    assert (event.exit_code, event.reason, local.writes) == (ExitCode.FAIL, "auth_failed_no_backup", 0)
-
-
-def test_auth_failure_when_backup_equals_local_copy_does_not_restore() -> None:
-    store = MemoryBackend(versions=[BAD])
-    local = local_with(BAD)
-    event = cycle(store, local, FakeProbe([F])).run()
-    assert (event.exit_code, event.reason, local.writes) == (ExitCode.FAIL, "auth_failed_backup_is_local_copy", 0)
-
-
-def test_blanked_stored_copy_is_never_restored() -> None:
-    blank = oauth_object("", "", expires_at_ms=0)
-    store = MemoryBackend(versions=[blank])
-    local = local_with(BAD)
-    event = cycle(store, local, FakeProbe([F])).run()
-    assert (event.exit_code, event.reason, local.writes) == (ExitCode.FAIL, "auth_failed_backup_unusable", 0)
+    before = local.raw
+    event = cycle(cas_backend, local, FakeProbe([F])).run()
+    assert (event.status, event.exit_code, event.action, event.reason) == (Status.FAIL, ExitCode.FAIL, Action.NONE, reason)
+    assert (local.writes, local.raw) == (0, before)
+    assert cas_backend.versions == stored
 
 
 def test_unavailable_reports_warn_and_writes_nothing() -> None:
@@ -129,8 +127,8 @@ def test_retry_unavailable_keeps_the_restored_copy_and_warns() -> None:
     assert store.versions == [GOOD]
 
 
-def test_broken_probe_is_a_configuration_failure() -> None:
-    event = cycle(MemoryBackend(), local_with(GOOD), FakeProbe([B])).run()
+def test_broken_probe_is_a_configuration_failure(cas_backend: MemoryBackend) -> None:
+    event = cycle(cas_backend, local_with(GOOD), FakeProbe([B])).run()
     assert (event.status, event.exit_code, event.reason) == (Status.FAIL, ExitCode.CONFIG, "cli_missing")
 
 
@@ -150,16 +148,15 @@ def test_token_problems_stop_before_the_probe(error, code, status) -> None:
     assert probe.runs == 0
 
 
-def test_blanked_local_object_passing_the_probe_is_never_backed_up() -> None:
-    store = MemoryBackend()
+def test_blanked_local_object_passing_the_probe_is_never_backed_up(cas_backend: MemoryBackend) -> None:
     local = local_with(oauth_object("", "", expires_at_ms=0))
-    event = cycle(store, local, FakeProbe([A])).run()
+    event = cycle(cas_backend, local, FakeProbe([A])).run()
     assert event.exit_code == ExitCode.TEMPFAIL and event.reason == "local_blanked_not_backed_up"
-    assert store.versions == []
+    assert cas_backend.versions == []
 
 
-def test_event_carries_fingerprints_not_tokens() -> None:
-    event = cycle(MemoryBackend(), local_with(GOOD), FakeProbe([A])).run()
+def test_event_carries_fingerprints_not_tokens(cas_backend: MemoryBackend) -> None:
+    event = cycle(cas_backend, local_with(GOOD), FakeProbe([A])).run()
     text = json.dumps(event.to_json())
     assert GOOD["accessToken"] not in text and GOOD["refreshToken"] not in text
     assert event.fingerprints["access"] is not None and len(event.fingerprints["access"]) == 8
@@ -210,9 +207,10 @@ def test_claude_code_rewriting_the_login_during_restore_is_reprobed_not_overwrit
 def test_store_failing_after_a_successful_restore_keeps_the_login_and_says_restore() -> None:
     store = MemoryBackend(versions=[GOOD])
     local = local_with(BAD)
-    original_write = store.write
+    attempted_backups: list[tuple[dict, int | None]] = []
 
-    def vault_goes_down(*args, **kwargs):
+    def vault_goes_down(oauth, *, expected_version):
+        attempted_backups.append((dict(oauth), expected_version))
         raise BackendUnavailable("Vault went away")
 
     store.write = vault_goes_down  # type: ignore[method-assign]
@@ -226,5 +224,9 @@ def test_store_failing_after_a_successful_restore_keeps_the_login_and_says_resto
                       on_run=cli_refreshes)
     event = cycle(store, local, probe).run()
     assert (event.status, event.exit_code, event.action) == (Status.WARN, ExitCode.TEMPFAIL, Action.RESTORE)
+    assert event.reason == "store_unavailable" and event.details["error"] == "Vault went away"
     assert local.document()["claudeAiOauth"] == refreshed  # the working login stays
-    assert original_write is not None
+    # The backup that failed was the one of the refreshed, just-probed login, on top of version 1,
+    # and its failure left the stored copy as it was.
+    assert attempted_backups == [(refreshed, 1)]
+    assert store.versions == [GOOD]

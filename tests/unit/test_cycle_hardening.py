@@ -146,9 +146,9 @@ def test_a_rollback_that_cannot_be_done_is_reported_and_finished_by_the_next_run
 # -- item 5: a logged-out user stays logged out ------------------------------------------------
 
 
-def test_missing_credentials_file_is_not_logged_in_and_nothing_is_restored() -> None:
+def test_missing_credentials_file_is_not_logged_in_and_nothing_is_restored(cas_restorer: MemoryRestorer) -> None:
     store = MemoryBackend(versions=[GOOD])
-    local = MemoryRestorer(raw=None)
+    local = cas_restorer  # no credentials file at all
     probe = FakeProbe([F])
     event = run_cycle(store, local, probe)
     assert (event.status, event.exit_code, event.action, event.reason) == (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pluggy
 import pytest
 
 from claude_auth_sync.errors import PluginError
@@ -58,14 +59,15 @@ def test_misspelt_hook_fails_check_pending() -> None:
         def cas_sink(self):  # not a hook
             return []
 
-    with pytest.raises(Exception, match="unknown hook"):
+    with pytest.raises(pluggy.PluginValidationError, match="unknown hook 'cas_sink' in plugin"):
         get_plugin_manager(extra_plugins=[("typo", Typo())])
 
 
-def test_third_party_plugin_replaces_backend_and_sink(user, monkeypatch) -> None:
+def test_third_party_plugin_replaces_backend_and_sink(
+    user, monkeypatch, cas_backend: MemoryBackend, cas_sink: RecordingSink
+) -> None:
     """The 'swapping backends in tests' use: registered the public way, selected by settings."""
-    store = MemoryBackend()
-    sink = RecordingSink()
+    store, sink = cas_backend, cas_sink
     local = MemoryRestorer.with_document({"claudeAiOauth": oauth_object("sk-a", "sk-r"), "mcpOAuth": {}})
     probe = FakeProbe([ProbeOutcome.AUTHENTICATED])
     third_party = plugin(backend=store, probe=probe, restorer=local, sinks={"recorder": sink}, name="thirdparty")
@@ -81,15 +83,15 @@ def test_third_party_plugin_replaces_backend_and_sink(user, monkeypatch) -> None
     assert sink.events == [event]
 
 
-def test_a_failing_sink_never_stops_the_others(capsys) -> None:
+def test_a_failing_sink_never_stops_the_others(capsys, cas_backend: MemoryBackend, cas_sink: RecordingSink) -> None:
     class Exploding:
         def emit(self, event):
             raise OSError("disk on fire")
 
-    good = RecordingSink()
+    good = cas_sink
     from claude_auth_sync.cycle import HealthCycle
 
-    event = HealthCycle("alice", MemoryBackend(), FakeProbe(), MemoryRestorer.with_document(
+    event = HealthCycle("alice", cas_backend, FakeProbe(), MemoryRestorer.with_document(
         {"claudeAiOauth": oauth_object("a", "r")})).run()
     failed = emit_to_sinks([("boom", Exploding()), ("good", good)], event)
     assert failed == ["boom"] and good.events == [event]

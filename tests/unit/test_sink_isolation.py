@@ -57,8 +57,10 @@ def test_no_failure_means_no_stderr_output() -> None:
     assert stderr.getvalue() == ""
 
 
-def test_a_sink_that_cannot_even_be_built_is_left_out_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    recorder = RecordingSink()
+def test_a_sink_that_cannot_even_be_built_is_left_out_and_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cas_sink: RecordingSink
+) -> None:
+    recorder = cas_sink
 
     def refuse(ctx: object) -> None:
         raise OSError("cannot build")
