@@ -25,11 +25,6 @@ LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (OK|WARN|FAIL) user=(\S+) a
 pytestmark = pytest.mark.real
 
 
-@pytest.fixture
-def box(tmp_path) -> Sandbox:
-    return Sandbox(tmp_path)
-
-
 def log_lines(box: Sandbox) -> list[str]:
     return box.log_file.read_text().splitlines()
 

@@ -21,6 +21,7 @@ import pytest
 
 from claude_auth_sync.plugins.restore_credentials_file.lock import lock_paths
 from claude_auth_sync.testing import oauth_object
+from tests.support.home import child_env
 
 pytestmark = pytest.mark.real
 
@@ -62,7 +63,7 @@ def setup_dir(tmp_path: Path) -> tuple[Path, bytes]:
 def run_child(strace: str, config: Path, inject: list[str], expected=OLD) -> subprocess.CompletedProcess[str]:
     argv = [strace, "-f", "-qq", "-o", "/dev/null", *inject, sys.executable, "-c", CHILD,
             str(config), json.dumps(expected), json.dumps(NEW)]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = child_env(config.parent / "home", PYTHONDONTWRITEBYTECODE="1")
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
@@ -145,7 +146,7 @@ def test_a_kill_at_any_step_of_a_restore_is_undone_by_the_next_run(tmp_path, str
     assert_whole(config, old_bytes) in ("old", "new")
     age_leftover_locks(config)
     finish = subprocess.run([sys.executable, "-c", FINISH, str(config)], capture_output=True, text=True, timeout=60,
-                            check=False)
+                            env=child_env(config.parent / "home"), check=False)
     assert finish.returncode == 0, finish.stderr
     assert (config / ".credentials.json").read_bytes() == old_bytes
     assert not (config / ".credentials.json.restore-journal").exists()

@@ -18,6 +18,7 @@ from rich.console import Console
 from claude_auth_sync.diagnose import JSON_SCHEMA, render_table
 from claude_auth_sync.testing import oauth_object
 from tests.support.cli import Sandbox, console_script, fp
+from tests.support.home import child_env
 
 pytestmark = pytest.mark.real
 
@@ -164,7 +165,8 @@ def test_a_real_terminal_shows_the_table_in_colour(tmp_path) -> None:
     script.write_text(f"{exports}{console_script()} diagnose\necho DIAGNOSE-DONE\nsleep 30\n")
     socket = str(tmp_path / "tmux.sock")
     subprocess.run([tmux, "-S", socket, "new-session", "-d", "-s", session, "-x", "150", "-y", "120",
-                    f"bash {script}"], check=True, env={"TERM": "xterm-256color", "PATH": os.environ["PATH"]})
+                    f"bash {script}"], check=True,
+                   env=child_env(box.home, base={"TERM": "xterm-256color", "PATH": os.environ["PATH"]}))
     try:
         screen = ""
         deadline = time.monotonic() + 30

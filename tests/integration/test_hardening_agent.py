@@ -19,7 +19,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -28,11 +28,13 @@ from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
 from claude_auth_sync.testing import oauth_object
 from tests.support.cli import Sandbox, current_user, fp
 from tests.support.fake_anthropic import FakeMessagesAPI
+from tests.support.home import child_env
 from tests.support.openbao import OpenBaoServer
 
 pytestmark = pytest.mark.real
 
 GOOD = oauth_object("sk-ant-oat01-HARD-good-access", "sk-ant-ort01-HARD-good-refresh")
+API_ACCEPTED_TOKENS = [GOOD["accessToken"]]  # what the fake Messages API (the `api` fixture) accepts
 BAD = oauth_object("sk-ant-oat01-HARD-bad-access", "sk-ant-ort01-HARD-bad-refresh")
 REJECTED = oauth_object("sk-ant-oat01-HARD-rejected", "sk-ant-ort01-HARD-rejected")
 FRESH = ("sk-ant-oat01-HARD-fresh-login", "sk-ant-ort01-HARD-fresh-login")
@@ -60,11 +62,6 @@ def backed_up(box: Sandbox, oauth: dict[str, Any]) -> None:
     """A healthy run backs ``oauth`` up to the file backend; then the test breaks the local login."""
     box.write_credentials({"claudeAiOauth": oauth, "mcpOAuth": MCP})
     assert box.run("run", **accept(oauth)).returncode == 0
-
-
-@pytest.fixture
-def box(tmp_path: Path) -> Sandbox:
-    return Sandbox(tmp_path)
 
 
 # -- item 2: a rollback never overwrites a login written after the restore ---------------------
@@ -113,17 +110,9 @@ def test_rollback_blocked_by_claude_codes_lock_is_reported_and_finished_by_the_n
 # -- item 5: `claude auth logout` is respected -------------------------------------------------
 
 
-@pytest.fixture
-def api() -> Iterator[FakeMessagesAPI]:
-    with FakeMessagesAPI(accepted_tokens=[GOOD["accessToken"]]) as fake:
-        yield fake
-
-
 def real_cli_env(box: Sandbox, api: FakeMessagesAPI) -> dict[str, str]:
     assert shutil.which("claude"), "the real claude CLI is required (scripts/dev/test.sh installs it)"
-    home = box.root / "home"
-    home.mkdir(exist_ok=True)
-    return {"CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN": "", "ANTHROPIC_BASE_URL": api.url, "HOME": str(home),
+    return {"CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN": "", "ANTHROPIC_BASE_URL": api.url,
             "CLAUDE_CODE_MAX_RETRIES": "0", "NO_PROXY": "127.0.0.1,localhost"}
 
 
@@ -210,7 +199,7 @@ def test_numbers_and_surrogates_in_other_keys_survive_a_restore_that_the_real_cl
         assert merged[key] == original[key], key
     node = subprocess.run(["node", "-e", "const d = JSON.parse(require('fs').readFileSync(process.argv[1], 'utf8'));"
                            "process.stdout.write(String(d.huge) + ' ' + d.lone.length)", str(box.credentials)],
-                          capture_output=True, text=True, check=True)
+                          env=child_env(box.home), capture_output=True, text=True, check=True)
     assert node.stdout == "Infinity 2"  # what Claude Code itself reads: the same as from the original file
 
 
@@ -291,12 +280,6 @@ def test_a_bad_settings_file_is_exit_78_with_a_status_line_and_check_unknown(box
 
 
 # -- item 9: the Vault copy is checked with the local file's own model before a restore ----------
-
-
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
-    with OpenBaoServer(tmp_path_factory.mktemp("bao")) as server:
-        yield server
 
 
 def vault_box(bao: OpenBaoServer, tmp_path: Path) -> tuple[Sandbox, dict[str, str]]:

@@ -14,7 +14,6 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -29,14 +28,6 @@ from tests.support.journald import JOURNALD_BIN, JournaldNamespace
 pytestmark = pytest.mark.real
 
 IDENT = "claude-auth-sync"
-
-
-@pytest.fixture
-def journald() -> Iterator[JournaldNamespace]:
-    with JournaldNamespace("cas-proto") as ns:
-        yield ns
-    assert not ns.runtime_dir.exists()
-    assert not any(d.exists() for d in ns.journal_dirs)
 
 
 def test_journald_binary_is_installed() -> None:

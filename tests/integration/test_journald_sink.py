@@ -18,7 +18,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pytest
 from claude_auth_sync.model import Action, ExitCode, Status, StatusEvent, UserIdentity
 from claude_auth_sync.plugins.sink_journald import IDENTIFIER, JournaldSink, journal_fields
 from claude_auth_sync.plugins.sink_journald.journal_protocol import send_entry
+from tests.support.home import child_env
 from tests.support.journald import JournaldNamespace
 
 pytestmark = pytest.mark.real
@@ -101,9 +101,8 @@ class Workstation:
 
     def env(self, *, accept: bool = True, mode: str = "auto", sinks: list[str] | None = None,
             claude_bin: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-        scrubbed = ("CLAUDE_AUTH_SYNC_", "CLAUDE_CODE_", "ANTHROPIC_", "VAULT_", "STUB_CLAUDE_", "CLAUDE_CONFIG_DIR",
-                    "XDG_STATE_HOME", "XDG_CONFIG_HOME")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(scrubbed)}
+        scrubbed = ("CLAUDE_CODE_", "ANTHROPIC_", "STUB_CLAUDE_")
+        env = {k: v for k, v in child_env(self.root / "home").items() if not k.startswith(scrubbed)}
         env.update(
             CLAUDE_CONFIG_DIR=str(self.root / "claude"),
             XDG_STATE_HOME=str(self.root / "state"),
@@ -128,12 +127,6 @@ class Workstation:
 
     def log_lines(self) -> list[str]:
         return self.log_file.read_text().splitlines() if self.log_file.exists() else []
-
-
-@pytest.fixture
-def journald() -> Iterator[JournaldNamespace]:
-    with JournaldNamespace("cas-sink") as ns:
-        yield ns
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from claude_auth_sync.plugins.restore_credentials_file.lock import LockBusy, claude_credentials_lock, lock_paths
+from tests.support.home import child_env
 
 pytestmark = pytest.mark.real
 
@@ -47,22 +48,22 @@ def node() -> str:
 
 
 @pytest.fixture()
-def config_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "home" / ".claude"
-    d.mkdir(parents=True)
-    return d
-
-
-@pytest.fixture()
 def creds(config_dir: Path) -> Path:
     path = config_dir / ".credentials.json"
     path.write_text('{"claudeAiOauth": {"accessToken": "old"}}')
     return path
 
 
+def home_env(config_dir: Path) -> dict[str, str]:
+    """The helpers run as Claude Code would: ``HOME`` is the directory holding ``config_dir``
+    (``<tmp>/home/.claude``), never the tester's."""
+    return child_env(config_dir.parent)
+
+
 def node_try(node: str, which: str, config_dir: Path, stale_ms: int = CLAUDE_STALE_MS) -> tuple[int, dict[str, Any]]:
     proc = subprocess.run(
         [node, str(HELPER), "try", which, str(config_dir), "--stale", str(stale_ms)],
+        env=home_env(config_dir),
         capture_output=True,
         text=True,
         timeout=20,
@@ -118,7 +119,7 @@ def procs() -> Iterator[list[Proc]]:
 
 
 def node_hold(procs: list[Proc], node: str, which: str, config_dir: Path, *extra: str) -> Proc:
-    p = Proc([node, str(HELPER), "hold", which, str(config_dir), *extra])
+    p = Proc([node, str(HELPER), "hold", which, str(config_dir), *extra], env=home_env(config_dir))
     procs.append(p)
     locked = json.loads(p.expect('"locked"'))
     oauth, legacy = lock_paths(config_dir)
@@ -140,7 +141,7 @@ with sigterm_raises_systemexit():
 
 
 def agent_hold(procs: list[Proc], config_dir: Path, refresh_every_s: float = 0.5) -> Proc:
-    p = Proc([sys.executable, "-c", AGENT, str(config_dir), str(refresh_every_s)])
+    p = Proc([sys.executable, "-c", AGENT, str(config_dir), str(refresh_every_s)], env=home_env(config_dir))
     procs.append(p)
     p.expect("HELD")
     return p
@@ -320,7 +321,8 @@ def test_node_and_agent_writers_never_lose_an_update(node: str, procs: list[Proc
     n_node, n_agent, writers = 15, 15, 2
     nodes = []
     for _ in range(writers):
-        p = Proc([node, str(HELPER), "count", "both", str(config_dir), "--n", str(n_node), "--counter", str(counter)])
+        p = Proc([node, str(HELPER), "count", "both", str(config_dir), "--n", str(n_node), "--counter", str(counter)],
+                 env=home_env(config_dir))
         procs.append(p)
         nodes.append(p)
     tmp = counter.with_name("counter.json.py.tmp")

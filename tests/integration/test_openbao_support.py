@@ -48,6 +48,8 @@ def _scrub(obj: Any, *secrets: str) -> Any:
 
 @pytest.fixture
 def bao(tmp_path: Path) -> Iterator[OpenBaoServer]:
+    """A server of its own for each test (overrides the shared module-scoped one of tests/conftest.py):
+    these tests pin behaviour from a clean state (alice's one path, check-and-set from nothing, seal)."""
     with OpenBaoServer(tmp_path / "bao") as server:
         yield server
 
@@ -117,6 +119,9 @@ def test_root_token_stays_out_of_argv_logs_and_home(
     monkeypatch.setenv("BAO_ADDR", "http://127.0.0.1:1")
     monkeypatch.setenv("BAO_TOKEN", "caller-bao-token")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
+    caller_home = tmp_path / "caller-home"
+    caller_home.mkdir()
+    monkeypatch.setenv("HOME", str(caller_home))
     with OpenBaoServer(tmp_path / "bao") as server:
         proc = Path(f"/proc/{server.pid}")
         in_argv = server.root_token.encode() in (proc / "cmdline").read_bytes()
@@ -141,7 +146,7 @@ def test_root_token_stays_out_of_argv_logs_and_home(
     in_audit = server.root_token in server.audit_log.read_text()
     assert not in_audit, "root token in the audit log"
     assert not list((tmp_path / "bao" / "home").iterdir())  # no ~/.vault-token
-    assert not (Path.home() / ".vault-token").exists()
+    assert not list(caller_home.iterdir())  # nor in the caller's home
 
 
 def test_start_failure_reports_redacted_log_tail(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from tests.support.fake_anthropic import FakeMessagesAPI, token_fingerprint
 pytestmark = pytest.mark.real
 
 GOOD = "sk-ant-oat01-realcli-GOOD-token"
+API_ACCEPTED_TOKENS = [GOOD]  # what the fake Messages API (the `api` fixture) accepts
 BAD = "sk-ant-oat01-realcli-BAD-token"
 REFRESH = "sk-ant-ort01-realcli-refresh"
 A, F, U, B = ProbeOutcome.AUTHENTICATED, ProbeOutcome.AUTH_FAILED, ProbeOutcome.UNAVAILABLE, ProbeOutcome.BROKEN
@@ -32,12 +33,6 @@ def claude_bin() -> str:
     path = shutil.which("claude")
     assert path, "the real claude CLI is required (npm @anthropic-ai/claude-code; scripts/dev/test.sh installs it)"
     return path
-
-
-@pytest.fixture
-def api():
-    with FakeMessagesAPI(accepted_tokens=[GOOD]) as fake:
-        yield fake
 
 
 def probe_for(tmp_path: Path, api: FakeMessagesAPI, token: str, *, timeout: float = 60, **env: str) -> InferenceProbe:

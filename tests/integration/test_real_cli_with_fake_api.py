@@ -25,7 +25,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -40,6 +39,7 @@ from tests.support.claude_cli import (
 from tests.support.fake_anthropic import FakeMessagesAPI, token_fingerprint
 
 GOOD = "sk-ant-oat01-test-good"
+API_ACCEPTED_TOKENS = {GOOD}  # what the fake Messages API (the `api` fixture) accepts
 OTHER = "sk-ant-oat01-test-other"
 ENV_TOKEN = "sk-ant-oat01-test-env"
 REFRESH = "sk-ant-ort01-test-refresh"
@@ -60,16 +60,10 @@ def require_cli() -> None:
 
 
 @pytest.fixture
-def api() -> Iterator[FakeMessagesAPI]:
-    with FakeMessagesAPI(accepted_tokens={GOOD}) as fake:
-        yield fake
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    cfg = tmp_path / "claude-config"
-    write_credentials(cfg, GOOD, REFRESH)
-    return cfg
+def config_dir(config_dir: Path) -> Path:
+    """The shared empty config dir (tests/conftest.py), logged in with ``GOOD``."""
+    write_credentials(config_dir, GOOD, REFRESH)
+    return config_dir
 
 
 def _summary(run: CliRun) -> dict[str, object]:

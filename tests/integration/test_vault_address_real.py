@@ -60,12 +60,6 @@ class Trap(http.server.ThreadingHTTPServer):
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
 
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
-    with OpenBaoServer(tmp_path_factory.mktemp("bao")) as server:
-        yield server
-
-
 @pytest.fixture
 def trap() -> Iterator[Trap]:
     server = Trap()

@@ -59,13 +59,6 @@ _names = itertools.count()
 # ----------------------------------------------------------------------------- fixtures/helpers
 
 
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
-    """One server for the module; tests use distinct user names so they never share a path."""
-    with OpenBaoServer(tmp_path_factory.mktemp("bao")) as server:
-        yield server
-
-
 @pytest.fixture
 def fresh_bao(tmp_path: Path) -> Iterator[Callable[[], OpenBaoServer]]:
     """Factory of throw-away servers, for tests that seal or stop theirs (0.2 s each)."""
@@ -779,11 +772,13 @@ class RaftCluster:
         return next(i for i in range(self.size) if self.health(i) == 200)
 
     def client(self, i: int, token: str | None | bool = True, timeout: int = 10) -> Any:
+        """``token=True``: the root token; ``None``: no token at all (hvac is given ``""``, because
+        with ``None`` it falls back to ``VAULT_TOKEN`` or the tester's ``~/.vault-token`` and sends that)."""
         import hvac
 
         session = requests.Session()
         session.trust_env = False
-        return hvac.Client(url=self.nodes[i]["addr"], token=self.root_token if token is True else token,
+        return hvac.Client(url=self.nodes[i]["addr"], token=self.root_token if token is True else (token or ""),
                            session=session, timeout=timeout)
 
     def kill(self, i: int) -> None:

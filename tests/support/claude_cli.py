@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tests.support.home import private_home_env
+
 __all__ = [
     "AUTH_OVERRIDE_VARS",
     "CLAUDE_BIN",
@@ -166,15 +168,9 @@ def cli_env(config_dir: Path, base_url: str, base_env: Mapping[str, str] | None 
         for k, v in base_env.items()
         if k not in AUTH_OVERRIDE_VARS and not k.startswith(("CLAUDE_", "ANTHROPIC_"))
     }
-    home = config_dir.with_name(config_dir.name + "-home")
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env.update(private_home_env(config_dir.with_name(config_dir.name + "-home")))
     env.update(
         {
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_CACHE_HOME": str(home / ".cache"),
-            "XDG_DATA_HOME": str(home / ".local" / "share"),
-            "XDG_STATE_HOME": str(home / ".local" / "state"),
             "CLAUDE_CONFIG_DIR": str(config_dir),
             "ANTHROPIC_BASE_URL": base_url,
             "NO_PROXY": "127.0.0.1,localhost,::1",

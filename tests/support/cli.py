@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.home import child_env
+
 STUB_CLAUDE = Path(__file__).with_name("stub_claude.py")
 
 
@@ -55,8 +57,16 @@ class Sandbox:
         os.chmod(self.credentials, 0o600)
         return data
 
+    @property
+    def home(self) -> Path:
+        """``HOME`` of the processes run in the sandbox (never the tester's own)."""
+        return self.root / "home"
+
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLAUDE_AUTH_SYNC_", "VAULT_", "STUB_CLAUDE"))}
+        """This process's environment in the sandbox: private ``HOME`` and XDG directories, the
+        Claude config dir, the file backend and sink, the stub CLI; no ``VAULT_*``, ``BAO_*``,
+        ``STUB_CLAUDE*`` or tool settings of the caller. ``extra`` is applied last."""
+        env = {k: v for k, v in child_env(self.home).items() if not k.startswith("STUB_CLAUDE")}
         env.update(
             CLAUDE_CONFIG_DIR=str(self.claude_dir),
             XDG_STATE_HOME=str(self.root / "state"),

@@ -15,13 +15,6 @@ from claude_auth_sync.plugins.restore_credentials_file.lock import LockBusy, Loc
 from claude_auth_sync.signals import sigterm_raises_systemexit
 
 
-@pytest.fixture()
-def config_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "home" / ".claude"
-    d.mkdir(parents=True)
-    return d
-
-
 def foreign_lock(path: Path, age_s: float) -> os.stat_result:
     """A lock directory held by somebody else, its mtime ``age_s`` seconds old."""
     path.mkdir()
