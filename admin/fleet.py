@@ -1,7 +1,7 @@
 """``claude-auth-sync diagnose --all``: the administrator's one screen, one row per roster user.
 
 Runs as root, but every fact about a user is gathered **as that user**, in a privilege-dropped
-child (:func:`claude_auth_sync.admin.provision.run_as_user`): their private log's last status, their
+child (:func:`claude_auth_sync.admin.as_user.run_as_user`): their private log's last status, their
 access-token expiry, and their Vault token's TTL looked up with **their own** token. Root never
 opens a path inside a home, and no token leaves the child (only TTLs and fingerprints do).
 
@@ -148,7 +148,8 @@ def _row(user: str, email: str, facts: dict[str, Any] | None, timer: bool, now: 
 
 
 def fleet_rows(roster_path: Path, plugins: Plugins, systemd_root: Path = Path("/")) -> list[dict[str, Any]]:
-    from .provision import WANTS, Account, ChildFailed, run_as_user, timer_unit
+    from .as_user import Account, ChildFailed, run_as_user
+    from .timers import WANTS, timer_unit
     from .roster import load_roster
 
     # Import before forking: the child runs as the user, who may not be able to read this venv.

@@ -13,12 +13,14 @@ from typing import Any, Protocol
 
 from rich.text import Text
 
+from claude_auth_sync.model import ExitCode
 from claude_auth_sync.terminal_text import plain, safe_text
+
+from .provision_report import NEEDS_ADMIN
 
 __all__ = ["render_report"]
 
-EXIT_OK, EXIT_NEEDS_ADMIN, EXIT_TEMPFAIL, EXIT_CONFIG = 0, 1, 75, 78
-COLOUR = {EXIT_OK: "", EXIT_NEEDS_ADMIN: "yellow", EXIT_TEMPFAIL: "yellow", EXIT_CONFIG: "red"}
+COLOUR = {ExitCode.OK: "", NEEDS_ADMIN: "yellow", ExitCode.TEMPFAIL: "yellow", ExitCode.CONFIG: "red"}
 COLUMNS = ("user", "token", "TTL", "timer", "policy", "action")
 
 

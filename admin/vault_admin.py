@@ -1,0 +1,92 @@
+"""The provisioner's Vault client: raw API calls with the admin token or a user's token.
+
+Guarantees:
+
+* the token is passed per call and never stored; each call counts as ``user`` or ``admin``
+  (:attr:`AdminVault.requests`), and the admin token is only ever sent with admin requests;
+* no environment but the proxies is trusted (no netrc, no ``REQUESTS_CA_BUNDLE``); the CA bundle
+  is the configured one; a redirect is never followed;
+* every hvac or requests failure is classified by the Vault plugin's own translation
+  (:func:`claude_auth_sync.plugins.backend_vault.errors.vault_error`) and raised as
+  :class:`VaultFailure`, whose ``kind`` the provisioner acts on; messages carry the method, path,
+  HTTP status and address, never a token or Vault's error text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from claude_auth_sync.errors import BackendError
+from claude_auth_sync.model import ExitCode
+from claude_auth_sync.plugins.backend_vault.errors import is_vault_failure, vault_error
+
+__all__ = ["AdminVault", "VaultFailure"]
+
+
+class VaultFailure(Exception):
+    """``kind``: unavailable (75), forbidden (invalid/expired token), not_found, invalid."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @classmethod
+    def from_backend_error(cls, err: BackendError) -> VaultFailure:
+        """The failure for a classified error: its message (and next step) and the kind it implies."""
+        if err.exit_code == ExitCode.TEMPFAIL:
+            kind = "unavailable"
+        else:
+            kind = {"vault_not_found": "not_found", "vault_forbidden": "forbidden"}.get(err.reason, "invalid")
+        return cls(str(err), kind)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """75 when Vault could not be reached (the next run retries), 78 otherwise."""
+        return ExitCode.TEMPFAIL if self.kind == "unavailable" else ExitCode.CONFIG
+
+
+class AdminVault:
+    """Raw Vault API calls on one keep-alive session; the token is passed per call, never stored."""
+
+    def __init__(self, addr: str, cacert: Path | None, timeout: float) -> None:
+        import requests
+
+        self.addr = addr.rstrip("/")
+        self.verify: bool | str = str(cacert) if cacert else True
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.trust_env = False  # no netrc, no REQUESTS_CA_BUNDLE; proxies are taken explicitly
+        self.proxies = requests.utils.get_environ_proxies(self.addr)
+        # hvac's adapter prefers the session's verify/proxies over its own arguments: set them here.
+        self.session.verify = self.verify
+        self.session.proxies = self.proxies
+        self.requests = {"user": 0, "admin": 0}
+
+    def call(self, who: str, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """``method`` on ``/v1/<path>`` with ``token``: Vault's JSON answer, ``{}`` for an empty
+        200/204; a redirect or any other answer raises :class:`VaultFailure`."""
+        import hvac.adapters
+
+        adapter = hvac.adapters.JSONAdapter(
+            base_uri=self.addr, token=token, verify=self.verify, timeout=self.timeout, proxies=self.proxies,
+            allow_redirects=False, session=self.session,
+        )
+        self.requests[who] += 1
+        where = f"{method.upper()} {path}"
+        try:
+            answer = adapter.request(method, f"/v1/{path}", json=body)
+        except Exception as err:
+            if is_vault_failure(err):
+                raise VaultFailure.from_backend_error(vault_error(err, where, target=self.addr, remedy=None)) from None
+            if isinstance(err, (UnicodeError, ValueError)):  # a token no HTTP header can carry: never sent
+                raise VaultFailure(f"{where}: the token cannot be sent ({type(err).__name__})", "invalid") from None
+            raise
+        if isinstance(answer, dict):
+            return answer
+        status = getattr(answer, "status_code", 0)
+        if status in (200, 204):
+            return {}
+        if 300 <= status < 400:
+            raise VaultFailure(f"{where}: refusing to follow a redirect ({status})", "invalid")
+        raise VaultFailure(f"{where}: unexpected HTTP {status}", "unavailable")
