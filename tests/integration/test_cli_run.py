@@ -98,23 +98,23 @@ def test_unavailable_api_warns_75_and_writes_nothing(box: Sandbox, mode: str) ->
     assert LINE.match(line).group(1) == "WARN" and f"reason=http_{mode}" in line
 
 
-def test_hanging_cli_is_killed_at_the_timeout_and_warns(box: Sandbox) -> None:
-    box.write_credentials({"claudeAiOauth": GOOD})
-    result = box.run("run", STUB_CLAUDE_MODE="hang", CLAUDE_AUTH_SYNC_INFERENCE__TIMEOUT="1")
-    assert result.returncode == 75
-    assert "reason=timeout" in log_lines(box)[-1]
-
-
-def test_missing_cli_is_a_configuration_failure_78(box: Sandbox) -> None:
-    box.write_credentials({"claudeAiOauth": GOOD})
-    result = box.run("run", CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN=str(box.root / "no-such-claude"))
-    assert result.returncode == 78
-    assert "reason=cli_missing" in log_lines(box)[-1]
-
-
-def test_crashing_cli_is_78(box: Sandbox) -> None:
-    box.write_credentials({"claudeAiOauth": GOOD})
-    assert box.run("run", STUB_CLAUDE_MODE="crash").returncode == 78
+@pytest.mark.parametrize(
+    ("env", "code", "reason"),
+    [
+        pytest.param({"STUB_CLAUDE_MODE": "hang", "CLAUDE_AUTH_SYNC_INFERENCE__TIMEOUT": "1"}, 75, "timeout",
+                     id="hanging-cli-killed-at-the-timeout-warns"),
+        pytest.param({"CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN": "{root}/no-such-claude"}, 78, "cli_missing",
+                     id="missing-cli-is-a-configuration-failure"),
+        pytest.param({"STUB_CLAUDE_MODE": "crash"}, 78, "cli_exit_139", id="crashing-cli-is-a-configuration-failure"),
+    ],
+)
+def test_a_cli_that_cannot_answer_leaves_the_login_alone(box: Sandbox, env: dict[str, str], code: int,
+                                                         reason: str) -> None:
+    before = box.write_credentials({"claudeAiOauth": GOOD})
+    result = box.run("run", **{k: v.format(root=box.root) for k, v in env.items()})
+    assert result.returncode == code, result.stderr
+    assert f"reason={reason} " in log_lines(box)[-1] + " "
+    assert box.credentials.read_bytes() == before
 
 
 def test_invalid_settings_exit_78_with_a_clear_message(box: Sandbox) -> None:

@@ -73,33 +73,33 @@ def real_homes() -> list[Path]:
 _WATCHED_FILES = (".vault-token", ".claude/.credentials.json", ".claude/settings.json", ".claude/settings.local.json")
 
 
-def _describe(path: Path) -> str:
+def _describe(path: Path) -> dict[str, str]:
+    """What the guard compares: type, mode, size, mtime and a content digest (never shown)."""
     try:
         st = path.lstat()
     except FileNotFoundError:
-        return "absent"
+        return {"exists": "no"}
+    seen = {"exists": "yes", "mode": f"{st.st_mode:o}"}
     if stat.S_ISREG(st.st_mode):
+        seen.update(size=str(st.st_size), mtime_ns=str(st.st_mtime_ns))
         try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            seen["content"] = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError as exc:
-            digest = f"unreadable ({exc.strerror})"
-        return f"file mode={stat.S_IMODE(st.st_mode):o} size={st.st_size} mtime_ns={st.st_mtime_ns} sha256={digest}"
-    if stat.S_ISLNK(st.st_mode):
-        return f"symlink -> {os.readlink(path)}"
-    if stat.S_ISDIR(st.st_mode):
-        return f"directory mode={stat.S_IMODE(st.st_mode):o}"
-    return f"other mode={st.st_mode:o}"
+            seen["content"] = f"unreadable ({exc.strerror})"
+    elif stat.S_ISLNK(st.st_mode):
+        seen["target"] = os.readlink(path)
+    return seen
 
 
 @dataclass(frozen=True)
 class HomeSnapshot:
-    """Stat and content digest of the watched paths of the given homes (no content is kept)."""
+    """The watched paths of the given homes, as :func:`_describe` sees them."""
 
-    entries: dict[str, str]
+    entries: dict[str, dict[str, str]]
 
     @classmethod
     def take(cls, homes: list[Path]) -> HomeSnapshot:
-        entries: dict[str, str] = {}
+        entries: dict[str, dict[str, str]] = {}
         for home in homes:
             for rel in _WATCHED_FILES:
                 entries[str(home / rel)] = _describe(home / rel)
@@ -107,15 +107,20 @@ class HomeSnapshot:
             entries[str(claude)] = _describe(claude)
             if claude.is_dir() and not claude.is_symlink():
                 for child in sorted(claude.iterdir()):
-                    kind = "dir" if child.is_dir() and not child.is_symlink() else "entry"
-                    entries.setdefault(str(child), f"{kind} present")
+                    entries.setdefault(str(child), {"exists": "yes"})
         return cls(entries)
 
     def changes_since(self, before: HomeSnapshot) -> list[str]:
-        """One line per watched path that differs, ``path: before -> after``."""
-        paths = sorted(set(before.entries) | set(self.entries))
-        return [
-            f"{p}: {before.entries.get(p, 'absent')} -> {self.entries.get(p, 'absent')}"
-            for p in paths
-            if before.entries.get(p, "absent") != self.entries.get(p, "absent")
-        ]
+        """One line per watched path that differs: which of its attributes changed (no content)."""
+        absent = {"exists": "no"}
+        lines = []
+        for path in sorted(set(before.entries) | set(self.entries)):
+            old, new = before.entries.get(path, absent), self.entries.get(path, absent)
+            if old == new:
+                continue
+            if old["exists"] != new["exists"]:
+                lines.append(f"{path}: {'created' if new['exists'] == 'yes' else 'removed'}")
+            else:
+                changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+                lines.append(f"{path}: {', '.join(changed)} changed")
+        return lines
