@@ -21,7 +21,7 @@ The tester's home
     never see the real one.
 
     ``_tester_home_untouched`` (session scope, autouse) snapshots ``~/.vault-token`` and
-    ``~/.claude`` (login and settings files byte for byte, top-level entries by name) of the real
+    ``~/.claude`` (login and settings files by lstat, never opened; top-level entries by name) of the real
     home before the first test and fails the run when they differ after the last one.
 
     How to check by hand that the suite is independent of the home (as root; put anything there,

@@ -8,13 +8,13 @@ whose ``env`` block overrides the process environment of the real ``claude`` CLI
 * :func:`private_home_env` gives ``HOME`` and the XDG base directories inside a test-owned directory;
   :func:`child_env` is the caller's environment with those applied and the variables that carry a
   tester's logins (``VAULT_*``, ``BAO_*``, ``CLAUDE_CONFIG_DIR``, this tool's own settings) removed.
-* :class:`HomeSnapshot` records ``~/.vault-token`` and ``~/.claude`` of the real home so the session
-  guard in ``tests/conftest.py`` can fail the run when a test changed them.
+* :class:`HomeSnapshot` records (by ``lstat``, never reading them) ``~/.vault-token`` and ``~/.claude``
+  of the real home so the session guard in ``tests/conftest.py`` can fail the run when a test
+  changed them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pwd
 import stat
@@ -67,33 +67,29 @@ def real_homes() -> list[Path]:
 
 
 #: What the guard watches in each real home. Inside ``.claude`` the login and settings files are
-#: compared byte for byte and the top-level entries by name and type; deeper session files
+#: compared by their ``lstat`` and the top-level entries by name; deeper session files
 #: (``projects/``, ``todos/`` ...) are left out so a Claude Code session the tester runs at the same
 #: time cannot trip the guard.
 _WATCHED_FILES = (".vault-token", ".claude/.credentials.json", ".claude/settings.json", ".claude/settings.local.json")
 
 
 def _describe(path: Path) -> dict[str, str]:
-    """What the guard compares: type, mode, size, mtime and a content digest (never shown)."""
+    """What the guard compares, from ``lstat`` alone (the guard never opens the tester's files):
+    inode, type and mode, owner, size, mtime and ctime. Any write, replace, chmod or chown changes
+    at least one of them (ctime even when the writer puts the mtime back)."""
     try:
         st = path.lstat()
     except FileNotFoundError:
         return {"exists": "no"}
-    seen = {"exists": "yes", "mode": f"{st.st_mode:o}"}
-    if stat.S_ISREG(st.st_mode):
-        seen.update(size=str(st.st_size), mtime_ns=str(st.st_mtime_ns))
-        try:
-            seen["content"] = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError as exc:
-            seen["content"] = f"unreadable ({exc.strerror})"
-    elif stat.S_ISLNK(st.st_mode):
-        seen["target"] = os.readlink(path)
+    seen = {"exists": "yes", "inode": str(st.st_ino), "mode": f"{st.st_mode:o}", "owner": f"{st.st_uid}:{st.st_gid}"}
+    if not stat.S_ISDIR(st.st_mode):
+        seen.update(size=str(st.st_size), mtime_ns=str(st.st_mtime_ns), ctime_ns=str(st.st_ctime_ns))
     return seen
 
 
 @dataclass(frozen=True)
 class HomeSnapshot:
-    """The watched paths of the given homes, as :func:`_describe` sees them."""
+    """The watched paths of the given homes, as :func:`_describe` sees them (no content)."""
 
     entries: dict[str, dict[str, str]]
 
