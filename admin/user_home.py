@@ -5,9 +5,10 @@ Guarantees (the child already is the user, see :mod:`.as_user`):
 * every component below the home is opened with ``openat(O_NOFOLLOW|O_DIRECTORY)`` from the
   home's descriptor: a symlink or a directory owned by someone else is refused ("unsafe"), never
   followed; the home itself must be owned by the user;
-* the token file is read only when it is a regular file of the user, with one link and no group or
-  world bits, and its bytes pass the agent's own check
-  (:func:`claude_auth_sync.plugins.backend_vault.token_file.token_from_bytes`);
+* the token file is read only when it passes the agent's own checks (a regular file of the user
+  with no group or world bits: :func:`~claude_auth_sync.plugins.backend_vault.token_file.token_file_problem`)
+  and has one link, and its bytes pass the agent's own parse
+  (:func:`~claude_auth_sync.plugins.backend_vault.token_file.token_from_bytes`);
 * the token file is replaced atomically (:func:`claude_auth_sync.fileio.write_atomically`: a new
   0600 file in the user's own directory, fsync, rename, fsync of the directory), so a planted
   ``vault-token -> /etc/shadow`` or a hard link to a root file is replaced, its target never opened;
@@ -28,7 +29,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from claude_auth_sync.fileio import remove_stale_temps, stale_temps, write_atomically
-from claude_auth_sync.plugins.backend_vault.token_file import MAX_TOKEN_BYTES, MalformedToken, token_from_bytes
+from claude_auth_sync.plugins.backend_vault.token_file import (
+    MAX_TOKEN_BYTES,
+    MalformedToken,
+    token_file_problem,
+    token_from_bytes,
+)
 
 from .as_user import Account, ChildFailed, Job
 
@@ -45,6 +51,15 @@ def _rel(parts: Sequence[str]) -> str:
     return "~/" + "/".join(parts)
 
 
+def _owned_by(fd: int, account: Account, shown: str) -> int:
+    """``fd`` when the user owns what it is open on; otherwise it is closed and refused ("unsafe")."""
+    uid = os.fstat(fd).st_uid
+    if uid != account.uid:
+        os.close(fd)
+        raise ChildFailed(f"{shown} is owned by uid {uid}, not by {account.name}", "unsafe")
+    return fd
+
+
 def _open_home(account: Account) -> int:
     try:
         fd = os.open(account.home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -52,11 +67,7 @@ def _open_home(account: Account) -> int:
         raise ChildFailed(f"home directory {account.home} does not exist", "unsafe") from None
     except OSError as err:
         raise ChildFailed(f"cannot open home directory {account.home}: {os.strerror(err.errno or 0)}", "unsafe") from None
-    st = os.fstat(fd)
-    if st.st_uid != account.uid:
-        os.close(fd)
-        raise ChildFailed(f"home directory {account.home} is owned by uid {st.st_uid}, not {account.name}", "unsafe")
-    return fd
+    return _owned_by(fd, account, f"home directory {account.home}")
 
 
 def _open_subdir(parent: int, name: str, rel: str, account: Account) -> int | None:
@@ -74,11 +85,7 @@ def _open_subdir(parent: int, name: str, rel: str, account: Account) -> int | No
                 what = "not a directory"
             raise ChildFailed(f"{rel} is {what}; refusing to follow it (make it a plain directory)", "unsafe") from None
         raise ChildFailed(f"cannot open {rel}: {os.strerror(err.errno or 0)}", "unsafe") from None
-    st = os.fstat(fd)
-    if st.st_uid != account.uid:
-        os.close(fd)
-        raise ChildFailed(f"{rel} is owned by uid {st.st_uid}, not by {account.name}", "unsafe")
-    return fd
+    return _owned_by(fd, account, rel)
 
 
 def _make_subdir(parent: int, name: str, rel: str, account: Account) -> int:
@@ -135,14 +142,16 @@ def _walk(home_fd: int, parts: Sequence[str], account: Account, create: bool, ch
 
 
 def _token_file_problem(st: os.stat_result, account: Account) -> str | None:
-    """Why the opened token file must not be used (None: it may): not regular, foreign, linked, open mode."""
-    if not stat.S_ISREG(st.st_mode):
+    """Why the opened token file must not be used (None: it may): the agent's own checks
+    (:func:`token_file_problem`), and one link only (never a hard link to someone else's file)."""
+    problem = token_file_problem(st, account.uid)
+    if problem == "not_regular":
         return "is not a regular file"
-    if st.st_uid != account.uid:
+    if problem == "owner":
         return f"is owned by uid {st.st_uid}"
     if st.st_nlink != 1:
         return f"has {st.st_nlink} hard links"
-    if stat.S_IMODE(st.st_mode) & 0o077:
+    if problem == "mode":
         return f"has mode {stat.S_IMODE(st.st_mode):04o} (must be 0600)"
     return None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from claude_auth_sync.errors import BackendRefused
 from claude_auth_sync.model import PROVISION_COMMAND
 
-__all__ = ["PROVISION", "MalformedToken", "read_token_file", "token_file_facts", "token_from_bytes"]
+__all__ = ["PROVISION", "MalformedToken", "read_token_file", "token_file_facts", "token_file_problem", "token_from_bytes"]
 
 MAX_TOKEN_BYTES = 4096
 
@@ -53,6 +53,19 @@ def token_from_bytes(data: bytes) -> str:
     return token
 
 
+def token_file_problem(st: os.stat_result, uid: int) -> str | None:
+    """What makes an opened token file unusable, from its ``fstat``: ``not_regular``, ``owner``
+    (not ``uid``'s) or ``mode`` (any group or world bit), in that order; None when it may be read.
+    Shared by the agent and the root provisioner, so both refuse exactly the same files."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not_regular"
+    if st.st_uid != uid:
+        return "owner"
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        return "mode"
+    return None
+
+
 def read_token_file(path: Path, uid: int) -> str:
     """The token, after every check; raises BackendRefused naming the problem and the fix."""
     try:
@@ -67,12 +80,13 @@ def read_token_file(path: Path, uid: int) -> str:
                            reason="vault_token_unreadable", remedy=f"check {path}, then {PROVISION}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        problem = token_file_problem(st, uid)
+        if problem == "not_regular":
             raise BackendRefused(f"{path} is not a regular file", reason="vault_token_unsafe", remedy=f"remove {path}, then {PROVISION}")
-        if st.st_uid != uid:
+        if problem == "owner":
             raise BackendRefused(f"the Vault token file {path} is owned by uid {st.st_uid}, not by you (uid {uid})",
                                reason="vault_token_unsafe", remedy=PROVISION)
-        if stat.S_IMODE(st.st_mode) & 0o077:
+        if problem == "mode":
             raise BackendRefused(
                 f"the Vault token file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 (not group/world accessible)",
                 reason="vault_token_mode", remedy=f"chmod 600 {path}",
