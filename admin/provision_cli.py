@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from claude_auth_sync import __version__
 from claude_auth_sync.errors import CasError
 from claude_auth_sync.model import ExitCode
 from claude_auth_sync.plugins.backend_vault.token_file import MalformedToken, token_from_bytes
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deadline", type=float, default=RUN_DEADLINE_S, metavar="SECONDS",
                         help=f"time for all work done as the users together (default {RUN_DEADLINE_S:.0f}); "
                              "users left when it has passed are skipped (exit 75) and retried next run")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
