@@ -51,6 +51,7 @@ import contextlib
 import json
 import os
 import shlex
+import secrets
 import shutil
 import signal
 import subprocess
@@ -177,7 +178,7 @@ class Container:
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _MOUNT_SCRIPT, "cas-nspawn",
                 str(self.dir),
                 nspawn, f"--directory={self.dir / 'merged'}", "--boot", "--register=no", "--keep-unit",
-                "--console=pipe", f"--machine=cas-{os.getpid()}-{self.dir.name[-6:].lower()}",
+                "--console=pipe", f"--machine=cas-{os.getpid()}-{secrets.token_hex(3)}",
                 f"systemd.unit={self.unit}"]
         began = time.monotonic()
         # A session of its own, so a ^C to pytest does not reach the container directly.
@@ -331,29 +332,20 @@ class Container:
         return result.stdout
 
     def journal(self, identifier: str | None = None, *, unit: str | None = None,
-                since_cursor: str | None = None) -> list[dict[str, Any]]:
+                matches: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """The container's journal entries (``journalctl -o json``), filtered by
-        ``SYSLOG_IDENTIFIER`` and/or ``_SYSTEMD_UNIT``, optionally after a cursor."""
+        ``SYSLOG_IDENTIFIER``, ``_SYSTEMD_UNIT`` and any other ``FIELD=value`` ``matches``
+        (all must hold). To pick one run of a unit, match its ``_SYSTEMD_INVOCATION_ID``."""
         argv = ["journalctl", "--no-pager", "-o", "json", "--all"]
-        if since_cursor:
-            argv += ["--after-cursor", since_cursor]
         if identifier:
             argv.append(f"SYSLOG_IDENTIFIER={identifier}")
         if unit:
             argv.append(f"_SYSTEMD_UNIT={unit}")
+        argv += [f"{k}={v}" for k, v in (matches or {}).items()]
         result = self.run(argv, check=False)
         if result.returncode not in (0, 1):  # 1: no entries with some filters
             raise ContainerError(f"journalctl failed: {result.stderr}")
         return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-
-    def journal_cursor(self) -> str:
-        """A cursor of the journal's current end (for ``journal(since_cursor=...)``)."""
-        self.run(["journalctl", "--flush"], check=False)
-        result = self.run(["journalctl", "--no-pager", "-n", "0", "--show-cursor", "-q"], check=False)
-        for line in result.stdout.splitlines():
-            if line.startswith("-- cursor: "):
-                return line.removeprefix("-- cursor: ").strip()
-        return ""
 
     def systemctl(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         return self.run(["systemctl", *args], check=check, timeout=timeout)

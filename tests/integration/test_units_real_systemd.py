@@ -1,0 +1,327 @@
+"""The shipped units, started by a real systemd under their own hardening (issue 13).
+
+systemd is not PID 1 on the test machines, so this module boots the machine's own root as a
+throw-away overlay container (``tests/support/nspawn.py``, one per module) and installs the agent
+there the way ``scripts/workstation/setup-devvm.sh`` does: the units of ``deploy/systemd/`` in
+``/etc/systemd/system/``, ``/usr/local/bin/claude-auth-sync`` a symlink to the venv's console
+script (the test venv, visible through the overlay), ``/etc/claude-auth-sync/config.toml``
+root:root 0644 with the Vault address. Each test creates its own OS user *inside* the container
+(``useradd --create-home``; the host's account database is never touched) with a correctly
+provisioned Vault token (policy ``claude-auth-sync-<user>``, periodic, no default policy) and a
+login, then drives the units with ``systemctl`` and checks what a person would see: OpenBao's
+copy (read with the root token), the container's journal, ``sync.log``.
+
+The network namespace is the host's: OpenBao and the fake Messages API listen on 127.0.0.1 and
+units inside reach them. Per-user settings for a test (the API base URL, the stub CLI's knobs)
+go into a drop-in ``claude-auth-sync@<user>.service.d/test.conf``, never into the shipped units.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_auth_sync.plugins.backend_vault.policy import policy_name, render_policy
+from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
+from tests.support.cli import fp
+from tests.support.fake_anthropic import FakeMessagesAPI
+from tests.support.nspawn import Container
+from tests.support.openbao import OpenBaoServer
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS = REPO / "deploy" / "systemd"
+STUB_CLAUDE = REPO / "tests" / "support" / "stub_claude.py"
+VENV = Path("/opt/claude-auth-sync-test/venv")
+
+GOOD = "sk-ant-oat01-nspawn-good"
+GOOD_REFRESH = "sk-ant-ort01-nspawn-good"
+BAD = "sk-ant-oat01-nspawn-revoked"
+BAD_REFRESH = "sk-ant-ort01-nspawn-revoked"
+MCP = {"github": {"accessToken": "mcp-nspawn-secret", "expiresAt": 4102444800000}}
+
+#: What ``systemd-analyze security`` said for claude-auth-sync@<user>.service inside the container
+#: (systemd 252) when this test was written; the test fails if a change makes it worse.
+EXPOSURE_MEASURED = 1.1
+
+#: The CLI's off-switches and one attempt per request (as tests/support/claude_cli.QUIET_ENV).
+QUIET = ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_TELEMETRY=1 DISABLE_ERROR_REPORTING=1 "
+         "DISABLE_AUTOUPDATER=1 CLAUDE_CODE_MAX_RETRIES=0")
+
+
+def oauth(access: str, refresh: str) -> dict[str, Any]:
+    return {"accessToken": access, "refreshToken": refresh, "expiresAt": 4102444800000,
+            "scopes": ["user:inference"], "subscriptionType": "max"}
+
+
+# -------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def messages_api() -> Iterator[FakeMessagesAPI]:
+    """The loopback Messages API stand-in for the real ``claude`` inside the container."""
+    with FakeMessagesAPI(accepted_tokens={GOOD}) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def container(bao: OpenBaoServer) -> Iterator[Container]:
+    """One booted container for the module, with the agent installed as setup-devvm.sh does."""
+    assert (VENV / "bin" / "claude-auth-sync").exists(), f"{VENV} is missing (scripts/dev/test.sh builds it)"
+    with Container() as box:
+        for unit in sorted(UNITS.glob("claude-auth-sync@.*")):
+            box.write(f"/etc/systemd/system/{unit.name}", unit.read_text())
+        box.run(["ln", "-sfn", "--", str(VENV / "bin" / "claude-auth-sync"), "/usr/local/bin/claude-auth-sync"])
+        box.write("/etc/claude-auth-sync/config.toml",
+                  f'backend = "vault"\n\n[vault]\naddr = "{bao.addr}"\n', mode=0o644)
+        box.systemctl("daemon-reload")
+        yield box
+
+
+class UnitUser:
+    """An OS user inside the container, provisioned for the agent (Vault token, login)."""
+
+    def __init__(self, box: Container, bao: OpenBaoServer, name: str) -> None:
+        self.box, self.bao, self.name = box, bao, name
+        self.home = f"/home/{name}"
+        self.service = f"claude-auth-sync@{name}.service"
+        self.timer = f"claude-auth-sync@{name}.timer"
+        self.path_unit = f"claude-auth-sync@{name}.path"
+        self.credentials = f"{self.home}/.claude/.credentials.json"
+        self.sync_log = f"{self.home}/.local/state/claude-auth-sync/sync.log"
+        self.secret_path = f"workstation/claude-users/{name}"
+
+    def provision(self) -> None:
+        self.box.run(["useradd", "--create-home", "--shell", "/bin/sh", self.name])
+        self.bao.write_policy(policy_name(self.name), render_policy(self.name, VaultSettings()))
+        token = self.bao.create_periodic_token([policy_name(self.name)], period="768h",
+                                               display_name=f"claude-auth-sync-{self.name}", no_default_policy=True)
+        self.box.write(f"{self.home}/.config/claude-auth-sync/vault-token", token + "\n", mode=0o600,
+                       owner=self.name, dir_mode=0o700)
+
+    def remove(self) -> None:
+        for unit in (self.path_unit, self.timer, self.service):
+            self.box.systemctl("disable", "--now", unit, check=False)
+            self.box.systemctl("reset-failed", unit, check=False)
+        self.box.run(["rm", "-rf", f"/etc/systemd/system/{self.service}.d", f"/etc/systemd/system/{self.path_unit}.d"],
+                     check=False)
+        self.box.run(["pkill", "-KILL", "-u", self.name], check=False)
+        self.box.run(["userdel", "--remove", self.name], check=False)
+        self.box.systemctl("daemon-reload", check=False)
+
+    def login(self, document: dict[str, Any]) -> None:
+        """Write the credentials file as Claude Code does (user, 0600, in a 0700 ~/.claude)."""
+        self.box.write(self.credentials, json.dumps(document), mode=0o600, owner=self.name, dir_mode=0o700)
+
+    def service_dropin(self, text: str) -> None:
+        self.box.write(f"/etc/systemd/system/{self.service}.d/test.conf", "[Service]\n" + text)
+        self.box.systemctl("daemon-reload")
+
+    def use_real_cli(self, api: FakeMessagesAPI) -> None:
+        self.service_dropin(f"Environment=ANTHROPIC_BASE_URL={api.url} {QUIET}\n")
+
+    def use_stub_cli(self, *accepted: str) -> None:
+        knobs = ",".join(fp(token) for token in accepted)
+        self.service_dropin(f"Environment=CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN={STUB_CLAUDE} "
+                            f"STUB_CLAUDE_ACCEPT={knobs}\n")
+
+    def start(self) -> tuple[int, float]:
+        """``systemctl start`` the user's service (waits for the oneshot); its exit code and seconds."""
+        began = time.monotonic()
+        result = self.box.systemctl("start", self.service, check=False, timeout=300)
+        return result.returncode, time.monotonic() - began
+
+    def vault_copy(self) -> dict[str, Any]:
+        answer = self.bao.client().secrets.kv.v2.read_secret_version(
+            path=self.secret_path, mount_point="secret", raise_on_deleted_version=True)
+        return answer["data"]
+
+    def status_entries(self, *, at_least: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The journald sink's entries (the ones carrying CAS_* fields) of the user's service, in
+        order, once there are ``at_least`` of them (journald stores them asynchronously: the unit
+        may be finished before its last entry is readable). Each test has a user of its own."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = [e for e in self.box.journal("claude-auth-sync", unit=self.service) if "CAS_STATUS" in e]
+            if len(entries) >= at_least or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.2)
+
+    def read_credentials(self) -> dict[str, Any]:
+        return json.loads(self.box.read(self.credentials))
+
+    def explain(self) -> str:
+        """What systemd and the journal say about the user's units (for assertion messages)."""
+        status = self.box.systemctl("status", "--no-pager", "-l", "--lines=30", self.service, self.timer,
+                                    self.path_unit, check=False).stdout
+        return status[-4000:]
+
+
+@pytest.fixture
+def unit_user(container: Container, bao: OpenBaoServer) -> Iterator[UnitUser]:
+    user = UnitUser(container, bao, f"casu{secrets.token_hex(3)}")
+    try:
+        user.provision()
+        yield user
+    finally:
+        user.remove()
+
+
+# -------------------------------------------------------------------------------------- the service
+
+
+def test_the_service_backs_up_under_its_own_hardening(unit_user: UnitUser, messages_api: FakeMessagesAPI) -> None:
+    """``systemctl start``: the real CLI against the loopback API, OK, the copy in OpenBao, the
+    status line in the container's journal (journald sink, CAS_* fields) and in sync.log."""
+    user = unit_user
+    user.use_real_cli(messages_api)
+    user.login({"claudeAiOauth": oauth(GOOD, GOOD_REFRESH), "mcpOAuth": MCP})
+    before = len(messages_api.messages_requests)
+
+    rc, _ = user.start()
+
+    assert rc == 0, user.explain()
+    assert user.box.unit_property(user.service, "Result") == "success"
+    assert user.box.unit_property(user.service, "ExecMainStatus") == "0"
+    assert len(messages_api.messages_requests) > before, "the real CLI never reached the API stand-in"
+    stored = user.vault_copy()
+    assert stored["data"] == {"claudeAiOauth": oauth(GOOD, GOOD_REFRESH)}
+    assert stored["metadata"]["version"] == 1
+    entries = user.status_entries()
+    assert len(entries) == 1, entries
+    entry = entries[0]
+    assert (entry["CAS_STATUS"], entry["CAS_ACTION"], entry["PRIORITY"]) == ("OK", "backup", "6")
+    assert (entry["_SYSTEMD_UNIT"], entry["CAS_USER"]) == (user.service, user.name)
+    uid = user.box.run(["id", "-u", user.name]).stdout.strip()
+    assert entry["_UID"] == uid
+    log = user.box.run(["stat", "-c", "%U %a", user.sync_log]).stdout.split()
+    assert log == [user.name, "600"]
+    line = user.box.read(user.sync_log).decode().splitlines()[-1]
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ OK ", line), line
+    assert f"user={user.name}" in line and "action=backup" in line
+    everything = json.dumps(user.box.journal()) + user.box.read(user.sync_log).decode()
+    assert GOOD not in everything and GOOD_REFRESH not in everything and "mcp-nspawn-secret" not in everything
+
+
+def test_a_restore_under_the_same_sandbox(unit_user: UnitUser) -> None:
+    """A revoked local login: the service restores the Vault copy (OK action=restore), keeping
+    ``mcpOAuth``; the stub CLI reads its knobs from the agent's environ under ProtectProc=."""
+    user = unit_user
+    user.use_stub_cli(GOOD)
+    user.login({"claudeAiOauth": oauth(GOOD, GOOD_REFRESH)})
+    assert user.start()[0] == 0, user.explain()
+    assert user.vault_copy()["data"]["claudeAiOauth"]["accessToken"] == GOOD
+
+    user.login({"claudeAiOauth": oauth(BAD, BAD_REFRESH), "mcpOAuth": MCP})
+    rc, _ = user.start()
+
+    assert rc == 0, user.explain()
+    entries = user.status_entries(at_least=2)
+    assert [(e["CAS_STATUS"], e["CAS_ACTION"]) for e in entries] == [("OK", "backup"), ("OK", "restore")], entries
+    assert len({e["_SYSTEMD_INVOCATION_ID"] for e in entries}) == 2
+    document = user.read_credentials()
+    assert document == {"claudeAiOauth": oauth(GOOD, GOOD_REFRESH), "mcpOAuth": MCP}
+    mode = user.box.run(["stat", "-c", "%U %a", user.credentials]).stdout.split()
+    assert mode == [user.name, "600"]
+    assert "action=restore" in user.box.read(user.sync_log).decode().splitlines()[-1]
+
+
+SANDBOX_REPORT = r"""#!/bin/sh
+# Runs as ExecStartPre= of the user's service: under the very same sandbox as ExecStart=.
+out="$HOME/sandbox-report"
+{
+    grep -E '^(Uid|NoNewPrivs|Seccomp|CapEff|CapBnd|CapAmb):' /proc/self/status
+    echo "uid_map: $(cat /proc/self/uid_map | tr -s ' ' | tr '\n' ';')"
+    echo "homes: $(ls -A /home | tr '\n' ' ')"
+    echo "tmp: $(ls -A /tmp | tr '\n' ' ')"
+    echo "dev_vda: $(test -e /dev/vda && echo present || echo absent)"
+    echo "processes: $(ls /proc | grep -c '^[0-9]')"
+    touch /usr/cas-probe 2>/dev/null && echo "usr: writable" || echo "usr: read-only"
+    touch /etc/cas-probe 2>/dev/null && echo "etc: writable" || echo "etc: read-only"
+    touch "$HOME/cas-probe" 2>/dev/null && echo "home: writable" || echo "home: read-only"
+} > "$out"
+"""
+
+
+def test_the_sandbox_is_in_force_inside_the_container(unit_user: UnitUser, container: Container) -> None:
+    """The hardening is applied, not silently dropped: a script run as ExecStartPre= (same
+    sandbox as the agent) sees no capabilities, seccomp on, no other home, a private /tmp, no
+    block devices, a read-only /usr and /etc, its own home writable, a private user namespace."""
+    user = unit_user
+    other = UnitUser(container, user.bao, f"casv{secrets.token_hex(3)}")
+    other.box.run(["useradd", "--create-home", "--shell", "/bin/sh", other.name])
+    try:
+        container.write("/usr/local/libexec/cas-sandbox-report", SANDBOX_REPORT, mode=0o755)
+        container.write("/tmp/host-tmp-marker", "x")
+        user.use_stub_cli(GOOD)
+        user.service_dropin(f"Environment=CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN={STUB_CLAUDE} "
+                            f"STUB_CLAUDE_ACCEPT={fp(GOOD)}\nExecStartPre=/usr/local/libexec/cas-sandbox-report\n")
+        user.login({"claudeAiOauth": oauth(GOOD, GOOD_REFRESH)})
+        assert user.start()[0] == 0, user.explain()
+        report = dict(line.split(":", 1) for line in
+                      container.read(f"{user.home}/sandbox-report").decode().splitlines())
+        report = {k: v.strip() for k, v in report.items()}
+    finally:
+        container.run(["userdel", "--remove", other.name], check=False)
+        container.run(["rm", "-f", "/tmp/host-tmp-marker"], check=False)
+    assert report["NoNewPrivs"] == "1"
+    assert report["Seccomp"] == "2"
+    assert int(report["CapEff"], 16) == 0 and int(report["CapBnd"], 16) == 0 and int(report["CapAmb"], 16) == 0
+    # PrivateUsers=yes: a user namespace mapping only root and the user, not the identity 0..2^32-1.
+    assert "4294967295" not in report["uid_map"], report["uid_map"]
+    assert report["homes"].split() == [user.name], report["homes"]  # ProtectHome=tmpfs + BindPaths
+    assert report["tmp"] == "", report["tmp"]  # PrivateTmp=yes
+    assert report["dev_vda"] == "absent"  # PrivateDevices=yes
+    assert (report["usr"], report["etc"], report["home"]) == ("read-only", "read-only", "writable")
+
+
+# -------------------------------------------------------------------------------------- the timer
+
+
+def test_the_timer_is_scheduled_every_six_hours(unit_user: UnitUser) -> None:
+    """``systemctl enable --now`` the timer: active (waiting), wanted by timers.target, next
+    elapse on the next 00/06/12/18:00 slot plus the fixed per-user delay (at most 30 min)."""
+    user = unit_user
+    user.box.systemctl("enable", "--now", user.timer)
+    assert user.box.unit_property(user.timer, "ActiveState") == "active"
+    assert user.box.unit_property(user.timer, "SubState") == "waiting"
+    assert user.box.unit_property(user.timer, "Triggers") == user.service
+    link = user.box.run(["readlink", f"/etc/systemd/system/timers.target.wants/{user.timer}"]).stdout.strip()
+    assert link == "/etc/systemd/system/claude-auth-sync@.timer"
+
+    listed = user.box.run(["systemctl", "list-timers", "--all", "--no-pager", "--output=json"]).stdout
+    timers = {t["unit"]: t for t in json.loads(listed)}
+    assert user.timer in timers, listed
+    entry = timers[user.timer]
+    assert entry["activates"] == user.service
+    now = time.time()
+    next_s = entry["next"] / 1e6
+    assert 0 < next_s - now <= 6.5 * 3600, (now, next_s)
+    # The calendar slot it belongs to, in the container's (the host's) local time.
+    local = datetime.fromtimestamp(next_s)
+    slot = local.replace(hour=local.hour - local.hour % 6, minute=0, second=0, microsecond=0)
+    if (local - slot).total_seconds() > 30 * 60:  # can only happen when the delay wraps past a slot
+        pytest.fail(f"next elapse {local} is not within 30 min after a 00/06/12/18:00 slot")
+    human = user.box.run(["systemctl", "list-timers", "--no-pager", user.timer]).stdout
+    assert user.service in human
+
+
+# -------------------------------------------------------------------------------------- the exposure
+
+
+def test_systemd_analyze_security_exposure_does_not_regress(unit_user: UnitUser) -> None:
+    user = unit_user
+    result = user.box.run(["systemd-analyze", "security", "--no-pager", user.service], check=False)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout[-2000:] + result.stderr
+    exposure = float(match.group(1))
+    assert exposure <= EXPOSURE_MEASURED, (
+        f"exposure {exposure} > {EXPOSURE_MEASURED} (measured when written):\n"
+        + "\n".join(line for line in result.stdout.splitlines() if line.startswith("✗")))
