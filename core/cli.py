@@ -49,6 +49,8 @@ def build_parser(commands: Mapping[str, CommandSpec] | None = None) -> argparse.
 
     run = sub.add_parser("run", help="one health cycle for the OS user running it")
     run.add_argument("--json", action="store_true", help="print the status event as one JSON object")
+    run.add_argument("--if-changed", action="store_true",
+                     help="end at once when the login is the one verified last (set by the path unit's $TRIGGER_UNIT too)")
     run.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND for this run")
     run.add_argument("--sink", action="append", help="override CLAUDE_AUTH_SYNC_SINKS (repeatable)")
 
@@ -140,7 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             _print_event(event, args.json)
             return int(err.exit_code)
         try:
-            event = run_cycle(runtime)
+            event = run_cycle(runtime, on_change=_started_by_a_change(args))
         except CasError as err:  # pragma: no cover - run_cycle converts CasErrors itself
             event = failure_event(user.name, err)
         except Exception as err:  # a bug: report FAIL without the exception text (it could hold data)
@@ -154,6 +156,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"claude-auth-sync: {event.status} reason={event.reason} ({next_step})", file=sys.stderr)
     _print_event(event, args.json, sink_failures=failed)
     return int(event.exit_code)
+
+
+def _started_by_a_change(args: argparse.Namespace) -> bool:
+    """``--if-changed``, or systemd started this run for a path unit (it sets ``$TRIGGER_UNIT``)."""
+    import os
+
+    return bool(args.if_changed) or os.environ.get("TRIGGER_UNIT", "").endswith(".path")
 
 
 def _next_step(reason: str, code: int) -> str:

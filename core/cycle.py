@@ -5,7 +5,10 @@ It knows nothing about Vault, journald or the ``claude`` CLI: it talks to a
 :class:`~claude_auth_sync.model.Restorer`, and returns one :class:`StatusEvent`.
 
 0. Finish a rollback an earlier run could not complete (killed, lock busy, disk full).
-1. Renew the backend's own credential (the per-user Vault token).
+   The login is exactly the one verified and found backed up within the last hours (a rewrite by
+   Claude Code that changed nothing, seen by the path unit): OK at once, nothing probed or sent.
+1. Renew the backend's own credential (the per-user Vault token). Unreachable: still probe, so
+   the status says whether the login works, and end WARN.
 2. No login at all (no file, no ``claudeAiOauth``: never logged in or ``claude auth logout``):
    WARN ``not_logged_in``; nothing is probed or restored.
 3. Probe: a minimal real inference.
@@ -34,8 +37,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import CasError, ConcurrentChange
+from .errors import BackendUnavailable, CasError, ConcurrentChange
 from .fingerprint import oauth_fingerprints
+from .last_check import LastCheckFile, oauth_digest
 from .oauth import MAX_TIMESTAMP_MS, has_both_tokens, oauth_problem
 from .model import (
     Action,
@@ -115,6 +119,9 @@ class HealthCycle:
     timings_ms: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str | None] | None = None
+    last_check: LastCheckFile | None = None  # where the last verified login's digest is kept
+    unchanged_window_s: float = 0.0  # an unchanged login verified this recently needs no new run
+    wall_clock: Callable[[], float] = time.time
 
     def run(self) -> StatusEvent:
         started = self.clock()
@@ -132,12 +139,17 @@ class HealthCycle:
 
     def _cycle(self) -> Verdict:
         self._finish_pending_rollback()
-        with self._timed("renew"):
-            health = self.backend.renew()
+        login = self.restorer.read()
+        if self._verified_recently(login):
+            return _ok(Action.NONE, "unchanged_since_last_check")
+        try:
+            with self._timed("renew"):
+                health = self.backend.renew()
+        except BackendUnavailable as err:
+            return self._backend_down(err, login)
         if health.ttl_s is not None:
             self.details["store_ttl_s"] = health.ttl_s
 
-        login = self.restorer.read()
         if login.state in LOGGED_OUT:
             return _not_logged_in()
         first, probed, now = self._probe_tested("probe", login)
@@ -150,6 +162,27 @@ class HealthCycle:
         if not _same_login(now, probed) and now.state not in UNUSABLE:
             return self._after_concurrent_change()  # a new login arrived during the probe: test that one
         return self._recover(probed, now)
+
+    def _verified_recently(self, login: LocalLogin) -> bool:
+        """The file holds exactly the login last verified and found backed up, within the window:
+        a rewrite that changed nothing (Claude Code does that) costs no inference and no request."""
+        if self.last_check is None or self.unchanged_window_s <= 0 or not login.backupable:
+            return False
+        last = self.last_check.read()
+        age = self.wall_clock() - last.at if last is not None else None
+        return last is not None and age is not None and 0 <= age < self.unchanged_window_s \
+            and last.digest == oauth_digest(login.oauth)
+
+    def _backend_down(self, err: BackendUnavailable, login: LocalLogin) -> Verdict:
+        """The backend cannot be reached: nothing can be backed up or restored, but the probe still
+        says whether the login works (``probe_outcome=``). WARN either way: the next run retries."""
+        self.details["error"] = err.message
+        if err.remedy:
+            self.details["next_step"] = err.remedy
+        if login.state not in LOGGED_OUT:
+            self._probe("probe")
+            self._note_local(login)
+        return Verdict(ExitCode.TEMPFAIL, Action.NONE, err.reason)
 
     def _recover(self, probed: LocalLogin, now: LocalLogin) -> Verdict:
         """Authentication failed: restore the latest stored copy, retry once, roll back if no help.
@@ -245,12 +278,22 @@ class HealthCycle:
         if latest is None:
             latest = self.backend.read_latest()
         if latest is not None and _same_oauth(latest.oauth, tested.oauth):
+            self._remember(tested)
             return Action.NONE
         with self._timed("backup"):
             version = self.backend.write(tested.oauth, expected_version=latest.version if latest else None)
         if version is not None:
             self.details["backup_version"] = version
+        self._remember(tested)
         return Action.BACKUP
+
+    def _remember(self, tested: LocalLogin) -> None:
+        """Keep the digest of the login a passing probe ran against and the backend now holds."""
+        if self.last_check is not None:
+            try:
+                self.last_check.record(tested.oauth, self.wall_clock())
+            except (CasError, OSError):
+                pass  # only an optimisation is lost: the next run is a full one
 
     def _probe_tested(self, label: str, before: LocalLogin) -> tuple[ProbeResult, LocalLogin, LocalLogin]:
         """Probe, and return (result, the login it ran against, the file as it is now).

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from .cycle import HealthCycle, failure_event
 from .errors import CasError
 from .fileio import ensure_private_dir, open_regular
+from .last_check import LastCheckFile
 from .hookspecs import PluginContext
 from .model import ExitCode, Backend, Restorer, Probe, Sink, StatusEvent, UserIdentity
 from .plugin_manager import Plugins, get_plugin_manager
@@ -27,6 +28,7 @@ from .settings import Settings, load_settings
 __all__ = ["RunInProgress", "Runtime", "build_runtime", "emit_to_sinks", "run_cycle", "run_lock", "load_runtime_settings"]
 
 RUN_LOCK_NAME = "run.lock"
+LAST_CHECK_NAME = "last-check.json"
 
 
 @dataclass
@@ -148,10 +150,13 @@ def _flock_until(fd: int, deadline: float, shown: Path, wait_s: float) -> None:
             time.sleep(0.1)
 
 
-def run_cycle(runtime: Runtime) -> StatusEvent:
+def run_cycle(runtime: Runtime, *, on_change: bool = False) -> StatusEvent:
     """Build the selected plugins and run one health cycle, one run per user at a time.
 
-    Never raises a CasError: building a plugin, the run lock and the cycle all end in an event.
+    ``on_change``: the run was started by a change of the credentials file (the path unit); a login
+    verified within ``unchanged_window`` that did not change then ends at once. Timer and manual
+    runs always probe. Never raises a CasError: building a plugin, the run lock and the cycle all
+    end in an event.
     """
     try:
         backend = runtime.backend()
@@ -160,6 +165,10 @@ def run_cycle(runtime: Runtime) -> StatusEvent:
         assert runtime.settings.state_dir is not None
         with run_lock(runtime.settings.state_dir, runtime.settings.run_lock_wait,
                       claude_config_dir=runtime.settings.claude_config_dir):
-            return HealthCycle(user=runtime.user.name, backend=backend, probe=probe, restorer=restorer).run()
+            return HealthCycle(
+                user=runtime.user.name, backend=backend, probe=probe, restorer=restorer,
+                last_check=LastCheckFile(runtime.settings.state_dir / LAST_CHECK_NAME),
+                unchanged_window_s=runtime.settings.unchanged_window if on_change else 0.0,
+            ).run()
     except CasError as err:
         return failure_event(runtime.user.name, err)

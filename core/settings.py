@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     config_dir: Path | None = Field(None, description="user config directory ($XDG_CONFIG_HOME/claude-auth-sync)")
     lock_wait_timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for Claude Code's lock")
     run_lock_wait: float = Field(10.0, ge=0, le=600, description="seconds a run waits for another run of the same user")
+    unchanged_window: float = Field(
+        5 * 3600, ge=0, le=86400,
+        description="seconds an unchanged, verified login needs no new probe (0: always probe); below the 6 h timer",
+    )
 
     @field_validator("claude_config_dir", "state_dir", "config_dir")
     @classmethod

@@ -518,7 +518,8 @@ def test_sealed_vault_is_a_warning_and_touches_nothing(fresh_bao: Callable[[], O
     probe = login.probe()
     event = cycle(user, store, login, probe)
     assert (event.status, event.exit_code, event.reason) == (Status.WARN, ExitCode.TEMPFAIL, "vault_sealed")
-    assert login.raw() == before and probe.runs == 0
+    # Issue 13 item 7: still probed, so the status says the login fails; nothing is touched.
+    assert login.raw() == before and probe.runs == 1 and event.details["probe_outcome"] == "auth_failed"
     server.unseal()
     deadline = time.monotonic() + 10
     while True:
@@ -543,11 +544,12 @@ def test_vault_stopped_mid_cycle_loses_nothing(fresh_bao: Callable[[], OpenBaoSe
     assert (event.status, event.exit_code, event.reason) == (Status.WARN, ExitCode.TEMPFAIL, "vault_unreachable")
     assert login.raw() == before
 
-    # (b) Vault goes away before the cycle: nothing is probed, nothing touched.
+    # (b) Vault goes away before the cycle: the login is probed (the status says it works),
+    # nothing is touched.
     probe = login.probe()
     event = cycle(user, store, login, probe)
     assert (event.status, event.exit_code, event.reason) == (Status.WARN, ExitCode.TEMPFAIL, "vault_unreachable")
-    assert login.raw() == before and probe.runs == 0
+    assert login.raw() == before and probe.runs == 1 and event.details["probe_outcome"] == "authenticated"
 
     # (c) dead login restored from Vault; Vault goes away during the retry, before the refreshed
     #     object is stored: WARN, and the working (restored, then refreshed) login stays in place.

@@ -140,12 +140,17 @@ def test_broken_probe_is_a_configuration_failure(cas_backend: MemoryBackend) -> 
         (BackendUnavailable("sealed"), ExitCode.TEMPFAIL, Status.WARN),
     ],
 )
-def test_token_problems_stop_before_the_probe(error, code, status) -> None:
+def test_token_problems_stop_before_the_probe_but_an_outage_still_probes(error, code, status) -> None:
+    """A refused token is a configuration problem: nothing is probed. An unreachable backend
+    (issue 13, item 7) still gets a probe, so the status says whether the login works."""
     store = MemoryBackend(versions=[GOOD], fail_with=error)
     probe = FakeProbe([A])
     event = cycle(store, local_with(GOOD), probe).run()
     assert (event.exit_code, event.status, event.reason) == (code, status, error.reason)
-    assert probe.runs == 0
+    if code == ExitCode.TEMPFAIL:
+        assert probe.runs == 1 and event.details["probe_outcome"] == "authenticated"
+    else:
+        assert probe.runs == 0
 
 
 def test_blanked_local_object_passing_the_probe_is_never_backed_up(cas_backend: MemoryBackend) -> None:
