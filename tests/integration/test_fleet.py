@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from claude_auth_sync.testing import oauth_object
+from tests.support.home import child_env
 from tests.integration.test_provisioning import Sandbox as ProvisionSandbox
 from tests.integration.test_provisioning import bao, make_users  # noqa: F401 - fixtures
 
@@ -74,8 +76,10 @@ def test_fleet_view_one_row_per_user_with_what_needs_a_person(tmp_path, bao, mak
 def test_fleet_view_refuses_a_non_root_caller(tmp_path, make_users) -> None:  # noqa: F811
     (user,) = make_users("fleetnr")
     venv = Path(os.environ.get("CAS_TEST_VENV", "/opt/claude-auth-sync-test/venv"))
+    # The user's own home and XDG directories (the session's private home is root's: unreadable to them).
+    env = child_env(Path(pwd.getpwnam(user).pw_dir))
     result = subprocess.run(["runuser", "-u", user, "--", str(venv / "bin/claude-auth-sync"), "diagnose", "--all"],
-                            capture_output=True, text=True, timeout=60, cwd="/")
+                            capture_output=True, text=True, timeout=60, cwd="/", env=env)
     assert result.returncode == 78
     assert "run it as root" in result.stderr
 
