@@ -20,6 +20,7 @@ from typing import Any
 from claude_auth_sync.errors import BackendError
 from claude_auth_sync.model import ExitCode
 from claude_auth_sync.plugins.backend_vault.errors import is_vault_failure, vault_error
+from claude_auth_sync.plugins.backend_vault.store import is_plain_http_to_loopback
 
 __all__ = ["AdminVault", "VaultFailure"]
 
@@ -57,7 +58,9 @@ class AdminVault:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.trust_env = False  # no netrc, no REQUESTS_CA_BUNDLE; proxies are taken explicitly
-        self.proxies = requests.utils.get_environ_proxies(self.addr)
+        # Plain http is accepted for loopback only because the token then stays on this machine:
+        # never through a proxy from the environment (the agent's Vault session does the same).
+        self.proxies = {} if is_plain_http_to_loopback(self.addr) else requests.utils.get_environ_proxies(self.addr)
         # hvac's adapter prefers the session's verify/proxies over its own arguments: set them here.
         self.session.verify = self.verify
         self.session.proxies = self.proxies

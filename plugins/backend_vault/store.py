@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import hvac
     import requests
 
-__all__ = ["VaultBackend", "check_address"]
+__all__ = ["VaultBackend", "check_address", "is_plain_http_to_loopback"]
 
 OAUTH_KEY = "claudeAiOauth"
 MAX_REDIRECTS = 5
@@ -98,7 +98,7 @@ class _UnsafeRedirect(Exception):
         self.problem = problem
 
 
-def _is_plain_http_to_loopback(url: str | bytes | None) -> bool:
+def is_plain_http_to_loopback(url: str | bytes | None) -> bool:
     """True for a plain-http URL to a loopback host: sent directly, never through a proxy from the
     environment (plain http is allowed there only because the token stays on this machine)."""
     if not isinstance(url, str):
@@ -132,13 +132,13 @@ def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Ses
 
         def merge_environment_settings(self, url: str | bytes | None, proxies: Any, *args: Any) -> dict[str, Any]:
             settings: dict[str, Any] = super().merge_environment_settings(url, proxies, *args)
-            if _is_plain_http_to_loopback(url):
+            if is_plain_http_to_loopback(url):
                 settings["proxies"] = {}
             return settings
 
         def rebuild_proxies(self, prepared_request: requests.PreparedRequest, proxies: Any) -> dict[str, str]:
             rebuilt: dict[str, str] = super().rebuild_proxies(prepared_request, proxies)
-            if _is_plain_http_to_loopback(prepared_request.url):
+            if is_plain_http_to_loopback(prepared_request.url):
                 prepared_request.headers.pop("Proxy-Authorization", None)
                 return {}
             return rebuilt

@@ -178,7 +178,7 @@ class Sandbox:
         return self.sysroot / "etc/systemd/system/timers.target.wants" / f"claude-auth-sync@{user}.timer"
 
     def run(self, *args: str, admin: bool | str = False, json_output: bool = True,
-            sampler: ProcSampler | None = None, vault_addr: bool = True) -> Result:
+            sampler: ProcSampler | None = None, vault_addr: bool = True, extra_env: dict[str, str] | None = None) -> Result:
         argv = [sys.executable, "-m", "claude_auth_sync.admin.provision", "--roster", str(self.roster),
                 "--systemd-root", str(self.sysroot), "--state-dir", str(self.state), "--config", str(self.config)]
         if json_output:
@@ -189,6 +189,7 @@ class Sandbox:
             env["VAULT_ADDR"] = self.bao.addr
         if admin:
             env["VAULT_TOKEN"] = admin if isinstance(admin, str) else self.bao.root_token
+        env.update(extra_env or {})
         if sampler is not None:
             sampler.start()
         try:
