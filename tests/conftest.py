@@ -16,9 +16,9 @@ The tester's home
     from ``vault login``, ``~/.claude/`` from Claude Code). Every process a test starts gets
     ``HOME`` and the XDG directories in a temporary directory (``tests/support/home.py``:
     ``Sandbox.env``, ``cli_env`` and the other helpers build child environments with
-    ``child_env``/``private_home_env``), and this session also points its own ``HOME``/XDG at a
-    temporary directory (``_private_home``) so in-process code and inherited environments
-    never see the real one.
+    ``child_env``/``private_home_env``), and this session also points its own ``HOME`` at a
+    temporary directory and unsets the XDG base directories (``_private_home``), so in-process
+    code and inherited environments never see the real home either.
 
     ``_tester_home_untouched`` (session scope, autouse) snapshots ``~/.vault-token`` and
     ``~/.claude`` (login and settings files by lstat, never opened; top-level entries by name) of the real
@@ -75,14 +75,19 @@ def _tester_home_untouched() -> Iterator[list[Path]]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_home(_tester_home_untouched: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """This process (and what it starts with ``os.environ``) runs in a temporary home, without the
-    tester's ``VAULT_*``/``BAO_*``/``CLAUDE_CONFIG_DIR``/``CLAUDE_AUTH_SYNC_*`` settings."""
+    """This process (and what it starts with ``os.environ``) runs in a temporary ``HOME``, without the
+    tester's ``VAULT_*``/``BAO_*``/``CLAUDE_CONFIG_DIR``/``CLAUDE_AUTH_SYNC_*`` settings.
+
+    The XDG base directories are unset rather than pointed into it: they then follow ``HOME`` here,
+    and a process started as another user (``runuser`` keeps the environment but resets ``HOME``)
+    gets its own defaults instead of paths in root's private temporary directory."""
     home = tmp_path_factory.mktemp("tester-home")
     with pytest.MonkeyPatch.context() as mp:
         for name in [k for k in os.environ if is_tester_state(k)]:
             mp.delenv(name)
-        for name, value in private_home_env(home).items():
-            mp.setenv(name, value)
+        for name in private_home_env(home):
+            mp.delenv(name, raising=False)
+        mp.setenv("HOME", str(home))
         yield home
 
 

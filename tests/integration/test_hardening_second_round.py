@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -32,11 +32,6 @@ def accept(*oauths: dict[str, Any]) -> dict[str, str]:
 def event_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert result.stdout.strip(), result.stderr
     return json.loads(result.stdout)
-
-
-@pytest.fixture
-def box(tmp_path: Path) -> Sandbox:
-    return Sandbox(tmp_path)
 
 
 def backed_up(box: Sandbox, oauth: dict[str, Any]) -> None:
@@ -140,12 +135,6 @@ def test_diagnose_json_prints_one_object_even_when_settings_do_not_load(box: San
     data = json.loads(result.stdout)
     assert data["ok"] is False and data["checks"][0]["group"] == "settings"
     assert "lock_wait_timeout" in data["checks"][0]["detail"]
-
-
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
-    with OpenBaoServer(tmp_path_factory.mktemp("bao")) as server:
-        yield server
 
 
 def test_a_vault_copy_nested_thousands_deep_is_a_clean_refusal(bao: OpenBaoServer, tmp_path: Path) -> None:
