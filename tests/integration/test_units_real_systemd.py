@@ -325,3 +325,101 @@ def test_systemd_analyze_security_exposure_does_not_regress(unit_user: UnitUser)
     assert exposure <= EXPOSURE_MEASURED, (
         f"exposure {exposure} > {EXPOSURE_MEASURED} (measured when written):\n"
         + "\n".join(line for line in result.stdout.splitlines() if line.startswith("✗")))
+
+
+# -------------------------------------------------------------------------------------- the path unit
+
+REWRITE = r"""
+import json, os, sys, time
+path, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+document = sys.argv[4]
+for i in range(count):
+    # Like Claude Code: a temporary file beside it, renamed over it (0600).
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, document.encode())
+    os.close(fd)
+    os.rename(tmp, path)
+    if i + 1 < count:
+        time.sleep(seconds / count)
+"""
+
+
+def path_dropin(user: UnitUser) -> None:
+    """What the provisioner writes: the file to watch, from the user's home in the password database."""
+    home = user.box.run(["getent", "passwd", user.name]).stdout.split(":")[5]
+    user.box.write(f"/etc/systemd/system/{user.path_unit}.d/home.conf",
+                   f"[Path]\nPathChanged={home}/.claude/.credentials.json\n")
+    user.box.systemctl("daemon-reload")
+
+
+def rewrite_as_user(user: UnitUser, document: dict[str, Any], count: int = 1, seconds: float = 0.0) -> float:
+    """``count`` rewrites of the credentials file by the user (in a unit of their own) over
+    ``seconds``; returns the wall time they took."""
+    began = time.monotonic()
+    user.box.run(["/usr/bin/python3", "-c", REWRITE, user.credentials, str(count), str(seconds), json.dumps(document)],
+                 user=user.name, timeout=seconds + 60)
+    return time.monotonic() - began
+
+
+def wait_runs(user: UnitUser, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Wait until the service has logged ``count`` status entries in all and is idle again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = user.status_entries(at_least=0, timeout=0)
+        idle = user.box.unit_property(user.service, "ActiveState") in ("inactive", "failed")
+        if (len(entries) >= count and idle) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.2)
+
+
+def test_the_path_unit_needs_the_home_from_a_dropin(unit_user: UnitUser) -> None:
+    """No drop-in, no watch: the unit refuses to load rather than guessing /home/%i."""
+    user = unit_user
+    started = user.box.systemctl("start", user.path_unit, check=False)
+    assert started.returncode != 0
+    assert user.box.unit_property(user.path_unit, "LoadState") == "bad-setting"
+
+
+def test_a_change_of_the_credentials_file_starts_the_service_and_a_burst_never_fails_the_path(
+        unit_user: UnitUser) -> None:
+    """Enabled path unit: a rewrite starts the service (OK, backed up); 100 rewrites in 10 s
+    leave the path unit active and the service not failed, with far fewer runs than writes;
+    afterwards a new login is still picked up (backed up within seconds)."""
+    user = unit_user
+    second = "sk-ant-oat01-nspawn-rotated"
+    user.use_stub_cli(GOOD, second)
+    path_dropin(user)
+    user.box.run(["install", "-d", "-o", user.name, "-g", user.name, "-m", "0700", f"{user.home}/.claude"])
+    user.box.systemctl("enable", "--now", user.path_unit)
+    assert user.box.unit_property(user.path_unit, "ActiveState") == "active"
+    link = user.box.run(["readlink", f"/etc/systemd/system/paths.target.wants/{user.path_unit}"]).stdout.strip()
+    assert link == "/etc/systemd/system/claude-auth-sync@.path"
+
+    began = time.monotonic()
+    rewrite_as_user(user, {"claudeAiOauth": oauth(GOOD, GOOD_REFRESH)})
+    entries = wait_runs(user, 1)
+    first_s = time.monotonic() - began
+    assert [(e["CAS_STATUS"], e["CAS_ACTION"]) for e in entries] == [("OK", "backup")], user.explain()
+    assert user.vault_copy()["data"]["claudeAiOauth"]["accessToken"] == GOOD
+
+    burst_s = rewrite_as_user(user, {"claudeAiOauth": oauth(GOOD, GOOD_REFRESH)}, count=100, seconds=10)
+    after_burst = wait_runs(user, 2)
+    burst_runs = len(after_burst) - len(entries)
+    assert 9 <= burst_s <= 20
+    assert user.box.unit_property(user.path_unit, "ActiveState") == "active", user.explain()
+    assert user.box.unit_property(user.path_unit, "Result") == "success", user.explain()
+    assert user.box.unit_property(user.service, "Result") == "success", user.explain()
+    assert 1 <= burst_runs < 100, burst_runs
+    assert all(e["CAS_STATUS"] == "OK" for e in after_burst)
+
+    began = time.monotonic()
+    rewrite_as_user(user, {"claudeAiOauth": oauth(second, GOOD_REFRESH)})
+    deadline = time.monotonic() + 20
+    while user.vault_copy()["data"]["claudeAiOauth"]["accessToken"] != second:
+        assert time.monotonic() < deadline, user.explain()
+        time.sleep(0.2)
+    rotated_s = time.monotonic() - began
+    print(f"\npath unit: first change backed up after {first_s:.1f} s; 100 rewrites in {burst_s:.1f} s "
+          f"started {burst_runs} runs; a rotation after the burst reached OpenBao in {rotated_s:.1f} s")
+    assert user.box.unit_property(user.path_unit, "ActiveState") == "active"

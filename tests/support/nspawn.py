@@ -30,7 +30,8 @@ How it is built, and why it leaves nothing behind:
   cron, ...) stay down. The network namespace is the host's, so servers on 127.0.0.1 (OpenBao,
   the fake Messages API) are reachable from units inside.
 * Commands run inside through ``nsenter -t <container PID 1> -a`` (all namespaces, the
-  container's root) with a minimal environment; as a user through ``runuser -u``.
+  container's root) with a minimal environment; as a user in a transient unit
+  (``systemd-run --uid``, see :meth:`Container.run` for why not ``runuser``).
 * :meth:`close`: ``systemctl poweroff`` inside, then SIGKILL to the container's PID 1 and to
   nspawn after a timeout; then it checks that no process of the container's PID namespace or of
   the private mount namespace is left and that the host's mount table never mentions the
@@ -94,7 +95,7 @@ def require_nspawn() -> str:
     if not found:
         raise ContainerError("systemd-nspawn is missing: apt-get install systemd-container "
                              "(scripts/dev/test.sh does it)")
-    for tool in ("unshare", "nsenter", "mount", "runuser"):
+    for tool in ("unshare", "nsenter", "mount"):
         if not shutil.which(tool):
             raise ContainerError(f"{tool} is missing (util-linux / mount)")
     if os.geteuid() != 0:
@@ -275,19 +276,30 @@ class Container:
 
     def run(self, argv: Sequence[str], *, user: str | None = None, check: bool = True, input: str | bytes | None = None,
             timeout: float = 60.0, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside the container, as root or (``user``) as that user via ``runuser``.
+        """Run ``argv`` inside the container as root, or (``user``) as that user in a transient
+        service of its own (``systemd-run --uid``), the way a user's process lives in a unit of
+        its own on a real host.
 
-        The command gets a minimal environment (``PATH``, ``LANG``) plus ``env``. ``check``: raise
-        :class:`ContainerError` with stdout/stderr on a non-zero exit.
+        Why not ``runuser``/``setpriv`` for users: a process entered with nsenter sits in the
+        container's *root* cgroup, outside any unit, and the container's systemd was seen
+        (systemd 252, cgroup v1) to SIGKILL such stray processes of a uid within a second of
+        starting a ``User=`` service of that uid. A host never has stray user processes there
+        (they live in session scopes), so that is a container artefact, avoided this way.
+
+        The command gets a minimal environment (``PATH``, ``LANG``) plus ``env``; as a user also
+        ``HOME``/``USER`` from ``User=``. ``check``: raise :class:`ContainerError` with
+        stdout/stderr on a non-zero exit.
         """
-        command = [*self._nsenter()]
-        if user is not None:
-            command += ["runuser", "-u", user, "--"]
         full_env = {**_INSIDE_ENV, **(env or {})}
-        command += ["env", "-i", *[f"{k}={v}" for k, v in full_env.items()], *argv]
+        if user is None:
+            command = [*self._nsenter(), "env", "-i", *[f"{k}={v}" for k, v in full_env.items()], *argv]
+        else:
+            command = [*self._nsenter(), "systemd-run", "--quiet", "--wait", "--pipe", "--collect",
+                       f"--uid={user}", "--property=WorkingDirectory=~",
+                       *[f"--setenv={k}={v}" for k, v in full_env.items()], "--", *argv]
         data = input.decode() if isinstance(input, bytes) else input
-        result = subprocess.run(command, input=data, capture_output=True, text=True, timeout=timeout,
-                                env={"PATH": _INSIDE_ENV["PATH"]}, check=False)
+        result = subprocess.run(command, input=data if data is not None else "", capture_output=True, text=True,
+                                timeout=timeout, env={"PATH": _INSIDE_ENV["PATH"]}, check=False)
         if check and result.returncode != 0:
             raise ContainerError(f"inside the container, {shlex.join(argv)} (user {user or 'root'}) exited "
                                  f"{result.returncode}\nstdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-2000:]}")
