@@ -23,9 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from claude_auth_sync.check import TIMER_PERIOD_S
 from claude_auth_sync.status_line import parse_log_line
-from claude_auth_sync.cycle import STORE_TTL_WARN_S
+from claude_auth_sync.model import STORE_TTL_WARN_S, TIMER_PERIOD_S
 from claude_auth_sync.errors import CasError, ConfigurationError
 from claude_auth_sync.model import PROVISION_COMMAND, RELOGIN_COMMAND, UserIdentity
 from claude_auth_sync.plugin_manager import Plugins

@@ -6,7 +6,7 @@ the attributes declared below). Guarantees:
 * a user's token is looked up with that token only (``lookup-self``); it is re-minted when it is
   invalid or expired, drifted (policies not exactly ``{claude-auth-sync-<user>}``, the root policy,
   another period, not an orphan, minted for someone else) or has less than
-  :data:`claude_auth_sync.cycle.STORE_TTL_WARN_S` left;
+  :data:`claude_auth_sync.model.STORE_TTL_WARN_S` left;
 * a token is minted only with the admin token and only when the user's policy is ``ok`` (or was
   just applied): periodic :data:`PERIOD`, orphan, no ``default`` policy; it reaches the user's file
   only through a privilege-dropped child (:func:`.user_home.job_write_token`), and a token whose
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from claude_auth_sync.cycle import STORE_TTL_WARN_S
+from claude_auth_sync.model import STORE_TTL_WARN_S
 from claude_auth_sync.fingerprint import fingerprint
 from claude_auth_sync.model import PROVISION_COMMAND, ExitCode
 from claude_auth_sync.plugins.backend_vault.policy import expected_policies, policy_name

@@ -16,15 +16,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .cycle import REFRESH_WARN_S, STORE_TTL_WARN_S, refresh_expiry_ms
+from .cycle import refresh_expiry_ms
 from .errors import CasError
 from .status_line import LogRecord, parse_log_line
 from .fileio import read_tail
-from .model import LoginState
+from .model import REFRESH_WARN_S, STORE_TTL_WARN_S, TIMER_PERIOD_S, LoginState
 
 __all__ = ["NagiosState", "LogRecord", "parse_log_line", "read_log", "evaluate", "command_check"]
 
-TIMER_PERIOD_S = 6 * 3600
 
 
 class NagiosState(enum.IntEnum):

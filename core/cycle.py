@@ -42,6 +42,9 @@ from .fingerprint import oauth_fingerprints
 from .last_check import LastCheckFile, oauth_digest
 from .oauth import MAX_TIMESTAMP_MS, has_both_tokens, oauth_problem
 from .model import (
+    REFRESH_WARN_S,
+    RELOGIN_COMMAND,
+    STORE_TTL_WARN_S,
     Action,
     Backend,
     ExitCode,
@@ -63,8 +66,6 @@ __all__ = ["HealthCycle", "Verdict", "failure_event", "refresh_expiry_ms", "utc_
 MAX_PROBES = 3  # inferences per check while the file keeps changing under the probe
 LOGGED_OUT = (LoginState.MISSING, LoginState.NO_OAUTH)
 UNUSABLE = (LoginState.BLANKED, LoginState.INVALID, LoginState.NOT_JSON)
-STORE_TTL_WARN_S = 7 * 86400  # a Vault token this close to expiry despite renewal needs a person
-REFRESH_WARN_S = 3 * 86400  # a refresh token this close to expiry needs a fresh login soon
 
 
 def refresh_expiry_ms(oauth: Any) -> int | None:
@@ -380,7 +381,7 @@ class _NotBackupable(CasError):
         super().__init__(
             f"the credentials file {login.path} is {login.state}: not backed up",
             reason=f"local_{login.state}_not_backed_up",
-            remedy="claude auth login --claudeai --sso --email <enterprise-email>",
+            remedy=RELOGIN_COMMAND,
         )
 
 

@@ -21,10 +21,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .cycle import REFRESH_WARN_S, refresh_expiry_ms
+from .cycle import refresh_expiry_ms
 from .errors import CasError
 from .fingerprint import fingerprint, oauth_fingerprints
-from .model import LOGIN_VARIABLES, RELOGIN_COMMAND, DiagnosticRow, DiagnosticState, LoginState, ProbeOutcome, UserIdentity
+from .model import LOGIN_VARIABLES, REFRESH_WARN_S, ExitCode, RELOGIN_COMMAND, DiagnosticRow, DiagnosticState, LoginState, ProbeOutcome, UserIdentity
 from .runner import Runtime, build_runtime
 from .settings import ResolvedPaths, settings_provenance
 
@@ -163,7 +163,7 @@ def check_backend(rt: Runtime) -> list[DiagnosticRow]:
         latest = backend.read_latest()
         local = rt.restorer().read()
     except CasError as err:
-        state: DiagnosticState = "warn" if err.exit_code == 75 else "fail"
+        state: DiagnosticState = "warn" if err.exit_code == ExitCode.TEMPFAIL else "fail"
         return [*rows, DiagnosticRow(g, "reachable", state, err.message, err.remedy)]
     if latest is None:
         rows.append(DiagnosticRow(g, "backup", "warn", "no backup yet", f"systemctl start claude-auth-sync@{rt.user.name}.service"))

@@ -19,6 +19,9 @@ __all__ = [
     "LOGIN_VARIABLES",
     "RELOGIN_COMMAND",
     "PROVISION_COMMAND",
+    "STORE_TTL_WARN_S",
+    "REFRESH_WARN_S",
+    "TIMER_PERIOD_S",
     "status_for",
     "ExitCode",
     "Status",
@@ -52,6 +55,16 @@ RELOGIN_COMMAND = "claude auth login --claudeai --sso --email <enterprise-email>
 
 PROVISION_COMMAND = "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
 """The runbook's fix for a missing, expired or drifted Vault token (an administrator runs it)."""
+
+
+STORE_TTL_WARN_S = 7 * 86400
+"""A backend credential (the Vault token) this close to expiry despite renewal needs a person: WARN."""
+
+REFRESH_WARN_S = 3 * 86400
+"""A refresh token this close to expiry needs a fresh login soon: WARN."""
+
+TIMER_PERIOD_S = 6 * 3600
+"""The timer's period (``claude-auth-sync@.timer``): no run for twice that is a problem."""
 
 
 class ExitCode(enum.IntEnum):

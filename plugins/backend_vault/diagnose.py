@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from claude_auth_sync.cycle import STORE_TTL_WARN_S
 from claude_auth_sync.diagnose import relative_time
-from claude_auth_sync.model import PROVISION_COMMAND, DiagnosticRow, DiagnosticState, UserIdentity
+from claude_auth_sync.model import PROVISION_COMMAND, STORE_TTL_WARN_S, DiagnosticRow, DiagnosticState, UserIdentity
 
 __all__ = ["vault_rows"]
 
