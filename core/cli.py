@@ -129,7 +129,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .cycle import failure_event
     from .signals import sigterm_raises_systemexit
     from .model import UserIdentity
-    from .runner import build_runtime, emit_to_sinks, run_cycle
+    from .runner import build_runtime, emit_to_sinks, run_cycles
 
     user = UserIdentity.current()
     with sigterm_raises_systemexit():
@@ -141,13 +141,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{event.status} user={user.name} action=none reason={err.reason}: {err}", file=sys.stderr)
             _print_event(event, args.json)
             return int(err.exit_code)
-        try:
-            event = run_cycle(runtime, on_change=_started_by_a_change(args))
-        except CasError as err:  # pragma: no cover - run_cycle converts CasErrors itself
-            event = failure_event(user.name, err)
-        except Exception as err:  # a bug: report FAIL without the exception text (it could hold data)
-            event = failure_event(user.name, CasError(f"internal error: {type(err).__name__}", reason="internal_error"))
-        failed = emit_to_sinks(runtime.sinks_or_report(), event)
+        sinks = runtime.sinks_or_report()
+        event, failed = run_cycles(runtime, on_change=_started_by_a_change(args),
+                                   emit=lambda event: emit_to_sinks(sinks, event))
     for warning in str(event.details.get("warnings") or "").split(","):
         if warning:
             print(f"claude-auth-sync: warning: {warning} is set in the environment and was not passed to claude", file=sys.stderr)

@@ -10,7 +10,7 @@ import fcntl
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +19,15 @@ from typing import Any, TextIO
 from .cycle import HealthCycle, failure_event
 from .errors import CasError
 from .fileio import ensure_private_dir, open_regular
+from .fingerprint import oauth_fingerprints
 from .last_check import LastCheckFile
 from .hookspecs import PluginContext
 from .model import ExitCode, Backend, Restorer, Probe, Sink, StatusEvent, UserIdentity
 from .plugin_manager import Plugins, get_plugin_manager
 from .settings import Settings, load_settings
 
-__all__ = ["RunInProgress", "Runtime", "build_runtime", "emit_to_sinks", "run_cycle", "run_lock", "load_runtime_settings"]
+__all__ = ["RunInProgress", "Runtime", "build_runtime", "changed_since", "emit_to_sinks", "run_cycle", "run_cycles",
+           "run_lock", "load_runtime_settings"]
 
 RUN_LOCK_NAME = "run.lock"
 LAST_CHECK_NAME = "last-check.json"
@@ -148,6 +150,39 @@ def _flock_until(fd: int, deadline: float, shown: Path, wait_s: float) -> None:
                     remedy="nothing: that run reports its own result; this one ends WARN",
                 ) from None
             time.sleep(0.1)
+
+
+MAX_RERUNS_ON_CHANGE = 2
+"""A path-unit run whose file changed again meanwhile (systemd does not watch while the service
+runs) runs the cycle again, at most this many times: changes during one run cost one more."""
+
+
+def run_cycles(runtime: Runtime, *, on_change: bool,
+               emit: Callable[[StatusEvent], list[str]]) -> tuple[StatusEvent, list[str]]:
+    """One cycle, handed to ``emit`` (the sinks); for a path-unit run, again while the file changed
+    after the cycle's last look (at most :data:`MAX_RERUNS_ON_CHANGE` more). Returns the last event
+    and the sinks that failed on it. A bug inside a cycle becomes a FAIL event without its text."""
+    for attempt in range(1 + (MAX_RERUNS_ON_CHANGE if on_change else 0)):
+        try:
+            event = run_cycle(runtime, on_change=on_change)
+        except Exception as err:  # a bug: report FAIL without the exception text (it could hold data)
+            event = failure_event(runtime.user.name,
+                                  CasError(f"internal error: {type(err).__name__}", reason="internal_error"))
+        failed = emit(event)
+        if not on_change or not changed_since(runtime, event):
+            break
+    return event, failed
+
+
+def changed_since(runtime: Runtime, event: StatusEvent) -> bool:
+    """The local login is no longer the one ``event`` ended with (its token fingerprints): the file
+    changed while the cycle ran, after its last read. Unreadable now: False (nothing to chase)."""
+    try:
+        login = runtime.restorer().read()
+    except CasError:
+        return False
+    now = {key: value for key, value in oauth_fingerprints(login.oauth).items() if value}
+    return now != {key: value for key, value in event.fingerprints.items() if value}
 
 
 def run_cycle(runtime: Runtime, *, on_change: bool = False) -> StatusEvent:

@@ -91,3 +91,64 @@ def test_a_backend_outage_still_says_whether_the_login_works(tmp_path: Path) -> 
         event = cycle(tmp_path, backend, local, FakeProbe([outcome]), Clock(), window=0).run()
         assert (event.status, event.exit_code, event.reason) == (Status.WARN, ExitCode.TEMPFAIL, "vault_sealed")
         assert event.details["probe_outcome"] == word and local.writes == 0
+
+
+# -- issue 13 item 4: changes while a path-unit run is going (systemd does not watch then) ----------
+
+
+def _runtime(tmp_path: Path, monkeypatch, backend: MemoryBackend, probe: FakeProbe, local: MemoryRestorer):
+    from claude_auth_sync.model import UserIdentity
+    from claude_auth_sync.plugin_manager import get_plugin_manager
+    from claude_auth_sync.runner import build_runtime
+    from claude_auth_sync.testing import plugin
+
+    for name, value in (("BACKEND", "t"), ("PROBE", "t"), ("RESTORER", "t"), ("SINKS", "[]")):
+        monkeypatch.setenv(f"CLAUDE_AUTH_SYNC_{name}", value)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude"))
+    user = UserIdentity(name="alice", uid=1000, gid=1000, home=tmp_path)
+    return build_runtime(plugins=get_plugin_manager(extra_plugins=[("t", plugin(
+        backend=backend, probe=probe, restorer=local, name="t"))]), user=user)
+
+
+def test_a_blanking_right_after_a_path_run_is_repaired_in_the_same_run(tmp_path: Path, monkeypatch) -> None:
+    from claude_auth_sync.runner import run_cycles
+
+    backend = MemoryBackend(versions=[GOOD])
+    local = MemoryRestorer.with_document({"claudeAiOauth": OTHER})  # a rotation: OTHER is new and good
+    probe = FakeProbe(accept=lambda login: login.backupable, restorer=None)
+    probe.restorer = local
+    runtime = _runtime(tmp_path, monkeypatch, backend, probe, local)
+    events = []
+
+    def emit(event):
+        events.append(event)
+        if len(events) == 1:  # another Claude Code process blanks the file just after our last look
+            local.raw = json.dumps({"claudeAiOauth": oauth_object("", "", expires_at_ms=0)}).encode()
+        return []
+
+    last, failed = run_cycles(runtime, on_change=True, emit=emit)
+    assert [(e.action, e.reason) for e in events] == [(Action.BACKUP, None), (Action.RESTORE, "restored_latest_backup")]
+    assert json.loads(local.raw)["claudeAiOauth"] == OTHER and backend.versions == [GOOD, OTHER]
+    assert last is events[-1] and failed == []
+
+
+def test_a_timer_run_never_reruns_and_reruns_are_bounded(tmp_path: Path, monkeypatch) -> None:
+    from claude_auth_sync.runner import MAX_RERUNS_ON_CHANGE, run_cycles
+
+    backend = MemoryBackend()
+    local = MemoryRestorer.with_document({"claudeAiOauth": GOOD})
+    probe = FakeProbe([A])
+    runtime = _runtime(tmp_path, monkeypatch, backend, probe, local)
+    counter = iter(range(100))
+
+    def rotate(event):  # the file changes after every cycle
+        n = next(counter)
+        local.raw = json.dumps({"claudeAiOauth": oauth_object(f"sk-ant-oat01-r{n}", f"sk-ant-ort01-r{n}")}).encode()
+        return []
+
+    run_cycles(runtime, on_change=False, emit=rotate)
+    assert probe.runs == 1
+    run_cycles(runtime, on_change=True, emit=rotate)
+    assert probe.runs == 1 + 1 + MAX_RERUNS_ON_CHANGE
