@@ -5,7 +5,7 @@ systemd is not PID 1 on the test machines, so units cannot be started on the hos
 is presented as an overlay with a throw-away upper layer::
 
     with Container() as box:
-        box.run(["useradd", "--create-home", "alice"])
+        box.useradd("alice")
         box.write("/etc/systemd/system/foo.service", "...")
         box.run(["systemctl", "daemon-reload"])
         box.run(["systemctl", "start", "foo.service"])
@@ -22,8 +22,8 @@ How it is built, and why it leaves nothing behind:
 * The overlay's lower layer is the host's root file system as it is (only that file system, not
   the mounts below it: ``/proc``, ``/sys``, ``/dev`` come from nspawn). Every change (users
   created inside, units, files) goes to the tmpfs and is gone at power-off: create test users
-  *inside* the container (``useradd`` through :meth:`run`), and nothing needs removing on the
-  host.
+  *inside* the container (:meth:`Container.useradd`, uids no host user has), and nothing needs
+  removing on the host.
 * ``systemd-nspawn --boot --register=no --keep-unit --console=pipe`` with
   ``systemd.unit=basic.target``: the container's systemd is PID 1 of its own PID namespace (the
   child of the nspawn process) with its own journald and D-Bus, but the host's daemons (sshd,
@@ -51,8 +51,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -61,7 +61,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["Container", "ContainerError", "require_nspawn"]
 
@@ -118,6 +118,17 @@ def _ns(pid: int, kind: str) -> str | None:
         return None
 
 
+def _uid_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def _pids_in_ns(kind: str, ident: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -146,7 +157,7 @@ class Container:
 
     # -- life cycle --------------------------------------------------------------------------------
 
-    def __enter__(self) -> Container:
+    def __enter__(self) -> Self:
         try:
             self.boot()
         except BaseException:
@@ -278,13 +289,8 @@ class Container:
             timeout: float = 60.0, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the container as root, or (``user``) as that user in a transient
         service of its own (``systemd-run --uid``), the way a user's process lives in a unit of
-        its own on a real host.
-
-        Why not ``runuser``/``setpriv`` for users: a process entered with nsenter sits in the
-        container's *root* cgroup, outside any unit, and the container's systemd was seen
-        (systemd 252, cgroup v1) to SIGKILL such stray processes of a uid within a second of
-        starting a ``User=`` service of that uid. A host never has stray user processes there
-        (they live in session scopes), so that is a container artefact, avoided this way.
+        its own on a real host (a process entered with nsenter would sit in the container's root
+        cgroup, outside any unit).
 
         The command gets a minimal environment (``PATH``, ``LANG``) plus ``env``; as a user also
         ``HOME``/``USER`` from ``User=``. ``check``: raise :class:`ContainerError` with
@@ -304,6 +310,28 @@ class Container:
             raise ContainerError(f"inside the container, {shlex.join(argv)} (user {user or 'root'}) exited "
                                  f"{result.returncode}\nstdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-2000:]}")
         return result
+
+    def useradd(self, name: str) -> int:
+        """Create the OS user ``name`` (with a home) inside the container; its uid.
+
+        The uid is taken from 200000-299999 and checked free on the host and in the container:
+        the container shares the host's kernel, so a host-side ``pkill -u <host user>`` of a
+        concurrently running test kills every process of that numeric uid, including this
+        container's (seen: SIGKILLed services while test_provisioning's users, created with the
+        next free uid as these were, came and went on the host).
+        """
+        taken = {int(line.split(":")[2]) for line in self.read("/etc/passwd").decode().splitlines() if line.count(":") >= 6}
+        with open("/etc/passwd") as host:
+            taken |= {int(line.split(":")[2]) for line in host if line.count(":") >= 6}
+        for _ in range(100):
+            uid = 200000 + secrets.randbelow(100000)
+            running = any(_uid_of(int(p)) == uid for p in os.listdir("/proc") if p.isdigit())
+            if uid not in taken and not running:
+                break
+        else:
+            raise ContainerError("no free uid found in 200000-299999")
+        self.run(["useradd", "--create-home", "--shell", "/bin/sh", "--uid", str(uid), "--user-group", name])
+        return uid
 
     def write(self, path: str, data: str | bytes, *, mode: int = 0o644, owner: str = "root",
               dir_mode: int = 0o755) -> None:
