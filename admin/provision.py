@@ -65,6 +65,7 @@ from typing import Any
 from claude_auth_sync.errors import ConfigurationError
 from claude_auth_sync.fingerprint import fingerprint
 from claude_auth_sync.model import PROVISION_COMMAND, ExitCode
+from claude_auth_sync.terminal_text import safe_text
 
 from .accounts import refusals
 from .as_user import CHILD_TIMEOUT_S, Account, ChildFailed, Job, run_as_user
@@ -73,7 +74,7 @@ from .provision_report import UserReport, Work, duration, worst
 from .provision_tokens import TokenPhases
 from .roster import DEFAULT_ROSTER, Roster, load_roster
 from .state import DEFAULT_STATE_DIR, StateFile, provision_lock
-from .timers import SystemdTimers, timer_unit
+from .timers import SystemdTimers, path_unit, safe_home, timer_unit
 from .trusted_file import check_trusted
 from .user_home import job_inspect
 from .vault_admin import AdminVault
@@ -262,30 +263,51 @@ class Provisioner(PolicyPhases, TokenPhases):
             work.needs_mint = "missing"
 
     def _timers(self, local: list[Work]) -> None:
-        """Enable the timer of every local user whose timer is not enabled (only say so in a dry run)."""
-        missing = []
+        """Give every local user their timer, their path unit and the drop-ins naming their home
+        (only say so in a dry run). A home a unit file cannot carry is refused for that user."""
+        missing = [w for w in local if not self._units_current(w)]
         for work in local:
-            if self.timers.enabled(work.report.user):
+            if work not in missing:
                 work.report.timer = "enabled"
-            else:
-                missing.append(work)
         if not missing:
             return
         if self.o.dry_run:
             for work in missing:
                 work.report.timer = "disabled"
-                work.report.actions.append("would enable timer")
+                work.report.actions.append("would enable timer and path unit")
             return
-        ok, text = self.timers.systemctl("enable", [timer_unit(w.report.user) for w in missing])
-        for work in missing:
-            if self.timers.enabled(work.report.user):
+        ready = [w for w in missing if self._write_home_dropins(w)]
+        if not ready:
+            return
+        units = [u for w in ready for u in (timer_unit(w.report.user), path_unit(w.report.user))]
+        ok, text = self.timers.systemctl("enable", units)
+        for work in ready:
+            user = work.report.user
+            if self._units_current(work):
                 work.report.timer = "enabled"
-                work.report.actions.append("enabled timer")
-                work.report.changes.append(f"enabled {timer_unit(work.report.user)}")
+                work.report.actions.append("enabled timer and path unit")
+                work.report.changes.append(f"enabled {timer_unit(user)} and {path_unit(user)}")
             else:
                 work.report.timer = "disabled"
-                work.report.flag(ExitCode.CONFIG, f"systemctl enable {timer_unit(work.report.user)} failed "
+                work.report.flag(ExitCode.CONFIG, f"systemctl enable {timer_unit(user)} {path_unit(user)} failed "
                                                   f"(exit {'0' if ok else 'non-zero'}): {text or 'no symlink created'}")
+
+    def _units_current(self, work: Work) -> bool:
+        user, home = work.report.user, work.account.home if work.account else ""
+        return (self.timers.enabled(user) and self.timers.path_enabled(user)
+                and self.timers.dropins_current(user, home))
+
+    def _write_home_dropins(self, work: Work) -> bool:
+        home = work.account.home if work.account else ""
+        if not safe_home(home):
+            work.report.timer = "disabled"
+            work.report.flag(ExitCode.CONFIG, f"home {safe_text(home, 100)!r} cannot be named in a unit file "
+                                              "(spaces, %, quotes or ..): give the account a plain home path")
+            return False
+        if not self.timers.dropins_current(work.report.user, home):
+            self.timers.write_dropins(work.report.user, home)
+            work.report.changes.append(f"units of {work.report.user} point at {home}")
+        return True
 
     # -- results ---------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from .as_user import Account, ChildFailed
 from .provision_report import NEEDS_ADMIN, UserReport, Work, duration
 from .roster import Roster
 from .state import StateFile
-from .timers import SystemdTimers, timer_unit
+from .timers import SystemdTimers, path_unit, timer_unit
 from .user_home import job_write_token
 from .vault_admin import AdminVault, VaultFailure
 
@@ -297,7 +297,10 @@ class TokenPhases:
             for user in users:
                 self._report_for(user).actions.append("would disable timer")
             return
-        _, text = self.timers.systemctl("disable", [timer_unit(u) for u in users])
+        _, text = self.timers.systemctl("disable", [unit for u in users for unit in (timer_unit(u), path_unit(u))])
+        for user in users:
+            if not self.timers.path_enabled(user):
+                self.timers.remove_dropins(user)
         for user in users:
             report = self._report_for(user)
             if self.timers.enabled(user):

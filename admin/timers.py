@@ -1,9 +1,14 @@
-"""The users' ``claude-auth-sync@<user>.timer`` units, as the provisioner sees and changes them.
+"""The users' units, as the provisioner sees and changes them: ``claude-auth-sync@<user>.timer``
+(every 6 h), ``claude-auth-sync@<user>.path`` (a change of the credentials file) and the two
+per-instance drop-ins that name the user's real home (from the password database: homes are not
+always ``/home/<user>``): the path to watch and the service's ``BindPaths=``.
 
-Guarantees: whether a timer is enabled is read from the ``timers.target.wants`` symlink only (no
-systemd call); ``systemctl`` runs with a fixed ``PATH`` and locale, no pager, no password prompt,
-``--root`` below a test root and ``--now`` only on a booted systemd, within 120 s, and its
-output comes back as one line of at most 400 characters.
+Guarantees: whether a unit is enabled is read from the ``*.target.wants`` symlink only (no
+systemd call); drop-ins are written atomically (0644, root) and only for a home made of safe
+characters (a home with spaces or unit-file specials is refused, never half-quoted); ``systemctl``
+runs with a fixed ``PATH`` and locale, no pager, no password prompt, ``--root`` below a test root
+and ``--now`` (plus a ``daemon-reload`` after a drop-in changed) only on a booted systemd, within
+120 s, and its output comes back as one line of at most 400 characters.
 """
 
 from __future__ import annotations
@@ -13,10 +18,16 @@ import re
 import subprocess
 from pathlib import Path
 
-__all__ = ["SystemdTimers", "TIMER_RE", "WANTS", "timer_unit"]
+from claude_auth_sync.fileio import write_atomically
+
+__all__ = ["PATHS_WANTS", "SystemdTimers", "TIMER_RE", "WANTS", "dropins", "path_unit", "safe_home", "timer_unit"]
 
 TIMER_TEMPLATE = "claude-auth-sync@.timer"
-WANTS = Path("etc/systemd/system/timers.target.wants")
+UNIT_DIR = Path("etc/systemd/system")
+WANTS = UNIT_DIR / "timers.target.wants"
+PATHS_WANTS = UNIT_DIR / "paths.target.wants"
+PATH_TEMPLATE = "claude-auth-sync@.path"
+SAFE_HOME = re.compile(r"^/[A-Za-z0-9._/+-]+$")
 TIMER_RE = re.compile(r"^claude-auth-sync@([a-z_][a-z0-9_-]{0,31})\.timer$")
 SYSTEMCTL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                  "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
@@ -25,6 +36,27 @@ SYSTEMCTL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 def timer_unit(user: str) -> str:
     """The agent's timer unit of ``user``."""
     return f"claude-auth-sync@{user}.timer"
+
+
+def path_unit(user: str) -> str:
+    """The agent's path unit of ``user`` (starts the service on a change of the credentials file)."""
+    return f"claude-auth-sync@{user}.path"
+
+
+def safe_home(home: str) -> bool:
+    """An absolute path a unit file can carry unquoted (no space, ``%``, ``$``, quote or ``..``)."""
+    return bool(SAFE_HOME.fullmatch(home)) and ".." not in home.split("/")
+
+
+def dropins(user: str, home: str) -> dict[str, bytes]:
+    """The drop-ins (relative to the unit directory) that point ``user``'s units at ``home``."""
+    head = "# Written by t3-provision-users from the password database; rewritten on every change.\n"
+    return {
+        f"{path_unit(user)}.d/home.conf":
+            f"{head}[Path]\nPathChanged={home}/.claude/.credentials.json\n".encode(),
+        f"claude-auth-sync@{user}.service.d/home.conf":
+            f"{head}[Service]\nBindPaths=\nBindPaths={home}\n".encode(),
+    }
 
 
 class SystemdTimers:
@@ -38,17 +70,58 @@ class SystemdTimers:
     def wants_dir(self) -> Path:
         return (self.root or Path("/")) / WANTS
 
+    @property
+    def unit_dir(self) -> Path:
+        return (self.root or Path("/")) / UNIT_DIR
+
+    def path_enabled(self, user: str) -> bool:
+        """True when ``user``'s path unit is linked into ``paths.target.wants``."""
+        return _links_to((self.root or Path("/")) / PATHS_WANTS / path_unit(user),
+                         (PATH_TEMPLATE, path_unit(user)))
+
+    def dropins_current(self, user: str, home: str) -> bool:
+        """Both drop-ins exist with exactly the content :func:`dropins` gives for ``home``."""
+        for name, data in dropins(user, home).items():
+            try:
+                if (self.unit_dir / name).read_bytes() != data:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def write_dropins(self, user: str, home: str) -> None:
+        """Write both drop-ins (0644, atomically); then ``daemon-reload`` on a booted systemd."""
+        for name, data in dropins(user, home).items():
+            target = self.unit_dir / name
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                write_atomically(dir_fd, target.name, data, mode=0o644)
+            finally:
+                os.close(dir_fd)
+        self.reload()
+
+    def remove_dropins(self, user: str) -> None:
+        for name in dropins(user, "/").keys():
+            target = self.unit_dir / name
+            try:
+                target.unlink()
+                target.parent.rmdir()
+            except OSError:
+                pass
+        self.reload()
+
+    def reload(self) -> None:
+        if self._booted():
+            subprocess.run([self.systemctl_bin, "--no-ask-password", "daemon-reload"], env=SYSTEMCTL_ENV,
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False)
+
     def _booted(self) -> bool:
         return self.root is None and Path("/run/systemd/system").is_dir()
 
     def enabled(self, user: str) -> bool:
         """True when ``user``'s timer is linked into ``timers.target.wants`` (to the template or itself)."""
-        link = self.wants_dir / timer_unit(user)
-        try:
-            target = os.readlink(link)
-        except OSError:
-            return False
-        return os.path.basename(target) in (TIMER_TEMPLATE, timer_unit(user))
+        return _links_to(self.wants_dir / timer_unit(user), (TIMER_TEMPLATE, timer_unit(user)))
 
     def enabled_users(self) -> set[str]:
         """Every user whose timer is enabled (the user names the unit names carry)."""
@@ -79,3 +152,11 @@ class SystemdTimers:
             return False, f"{self.systemctl_bin} {verb}: {err}"
         text = " ".join((proc.stderr + proc.stdout).split())[:400]
         return proc.returncode == 0, text
+
+
+def _links_to(link: Path, names: tuple[str, ...]) -> bool:
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return False
+    return os.path.basename(target) in names

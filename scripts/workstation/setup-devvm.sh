@@ -10,10 +10,10 @@
 #      world-readable so the per-user services can run it;
 #   2. the roster (validated first) to /etc/claude-auth-sync/roster.yaml (root, 0644), and
 #      /etc/claude-auth-sync/config.toml with the Vault address (VAULT_ADDR, VAULT_CACERT) if
-#      there is none yet: the timers run without these variables. An existing config.toml is
-#      repaired to root:root 0644 (the provisioner refuses one anybody else could have written:
-#      its vault.addr receives every user's token) and a symlink or non-regular file there stops
-#      the script;
+#      there is none yet: the timers run without these variables. An existing config.toml that
+#      anybody but root could have written is repaired to root:root 0644 and the script stops
+#      (exit 78) without using it: its vault.addr receives the admin token and every user's token,
+#      so a person reads it before the next run; a symlink or non-regular file there stops it too;
 #   3. the systemd units to /etc/systemd/system/;
 #   4. /usr/local/bin/t3-provision-users and /usr/local/bin/claude-auth-sync -> the venv;
 #   5. enables (and, under a running systemd, starts) the hourly t3-provision-users.timer;
@@ -93,7 +93,11 @@ if [ -f "$config" ]; then
     if [ "$was" != "root:root 644" ]; then
         chown root:root -- "$config"
         chmod 0644 -- "$config"
-        log "repaired $config (was $was, now root:root 644): check its vault.addr, someone else could write it"
+        # Someone else could have written it: its vault.addr would receive the admin token and every
+        # user's token. Made safe, but not used in this run: a person reads it first.
+        log "repaired $config (was $was, now root:root 644), but not trusted in this run: anyone who could" \
+            "write it chose where tokens go; read it (vault.addr, cacert), then rerun"
+        exit 78
     fi
 fi
 "$venv/bin/python" - "$config" <<'PY'
@@ -129,7 +133,7 @@ PY
 
 # 3. the systemd units
 install -d -m 0755 "$unit_dir"
-for unit in claude-auth-sync@.service claude-auth-sync@.timer t3-provision-users.service t3-provision-users.timer; do
+for unit in claude-auth-sync@.service claude-auth-sync@.timer claude-auth-sync@.path t3-provision-users.service t3-provision-users.timer; do
     install_file 0644 "$repo/deploy/systemd/$unit" "$unit_dir/$unit"
 done
 

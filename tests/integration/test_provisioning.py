@@ -386,7 +386,7 @@ def test_hourly_run_never_mints_and_reports_who_needs_an_admin_run(
     dry = sandbox.run("--dry-run")
     assert dry.rc == 1
     assert not (home(carol) / ".config").exists() and not sandbox.timer_link(carol).exists()
-    assert "would enable timer" in dry.user(carol)["actions"]
+    assert "would enable timer and path unit" in dry.user(carol)["actions"]
     result = sandbox.run()
     assert result.rc == 1, result.stdout
     entry = result.user(carol)
@@ -725,12 +725,17 @@ def test_setup_devvm_installs_everything_and_is_idempotent(tmp_path: Path, bao: 
 
     watched = [roster, config, *(root / "etc/systemd/system").iterdir()]
     before = {str(p): os.lstat(p).st_mtime_ns for p in watched}
+    # The repair makes the file safe but does not trust it in the same run: whoever could write it
+    # chose where the admin token would go (a hostile tester's finding). A person reads it, reruns.
+    repaired = subprocess.run(["bash", str(script), "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert repaired.returncode == 78, repaired.stderr[-3000:]
+    assert "repaired" in repaired.stderr and str(config) in repaired.stderr and "not trusted" in repaired.stderr
+    assert (config.stat().st_uid, config.stat().st_gid, stat.S_IMODE(config.stat().st_mode)) == (0, 0, 0o644)
+    assert repaired.stdout == ""  # the provisioner never ran
     second = subprocess.run(["bash", str(script), "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert {str(p): os.lstat(p).st_mtime_ns for p in watched} == before
     assert json.loads(second.stdout)["policies"]["applied"] == []
-    assert (config.stat().st_uid, config.stat().st_gid, stat.S_IMODE(config.stat().st_mode)) == (0, 0, 0o644)
-    assert "repaired" in second.stderr and str(config) in second.stderr
 
     # Refuses to run without the admin token.
     no_token = subprocess.run(["bash", str(script)], env={k: v for k, v in env.items() if k != "VAULT_TOKEN"},
