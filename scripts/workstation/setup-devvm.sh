@@ -14,7 +14,8 @@
 #      anybody but root could have written is repaired to root:root 0644 and the script stops
 #      (exit 78) without using it: its vault.addr receives the admin token and every user's token,
 #      so a person reads it before the next run; a symlink or non-regular file there stops it too;
-#   3. the systemd units to /etc/systemd/system/;
+#   3. the systemd units to /etc/systemd/system/, and the polkit rule that lets each person start
+#      their own claude-auth-sync@<user>.service (only their own) to /etc/polkit-1/rules.d/;
 #   4. /usr/local/bin/t3-provision-users and /usr/local/bin/claude-auth-sync -> the venv;
 #   5. enables (and, under a running systemd, starts) the hourly t3-provision-users.timer;
 #   6. runs the provisioner in the foreground with --apply-policies (plus any arguments given
@@ -136,6 +137,9 @@ install -d -m 0755 "$unit_dir"
 for unit in claude-auth-sync@.service claude-auth-sync@.timer claude-auth-sync@.path t3-provision-users.service t3-provision-users.timer; do
     install_file 0644 "$repo/deploy/systemd/$unit" "$unit_dir/$unit"
 done
+# ... and the polkit rule that lets a person start their own instance (runbook: "rerun the service")
+install -d -m 0755 "$root/etc/polkit-1/rules.d"
+install_file 0644 "$repo/deploy/polkit/50-claude-auth-sync.rules" "$root/etc/polkit-1/rules.d/50-claude-auth-sync.rules"
 
 # 4. the commands the units run
 install -d -m 0755 "$bin_dir"
