@@ -89,9 +89,9 @@ def container(bao: OpenBaoServer) -> Iterator[Container]:
 class UnitUser:
     """An OS user inside the container, provisioned for the agent (Vault token, login)."""
 
-    def __init__(self, box: Container, bao: OpenBaoServer, name: str) -> None:
+    def __init__(self, box: Container, bao: OpenBaoServer, name: str, home: str | None = None) -> None:
         self.box, self.bao, self.name = box, bao, name
-        self.home = f"/home/{name}"
+        self.home = home or f"/home/{name}"
         self.service = f"claude-auth-sync@{name}.service"
         self.timer = f"claude-auth-sync@{name}.timer"
         self.path_unit = f"claude-auth-sync@{name}.path"
@@ -100,7 +100,7 @@ class UnitUser:
         self.secret_path = f"workstation/claude-users/{name}"
 
     def provision(self) -> None:
-        self.box.useradd(self.name)
+        self.box.useradd(self.name, home=self.home)
         self.bao.write_policy(policy_name(self.name), render_policy(self.name, VaultSettings()))
         token = self.bao.create_periodic_token([policy_name(self.name)], period="768h",
                                                display_name=f"claude-auth-sync-{self.name}", no_default_policy=True)
@@ -488,3 +488,93 @@ def test_the_rotation_race_recovers_only_with_the_path_unit(unit_user: UnitUser,
         assert (entries[-1]["CAS_STATUS"], entries[-1]["PRIORITY"]) == ("FAIL", "3"), entries[-1]
         assert user.vault_copy()["data"]["claudeAiOauth"]["accessToken"] == T1
         assert user.read_credentials()["claudeAiOauth"]["accessToken"] == ""
+
+
+# -------------------------------------------------------------------------------------- the provisioner
+
+PROVISIONER = VENV / "bin" / "t3-provision-users"
+ROSTER = "/etc/claude-auth-sync/roster.yaml"
+PROVISION_STATE = "/var/lib/claude-auth-sync"
+
+
+def run_provisioner(box: Container, bao: OpenBaoServer, users: list[str]) -> dict[str, Any]:
+    """``t3-provision-users --apply-policies`` as root inside the container, the roster naming
+    ``users``, the admin token (OpenBao's root token) in ``VAULT_TOKEN`` handed over on stdin (never
+    in an argv, which ``ps`` shows on the host). Its JSON report (``rc`` added)."""
+    # The container's users get uids above the host's UID_MAX (see Container.useradd); the
+    # provisioner refuses accounts outside UID_MIN..UID_MAX, so the container's login.defs (an
+    # overlay copy, never the host's file) admits them.
+    box.run(["sed", "-i", "-E", r"s/^UID_MAX[[:space:]].*/UID_MAX\t\t\t299999/", "/etc/login.defs"])
+    box.write(ROSTER, "users:\n" + "".join(f"  - os_user: {u}\n    email: {u}@example.com\n" for u in users))
+    script = 'IFS= read -r VAULT_TOKEN; export VAULT_TOKEN; exec "$@"'
+    result = box.run(["sh", "-c", script, "t3-provision-users", str(PROVISIONER), "--json", "--apply-policies",
+                      "--roster", ROSTER, "--config", "/etc/claude-auth-sync/config.toml",
+                      "--state-dir", PROVISION_STATE],
+                     input=bao.root_token + "\n", check=False, timeout=300)
+    assert bao.root_token not in result.stdout + result.stderr
+    try:
+        report: dict[str, Any] = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"t3-provision-users exited {result.returncode} without a JSON report:\n"
+                    f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    report["rc"] = result.returncode
+    report["stderr"] = result.stderr
+    return report
+
+
+@pytest.fixture
+def srv_user(container: Container, bao: OpenBaoServer) -> Iterator[UnitUser]:
+    """A user whose home is not under /home (``useradd -d /srv/cas-homes/<user>``); no token yet."""
+    name = f"cass{secrets.token_hex(3)}"
+    user = UnitUser(container, bao, name, home=f"/srv/cas-homes/{name}")
+    try:
+        container.useradd(user.name, home=user.home)
+        yield user
+    finally:
+        user.remove()
+        container.run(["rm", "-f", ROSTER], check=False)
+
+
+def test_the_provisioner_enables_the_path_unit_for_a_home_outside_home(srv_user: UnitUser) -> None:
+    """The real ``t3-provision-users --apply-policies`` run as root in the container, for a user
+    whose home is /srv/cas-homes/<user>: the timer and the path unit are enabled and active, the
+    drop-ins name the real home, and the user's next rewrite of the credentials file starts the
+    service under its sandbox (the home bound in, not /home/<user>): OK, backed up in OpenBao."""
+    user = srv_user
+    user.box.run(["install", "-d", "-o", user.name, "-g", user.name, "-m", "0700", f"{user.home}/.claude"])
+
+    report = run_provisioner(user.box, user.bao, [user.name])
+
+    assert report["rc"] == 0, json.dumps(report, indent=1)[-3000:]
+    for unit in (user.timer, user.path_unit):
+        assert user.box.systemctl("is-enabled", unit, check=False).stdout.strip() == "enabled", user.explain()
+        assert user.box.unit_property(unit, "ActiveState") == "active", user.explain()
+    assert user.box.unit_property(user.path_unit, "SubState") == "waiting"
+    watched = user.box.unit_property(user.path_unit, "Paths")
+    assert f"{user.home}/.claude/.credentials.json" in watched, watched
+    dropins = {
+        f"/etc/systemd/system/{user.path_unit}.d/home.conf":
+            f"[Path]\nPathChanged={user.home}/.claude/.credentials.json\n",
+        f"/etc/systemd/system/{user.service}.d/home.conf": f"[Service]\nBindPaths=\nBindPaths={user.home}\n",
+    }
+    for path, body in dropins.items():
+        text = user.box.read(path).decode()
+        assert text.endswith(body), text
+        assert user.box.run(["stat", "-c", "%U %a", path]).stdout.split() == ["root", "644"]
+    binds = user.box.unit_property(user.service, "BindPaths")
+    assert binds.split() == [f"{user.home}:{user.home}:rbind"], binds  # the shipped /home/%i is reset
+    token_file = f"{user.home}/.config/claude-auth-sync/vault-token"
+    assert user.box.run(["stat", "-c", "%U %a", token_file]).stdout.split() == [user.name, "600"]
+
+    user.use_stub_cli(GOOD)  # the test's drop-in beside the provisioner's (test.conf after home.conf)
+    assert user.status_entries(at_least=0, timeout=0) == []  # enabling started nothing
+    began = time.monotonic()
+    rewrite_as_user(user, {"claudeAiOauth": oauth(GOOD, GOOD_REFRESH)})
+    entries = wait_runs(user, 1, timeout=30)
+    took = time.monotonic() - began
+    assert [(e["CAS_STATUS"], e["CAS_ACTION"]) for e in entries] == [("OK", "backup")], user.explain()
+    assert user.vault_copy()["data"] == {"claudeAiOauth": oauth(GOOD, GOOD_REFRESH)}
+    assert user.box.unit_property(user.service, "Result") == "success"
+    line = user.box.read(user.sync_log).decode().splitlines()[-1]
+    assert " OK " in f" {line} " and "action=backup" in line, line
+    print(f"\nprovisioned path unit ({user.home}): rewrite backed up in {took:.1f} s")

@@ -311,8 +311,11 @@ class Container:
                                  f"{result.returncode}\nstdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-2000:]}")
         return result
 
-    def useradd(self, name: str) -> int:
+    def useradd(self, name: str, *, home: str | None = None) -> int:
         """Create the OS user ``name`` (with a home) inside the container; its uid.
+
+        ``home``: the home directory (default ``/home/<name>``); its parent is created (root,
+        0755) if missing, as an administrator would for ``useradd -d /srv/<name>``.
 
         The uid is taken from 200000-299999 and checked free on the host and in the container:
         the container shares the host's kernel, so a host-side ``pkill -u <host user>`` of a
@@ -330,7 +333,11 @@ class Container:
                 break
         else:
             raise ContainerError("no free uid found in 200000-299999")
-        self.run(["useradd", "--create-home", "--shell", "/bin/sh", "--uid", str(uid), "--user-group", name])
+        where: list[str] = []
+        if home is not None:
+            self.run(["install", "-d", "-m", "0755", "-o", "root", "-g", "root", "--", str(Path(home).parent)])
+            where = ["--home-dir", home]
+        self.run(["useradd", "--create-home", *where, "--shell", "/bin/sh", "--uid", str(uid), "--user-group", name])
         return uid
 
     def write(self, path: str, data: str | bytes, *, mode: int = 0o644, owner: str = "root",
