@@ -578,3 +578,49 @@ def test_the_provisioner_enables_the_path_unit_for_a_home_outside_home(srv_user:
     line = user.box.read(user.sync_log).decode().splitlines()[-1]
     assert " OK " in f" {line} " and "action=backup" in line, line
     print(f"\nprovisioned path unit ({user.home}): rewrite backed up in {took:.1f} s")
+
+
+# -------------------------------------------------------------------------------------- a login after FAIL
+
+T3 = "sk-ant-oat01-nspawn-t3"
+
+
+def test_a_login_after_fail_is_picked_up_without_a_command(unit_user: UnitUser) -> None:
+    """Issue 13 item 5: the login is dead (the local copy and the Vault copy both refused by the
+    API: FAIL); the person logs in again (Claude Code writes a new login T3 into the file, as the
+    user). Within 30 s, with no ``systemctl`` typed: the status is OK and OpenBao's latest version
+    holds T3, so the alert resolves on its own."""
+    user = unit_user
+    user.bao.client().secrets.kv.v2.create_or_update_secret(
+        mount_point="secret", path=user.secret_path, secret={"claudeAiOauth": oauth(T1, "sk-ant-ort01-t1")})
+    user.use_stub_cli(T3)  # the API accepts only the login still to come
+    path_dropin(user)
+    user.box.run(["install", "-d", "-o", user.name, "-g", user.name, "-m", "0700", f"{user.home}/.claude"])
+    user.box.systemctl("enable", "--now", user.path_unit)
+
+    rewrite_as_user(user, {"claudeAiOauth": oauth(BAD, BAD_REFRESH), "mcpOAuth": MCP})
+    entries = wait_runs(user, 1, timeout=30)
+    assert entries and entries[-1]["CAS_STATUS"] == "FAIL", [(e["CAS_STATUS"], e["CAS_ACTION"]) for e in entries]
+    assert user.box.unit_property(user.service, "Result") == "exit-code"
+    assert user.box.unit_property(user.path_unit, "ActiveState") == "active", user.explain()
+    assert " FAIL " in user.box.read(user.sync_log).decode().splitlines()[-1]
+    failed_runs = len(entries)
+
+    began = time.monotonic()
+    rewrite_as_user(user, {"claudeAiOauth": oauth(T3, "sk-ant-ort01-t3"), "mcpOAuth": MCP})  # claude auth login
+    deadline = began + 30
+    while True:
+        entries = user.status_entries(at_least=0, timeout=0)
+        stored = user.vault_copy()
+        if (len(entries) > failed_runs and entries[-1]["CAS_STATUS"] == "OK"
+                and stored["data"]["claudeAiOauth"]["accessToken"] == T3):
+            break
+        assert time.monotonic() < deadline, (user.explain(), [(e["CAS_STATUS"], e["CAS_ACTION"]) for e in entries])
+        time.sleep(0.2)
+    took = time.monotonic() - began
+    assert stored["data"] == {"claudeAiOauth": oauth(T3, "sk-ant-ort01-t3")}
+    assert stored["metadata"]["version"] == 2  # T1, then T3: the failed run stored nothing
+    assert entries[-1]["CAS_ACTION"] == "backup", entries[-1]
+    assert " OK " in user.box.read(user.sync_log).decode().splitlines()[-1]
+    assert user.read_credentials() == {"claudeAiOauth": oauth(T3, "sk-ant-ort01-t3"), "mcpOAuth": MCP}
+    print(f"\nlogin after FAIL: OK and T3 in OpenBao {took:.1f} s after the login was written")
