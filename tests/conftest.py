@@ -3,7 +3,10 @@
 Real servers
     ``bao``       one ``bao server -dev`` per test module (module scope); tests in a module use
                   distinct user names / secret paths, so sharing it is safe. A test that seals or
-                  stops its server starts its own (``OpenBaoServer`` directly, or ``fresh_bao``).
+                  stops its server starts its own (``OpenBaoServer`` directly, or ``fresh_bao``);
+                  ``test_openbao_support.py`` overrides it with one server per test on purpose
+                  (it pins behaviour from a clean state), and ``test_provisioning.py`` still has
+                  its own module-scoped copy (``test_provisioning_hostile.py`` imports it from there).
     ``journald``  a private systemd-journald in a fresh journal namespace, per test; afterwards its
                   runtime directory and journal files are gone.
     ``api``       the loopback fake Messages API, per test, accepting the tokens the test module
@@ -50,9 +53,9 @@ import pytest
 from tests.support.cli import Sandbox
 from tests.support.fake_anthropic import FakeMessagesAPI
 from tests.support.home import (
+    XDG_BASE_DIRS,
     HomeSnapshot,
     is_tester_state,
-    private_home_env,
     real_homes,
 )
 from tests.support.journald import JournaldNamespace
@@ -85,7 +88,7 @@ def _private_home(_tester_home_untouched: list[Path], tmp_path_factory: pytest.T
     with pytest.MonkeyPatch.context() as mp:
         for name in [k for k in os.environ if is_tester_state(k)]:
             mp.delenv(name)
-        for name in private_home_env(home):
+        for name in XDG_BASE_DIRS:
             mp.delenv(name, raising=False)
         mp.setenv("HOME", str(home))
         yield home

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -20,12 +20,6 @@ from tests.support.openbao import OpenBaoServer
 pytestmark = pytest.mark.real
 
 GOOD = oauth_object("sk-ant-oat01-ONCHANGE-good", "sk-ant-ort01-ONCHANGE-good")
-
-
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
-    with OpenBaoServer(tmp_path_factory.mktemp("bao")) as server:
-        yield server
 
 
 def vault_box(bao: OpenBaoServer, tmp_path: Path) -> tuple[Sandbox, dict[str, str]]:

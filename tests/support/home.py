@@ -22,13 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TESTER_STATE_PREFIXES", "HomeSnapshot", "child_env", "private_home_env", "real_homes"]
+__all__ = ["TESTER_STATE_PREFIXES", "XDG_BASE_DIRS", "HomeSnapshot", "child_env", "private_home_env", "real_homes"]
 
 #: Environment variables through which a tester's own logins or settings would reach a process
 #: under test. ``CLAUDE_AUTH_SYNC_TEST_*`` (e.g. ``CLAUDE_AUTH_SYNC_TEST_BAO``) are test-harness
 #: knobs and stay.
 TESTER_STATE_PREFIXES = ("VAULT_", "BAO_", "CLAUDE_AUTH_SYNC_", "CLAUDE_CONFIG_DIR")
 _KEPT = ("CLAUDE_AUTH_SYNC_TEST_",)
+
+#: The XDG base directories that default to places under ``HOME``.
+XDG_BASE_DIRS = ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME")
 
 
 def private_home_env(home: Path) -> dict[str, str]:
