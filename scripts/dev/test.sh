@@ -12,11 +12,14 @@ VENV=${CAS_TEST_VENV:-/opt/claude-auth-sync-test/venv}
 need_apt=()
 for pair in shellcheck:shellcheck promtool:prometheus strace:strace tmux:tmux journalctl:systemd \
             systemd-analyze:systemd prometheus-node-exporter:prometheus-node-exporter node:nodejs npm:npm runuser:util-linux useradd:passwd ps:procps \
-            systemd-nspawn:systemd-container nsenter:util-linux unshare:util-linux; do
+            systemd-nspawn:systemd-container nsenter:util-linux unshare:util-linux dbus-daemon:dbus; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 [ -x /lib/systemd/systemd-journald ] || need_apt+=(systemd)
+# The polkit rule's test: the container's polkitd (D-Bus activated on its system bus) answers
+# systemctl run by a user. pkexec is not needed (systemctl asks polkit over D-Bus).
+[ -x /usr/lib/polkit-1/polkitd ] || need_apt+=(polkitd)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null

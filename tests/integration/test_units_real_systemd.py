@@ -624,3 +624,77 @@ def test_a_login_after_fail_is_picked_up_without_a_command(unit_user: UnitUser) 
     assert " OK " in user.box.read(user.sync_log).decode().splitlines()[-1]
     assert user.read_credentials() == {"claudeAiOauth": oauth(T3, "sk-ant-ort01-t3"), "mcpOAuth": MCP}
     print(f"\nlogin after FAIL: OK and T3 in OpenBao {took:.1f} s after the login was written")
+
+
+# -------------------------------------------------------------------------------------- the polkit rule
+
+POLKIT_RULE = REPO / "deploy" / "polkit" / "50-claude-auth-sync.rules"
+POLKIT_RULES_DIR = "/etc/polkit-1/rules.d"
+
+
+def systemctl_as(user: UnitUser, *args: str) -> Any:
+    """``systemctl --no-ask-password <args>`` run by ``user`` (a process of theirs, in a unit of
+    its own): what a person types, without a password prompt. The completed process."""
+    return user.box.run(["systemctl", "--no-ask-password", *args], user=user.name, check=False, timeout=120)
+
+
+def refused(result: Any) -> bool:
+    text = result.stdout + result.stderr
+    return result.returncode != 0 and ("Interactive authentication required" in text or "Access denied" in text)
+
+
+def test_the_polkit_rule_lets_a_person_start_only_their_own_instance(unit_user: UnitUser, container: Container,
+                                                                      bao: OpenBaoServer) -> None:
+    """Issue 13 item 6, with the real polkitd and system bus of the container (both D-Bus
+    activated, as on a host): without the rule the user's own ``systemctl start`` is refused;
+    with deploy/polkit's rule in /etc/polkit-1/rules.d the user starts and restarts their own
+    ``claude-auth-sync@<user>.service`` without a password (it runs: OK, backed up), and is
+    still refused another user's instance, a ``stop`` of their own, and their own timer."""
+    for needed in ("/usr/lib/polkit-1/polkitd", "/usr/bin/dbus-daemon"):
+        if container.run(["test", "-x", needed], check=False).returncode != 0:
+            pytest.fail(f"{needed} is missing: scripts/dev/test.sh installs polkitd and dbus")
+    a = unit_user
+    b = UnitUser(container, bao, f"casb{secrets.token_hex(3)}")
+    rule = f"{POLKIT_RULES_DIR}/{POLKIT_RULE.name}"
+    try:
+        b.provision()
+        a.use_stub_cli(GOOD)
+        a.login({"claudeAiOauth": oauth(GOOD, GOOD_REFRESH)})
+        b.use_stub_cli(GOOD)
+        b.login({"claudeAiOauth": oauth(GOOD, GOOD_REFRESH)})
+        container.run(["rm", "-f", rule])
+        container.systemctl("try-restart", "polkit.service")
+
+        before = systemctl_as(a, "start", a.service)
+        assert refused(before), (before.returncode, before.stdout, before.stderr)  # systemd's default: admins only
+        assert a.status_entries(at_least=0, timeout=0) == []
+
+        container.write(rule, POLKIT_RULE.read_text(), mode=0o644)
+        container.systemctl("restart", "polkit.service")  # polkitd also reloads on its own; no waiting on that
+        assert container.unit_property("polkit.service", "ActiveState") == "active"
+        assert container.unit_property("dbus.service", "ActiveState") == "active"
+
+        own = systemctl_as(a, "start", a.service)
+        assert own.returncode == 0, (own.stdout, own.stderr, a.explain())
+        entries = a.status_entries()
+        assert [(e["CAS_STATUS"], e["CAS_ACTION"]) for e in entries] == [("OK", "backup")], entries
+        assert a.vault_copy()["data"]["claudeAiOauth"]["accessToken"] == GOOD
+        again = systemctl_as(a, "restart", a.service)
+        assert again.returncode == 0, (again.stdout, again.stderr)
+        assert len(a.status_entries(at_least=2)) == 2
+
+        other = systemctl_as(a, "start", b.service)
+        assert refused(other), (other.returncode, other.stdout, other.stderr)
+        assert container.unit_property(b.service, "InvocationID") == ""  # never ran
+        assert b.status_entries(at_least=0, timeout=0) == []
+        for verb, unit in (("restart", b.service), ("stop", a.service), ("start", a.timer),
+                           ("start", a.path_unit), ("enable", a.service)):
+            result = systemctl_as(a, verb, unit)  # enable: polkit's manage-unit-files, not the rule's action
+            assert refused(result), (verb, unit, result.returncode, result.stdout, result.stderr)
+        assert container.unit_property(a.timer, "ActiveState") == "inactive"
+        # polkit said so in the container's journal too (the rule's answer is not a bypass)
+        assert any("polkitd" in str(e.get("SYSLOG_IDENTIFIER")) for e in container.journal("polkitd"))
+    finally:
+        container.run(["rm", "-f", rule], check=False)
+        container.systemctl("try-restart", "polkit.service", check=False)
+        b.remove()
