@@ -199,6 +199,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     for kind, specs in kinds.items():
         for name, spec in sorted(specs.items()):
             rows.append({"kind": kind, "name": name, "active": (kind, name) in active, "description": spec.description})
+    for name, command in sorted(plugins.commands().items()):
+        origin = plugins.origins.get(("cas_commands", name), "?")
+        rows.append({"kind": "command", "name": name, "active": True, "description": f"{command.help} ({origin})"})
     hooks = plugins.hooks_by_plugin()
     broken = [{"name": b.name, "error": b.error} for b in plugins.broken]
     if args.json:
