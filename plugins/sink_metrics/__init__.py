@@ -45,7 +45,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from claude_auth_sync.fileio import write_atomically
+from claude_auth_sync.fileio import stale_temps, write_atomically
 from claude_auth_sync.hookspecs import PluginContext, SettingsSection, SinkSpec, hookimpl
 from claude_auth_sync.model import Status, StatusEvent
 
@@ -182,15 +182,16 @@ def _read_small(path: Path) -> str | None:
 
 
 def _remove_stale_temps(dir_fd: int, prefix: str, now: float) -> None:
-    """Remove our own temp files a crashed run left (our prefix, our uid, older than 5 min)."""
+    """Remove our own temp files a crashed run left (:func:`fileio.stale_temps`: our prefix, our
+    uid, regular files, never followed), and only those older than 5 min: the directory is shared,
+    and a younger one may be another run's write in progress."""
     try:
-        names = [n for n in os.listdir(dir_fd) if n.startswith(prefix)]
+        names = stale_temps(dir_fd, re.compile(re.escape(prefix) + r".*"), os.getuid())
     except OSError:
         return
     for name in names:
         try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and now - st.st_mtime > STALE_TEMP_S:
+            if now - os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime > STALE_TEMP_S:
                 os.unlink(name, dir_fd=dir_fd)
         except OSError:
             pass
