@@ -75,15 +75,20 @@ def messages_api() -> Iterator[FakeMessagesAPI]:
 @pytest.fixture(scope="module")
 def container(bao: OpenBaoServer) -> Iterator[Container]:
     """One booted container for the module, with the agent installed as setup-devvm.sh does."""
-    assert (VENV / "bin" / "claude-auth-sync").exists(), f"{VENV} is missing (scripts/dev/test.sh builds it)"
     with Container() as box:
-        for unit in sorted(UNITS.glob("claude-auth-sync@.*")):
-            box.write(f"/etc/systemd/system/{unit.name}", unit.read_text())
-        box.run(["ln", "-sfn", "--", str(VENV / "bin" / "claude-auth-sync"), "/usr/local/bin/claude-auth-sync"])
-        box.write("/etc/claude-auth-sync/config.toml",
-                  f'backend = "vault"\n\n[vault]\naddr = "{bao.addr}"\n', mode=0o644)
-        box.systemctl("daemon-reload")
+        install_agent(box, bao)
         yield box
+
+
+def install_agent(box: Container, bao: OpenBaoServer) -> None:
+    """Install the agent in ``box`` as setup-devvm.sh does (also used by bench/path_unit.py)."""
+    assert (VENV / "bin" / "claude-auth-sync").exists(), f"{VENV} is missing (scripts/dev/test.sh builds it)"
+    for unit in sorted(UNITS.glob("claude-auth-sync@.*")):
+        box.write(f"/etc/systemd/system/{unit.name}", unit.read_text())
+    box.run(["ln", "-sfn", "--", str(VENV / "bin" / "claude-auth-sync"), "/usr/local/bin/claude-auth-sync"])
+    box.write("/etc/claude-auth-sync/config.toml",
+              f'backend = "vault"\n\n[vault]\naddr = "{bao.addr}"\n', mode=0o644)
+    box.systemctl("daemon-reload")
 
 
 class UnitUser:
