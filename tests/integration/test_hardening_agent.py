@@ -23,10 +23,9 @@ from typing import Any
 
 import pytest
 
-from claude_auth_sync.plugins.backend_vault.policy import policy_name, render_policy
-from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
 from claude_auth_sync.testing import oauth_object
 from tests.support.cli import Sandbox, current_user, fp
+from tests.support.vault_user import vault_box
 from tests.support.fake_anthropic import FakeMessagesAPI
 from tests.support.home import child_env
 from tests.support.openbao import OpenBaoServer
@@ -280,19 +279,6 @@ def test_a_bad_settings_file_is_exit_78_with_a_status_line_and_check_unknown(box
 
 
 # -- item 9: the Vault copy is checked with the local file's own model before a restore ----------
-
-
-def vault_box(bao: OpenBaoServer, tmp_path: Path) -> tuple[Sandbox, dict[str, str]]:
-    user = current_user()
-    bao.write_policy(policy_name(user), render_policy(user, VaultSettings()))
-    token = bao.create_periodic_token([policy_name(user)], period="768h", display_name=f"claude-auth-sync-{user}",
-                                      no_default_policy=True)
-    box = Sandbox(tmp_path)
-    token_file = box.root / "config" / "claude-auth-sync" / "vault-token"
-    token_file.parent.mkdir(mode=0o700, parents=True)
-    token_file.write_text(token + "\n")
-    os.chmod(token_file, 0o600)
-    return box, {"CLAUDE_AUTH_SYNC_BACKEND": "vault", "CLAUDE_AUTH_SYNC_VAULT__ADDR": bao.addr}
 
 
 @pytest.mark.parametrize("stored", ["scopes a string", "5 MB token", "token with CRLF", "not an object"])

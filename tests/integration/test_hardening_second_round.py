@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from claude_auth_sync.plugins.backend_vault.policy import policy_name, render_policy
-from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
 from claude_auth_sync.testing import oauth_object
 from tests.support.cli import Sandbox, current_user, fp
+from tests.support.vault_user import provision_token_file
 from tests.support.openbao import OpenBaoServer
 
 pytestmark = pytest.mark.real
@@ -139,14 +138,8 @@ def test_diagnose_json_prints_one_object_even_when_settings_do_not_load(box: San
 
 def test_a_vault_copy_nested_thousands_deep_is_a_clean_refusal(bao: OpenBaoServer, tmp_path: Path) -> None:
     user = current_user()
-    bao.write_policy(policy_name(user), render_policy(user, VaultSettings()))
-    token = bao.create_periodic_token([policy_name(user)], period="768h", display_name=f"claude-auth-sync-{user}",
-                                      no_default_policy=True)
     box = Sandbox(tmp_path)
-    token_file = box.root / "config" / "claude-auth-sync" / "vault-token"
-    token_file.parent.mkdir(mode=0o700, parents=True)
-    token_file.write_text(token + "\n")
-    os.chmod(token_file, 0o600)
+    provision_token_file(bao, box)
     deep: Any = []
     for _ in range(3000):
         deep = [deep]

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from claude_auth_sync.plugins.backend_vault.policy import policy_name, render_policy
-from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
 from claude_auth_sync.testing import oauth_object
 from tests.support.cli import Sandbox, current_user, fp
+from tests.support.vault_user import vault_box as provisioned
 from tests.support.openbao import OpenBaoServer
 
 pytestmark = pytest.mark.real
@@ -23,17 +22,8 @@ GOOD = oauth_object("sk-ant-oat01-ONCHANGE-good", "sk-ant-ort01-ONCHANGE-good")
 
 
 def vault_box(bao: OpenBaoServer, tmp_path: Path) -> tuple[Sandbox, dict[str, str]]:
-    user = current_user()
-    bao.write_policy(policy_name(user), render_policy(user, VaultSettings()))
-    token = bao.create_periodic_token([policy_name(user)], period="768h", display_name=f"claude-auth-sync-{user}",
-                                      no_default_policy=True)
-    box = Sandbox(tmp_path)
-    token_file = box.root / "config" / "claude-auth-sync" / "vault-token"
-    token_file.parent.mkdir(mode=0o700, parents=True)
-    token_file.write_text(token + "\n")
-    os.chmod(token_file, 0o600)
-    return box, {"CLAUDE_AUTH_SYNC_BACKEND": "vault", "CLAUDE_AUTH_SYNC_VAULT__ADDR": bao.addr,
-                 "STUB_CLAUDE_ACCEPT": fp(GOOD["accessToken"])}
+    box, env = provisioned(bao, tmp_path)
+    return box, {**env, "STUB_CLAUDE_ACCEPT": fp(GOOD["accessToken"])}
 
 
 def event_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

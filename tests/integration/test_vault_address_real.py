@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from claude_auth_sync.plugins.backend_vault.policy import policy_name, render_policy
 from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
 from claude_auth_sync.testing import oauth_object
 from tests.support.cli import Sandbox, current_user, fp
 from tests.support.openbao import OpenBaoServer
+from tests.support.vault_user import LoopbackTrap, loopback_trap, provision_token_file
 
 pytestmark = pytest.mark.real
 
@@ -34,57 +34,21 @@ GOOD = oauth_object("sk-ant-oat01-addr-test-good", "sk-ant-ort01-addr-test-refre
 STATUS = re.compile(r"(^|\n)(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ )?FAIL user=\S+ action=none reason=\S+")
 
 
-class Trap(http.server.ThreadingHTTPServer):
-    """A loopback listener on 127.0.0.2 standing in for "another host"; answers 503 to anything."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        self.hits: list[tuple[str, bool]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _any(self) -> None:
-                outer.hits.append((self.command, bool(self.headers.get("X-Vault-Token"))))
-                self.send_response(503)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_GET = do_POST = do_PUT = _any  # noqa: N815
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        super().__init__(("127.0.0.2", 0), Handler)
-        self.port = int(self.server_address[1])
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-
 @pytest.fixture
-def trap() -> Iterator[Trap]:
-    server = Trap()
-    yield server
-    server.shutdown()
-    server.server_close()
+def trap() -> Iterator[LoopbackTrap]:
+    with loopback_trap() as server:
+        yield server
 
 
 def provisioned_box(bao: OpenBaoServer, tmp_path: Path) -> Sandbox:
     """A sandbox whose user has a real, correctly provisioned token file and a healthy login."""
-    user = current_user()
-    bao.write_policy(policy_name(user), render_policy(user, VaultSettings()))
-    token = bao.create_periodic_token([policy_name(user)], period="768h", display_name=f"claude-auth-sync-{user}",
-                                      no_default_policy=True)
     box = Sandbox(tmp_path)
-    config = box.root / "config" / "claude-auth-sync"
-    config.mkdir(mode=0o700, parents=True)
-    token_file = config / "vault-token"
-    token_file.write_text(token + "\n")
-    os.chmod(token_file, 0o600)
+    provision_token_file(bao, box)
     box.write_credentials({"claudeAiOauth": GOOD})
     return box
 
 
-def hostile_addresses(bao: OpenBaoServer, trap: Trap) -> dict[str, str]:
+def hostile_addresses(bao: OpenBaoServer, trap: LoopbackTrap) -> dict[str, str]:
     real = f"127.0.0.1:{bao.port}"
     return {
         "backslash": f"http://127.0.0.2:{trap.port}\\@{real}",  # urllib3 connects to the trap
@@ -98,7 +62,7 @@ def hostile_addresses(bao: OpenBaoServer, trap: Trap) -> dict[str, str]:
 @pytest.mark.parametrize("kind", ["backslash", "userinfo", "fragment", "tab", "percent-host"])
 @pytest.mark.parametrize("variable", ["CLAUDE_AUTH_SYNC_VAULT__ADDR", "VAULT_ADDR"])
 def test_agent_refuses_a_misleading_vault_address_before_connecting(
-    bao: OpenBaoServer, trap: Trap, tmp_path: Path, kind: str, variable: str
+    bao: OpenBaoServer, trap: LoopbackTrap, tmp_path: Path, kind: str, variable: str
 ) -> None:
     box = provisioned_box(bao, tmp_path)
     addr = hostile_addresses(bao, trap)[kind]
@@ -128,7 +92,7 @@ def test_a_well_formed_address_still_works(bao: OpenBaoServer, tmp_path: Path) -
 
 
 def test_plain_http_to_loopback_never_goes_through_a_proxy(
-    bao: OpenBaoServer, trap: Trap, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bao: OpenBaoServer, trap: LoopbackTrap, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Plain http is allowed only because the token stays on the machine: an ``HTTP_PROXY`` from the
     environment (the trap stands in for a corporate proxy) must not carry it off, neither for the
