@@ -17,11 +17,14 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import CasError, PluginError
 from .hookspecs import CommandSpec
+
+if TYPE_CHECKING:
+    from .plugin_manager import Plugins
 from .model import RELOGIN_COMMAND, ExitCode
 
 __all__ = ["main", "build_parser"]
@@ -79,13 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from .plugin_manager import get_plugin_manager
 
-        commands = get_plugin_manager().commands()
+        plugins = get_plugin_manager()
+        commands = plugins.commands()
     except CasError as err:
         print(f"claude-auth-sync: {err}", file=sys.stderr)
         return int(err.exit_code)
     args = build_parser(commands).parse_args(argv)
     try:
-        return _dispatch(args, commands)
+        return _dispatch(args, plugins, commands)
     except CasError as err:
         print(f"claude-auth-sync: {err}", file=sys.stderr)
         return int(err.exit_code)
@@ -97,9 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.CONFIG)
 
 
-def _dispatch(args: argparse.Namespace, commands: Mapping[str, CommandSpec]) -> int:
+def _dispatch(args: argparse.Namespace, plugins: Plugins, commands: Mapping[str, CommandSpec]) -> int:
     if args.command == "run":
-        return _cmd_run(args)
+        return _cmd_run(args, plugins)
     if args.command == "diagnose" and args.all:
         return _plugin_command(commands, "fleet", "the fleet view (diagnose --all)").run(args)
     if args.command == "diagnose":
@@ -125,7 +129,7 @@ def _plugin_command(commands: Mapping[str, CommandSpec], name: str, what: str) -
         ) from None
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     from .cycle import failure_event
     from .signals import sigterm_raises_systemexit
     from .model import UserIdentity
@@ -134,7 +138,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     user = UserIdentity.current()
     with sigterm_raises_systemexit():
         try:
-            runtime = build_runtime(_overrides(args), user=user)
+            runtime = build_runtime(_overrides(args), user=user, plugins=plugins)
         except CasError as err:
             event = failure_event(user.name, err)
             # No settings means no sinks: stderr reaches the journal under SyslogIdentifier.

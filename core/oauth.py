@@ -19,9 +19,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError
 
-__all__ = ["MAX_OBJECT_BYTES", "MAX_TIMESTAMP_MS", "MAX_TOKEN_CHARS", "ClaudeAiOauth", "has_both_tokens", "oauth_problem"]
+__all__ = ["FIELD_TYPES", "MAX_OBJECT_BYTES", "MAX_TIMESTAMP_MS", "MAX_TOKEN_CHARS", "has_both_tokens", "oauth_problem"]
 
 MAX_TOKEN_CHARS = 4096  # real tokens are ~110 characters; a 5 MB "token" is a bad copy (HTTP 431)
 MAX_OBJECT_BYTES = 64 * 1024
@@ -29,16 +28,24 @@ MAX_TIMESTAMP_MS = 2**53 - 1  # JavaScript's largest exact integer: Claude Code'
 _TOKEN = re.compile(r"^[\x21-\x7e]*$")
 
 
-class ClaudeAiOauth(BaseModel):
-    """Claude Code's ``claudeAiOauth`` object. Unknown fields are kept, never dropped."""
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "accessToken": (str,),
+    "refreshToken": (str,),
+    "expiresAt": (int, type(None)),
+    "subscriptionType": (str, type(None)),
+}
+"""Claude Code's known fields and their JSON types (``scopes`` is a list of strings or null);
+unknown fields are kept, never judged. Plain checks: this runs on every start, a pydantic model
+here cost a fifth of a no-op run."""
 
-    model_config = ConfigDict(extra="allow")
 
-    accessToken: str = ""
-    refreshToken: str = ""
-    expiresAt: StrictInt | None = None
-    scopes: list[str] | None = None
-    subscriptionType: str | None = None
+def _field_problems(oauth: Mapping[str, Any]) -> list[str]:
+    bad = [key for key, types in FIELD_TYPES.items()
+           if key in oauth and (not isinstance(oauth[key], types) or isinstance(oauth[key], bool))]
+    scopes = oauth.get("scopes")
+    if scopes is not None and not (isinstance(scopes, list) and all(isinstance(s, str) for s in scopes)):
+        bad.append("scopes")
+    return sorted(bad)
 
 
 def oauth_problem(oauth: Any) -> str | None:
@@ -53,10 +60,8 @@ def oauth_problem(oauth: Any) -> str | None:
         return "claudeAiOauth is nested too deeply"
     if len(encoded) > MAX_OBJECT_BYTES:
         return f"claudeAiOauth is larger than {MAX_OBJECT_BYTES} bytes"
-    try:
-        ClaudeAiOauth.model_validate(dict(oauth))
-    except ValidationError as err:
-        fields = sorted({".".join(str(p) for p in e["loc"]) for e in err.errors(include_url=False)})
+    fields = _field_problems(oauth)
+    if fields:
         return f"claudeAiOauth has invalid fields: {', '.join(fields)}"
     for key in ("expiresAt", "refreshTokenExpiresAt", "refreshExpiresAt"):
         value = oauth.get(key)

@@ -174,6 +174,21 @@ def run_cycles(runtime: Runtime, *, on_change: bool,
     return event, failed
 
 
+class Deferred:
+    """A component built on first use: a run that ends early (an unchanged login seen by the path
+    unit, a logged-out user) never imports hvac or prepares a probe. A factory's error (a
+    PluginError, a refused token file) surfaces at that first use, inside the cycle, as its verdict."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._built: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._built is None:
+            self._built = self._build()
+        return getattr(self._built, name)
+
+
 def changed_since(runtime: Runtime, event: StatusEvent) -> bool:
     """The local login is no longer the one ``event`` ended with (its token fingerprints): the file
     changed while the cycle ran, after its last read. Unreadable now: False (nothing to chase)."""
@@ -194,8 +209,8 @@ def run_cycle(runtime: Runtime, *, on_change: bool = False) -> StatusEvent:
     end in an event.
     """
     try:
-        backend = runtime.backend()
-        probe = runtime.probe()
+        backend: Backend = Deferred(runtime.backend)  # type: ignore[assignment]
+        probe: Probe = Deferred(runtime.probe)  # type: ignore[assignment]
         restorer = runtime.restorer()
         assert runtime.settings.state_dir is not None
         with run_lock(runtime.settings.state_dir, runtime.settings.run_lock_wait,
