@@ -87,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CasError as err:
         print(f"claude-auth-sync: {err}", file=sys.stderr)
         return int(err.exit_code)
+    except Exception as err:  # never a traceback, never exit 1 ("log in again"), never the error's text
+        print(f"claude-auth-sync: loading the plugins failed ({type(err).__name__}); "
+              "run 'claude-auth-sync plugins' to see which one is broken", file=sys.stderr)
+        return int(ExitCode.CONFIG)
     args = build_parser(commands).parse_args(argv)
     try:
         return _dispatch(args, plugins, commands)
@@ -116,7 +120,11 @@ def _dispatch(args: argparse.Namespace, plugins: Plugins, commands: Mapping[str,
         return command_check(_overrides(args))
     if args.command == "plugins":
         return _cmd_plugins(args)
-    return commands[args.command].run(args)
+    code = commands[args.command].run(args)
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    print(f"claude-auth-sync: the command {args.command!r} returned no exit status", file=sys.stderr)
+    return int(ExitCode.CONFIG)
 
 
 def _plugin_command(commands: Mapping[str, CommandSpec], name: str, what: str) -> CommandSpec:

@@ -46,6 +46,12 @@ KINDS: dict[str, tuple[str, type]] = {
 }
 """Each selectable kind: its provider hook and the Protocol its factory's object must satisfy."""
 
+RECORD_TYPES: dict[str, type] = {
+    "cas_backends": BackendSpec, "cas_probes": ProbeSpec, "cas_restorers": RestorerSpec, "cas_sinks": SinkSpec,
+    "cas_commands": CommandSpec,
+}
+"""The record each provider hook must return (a sequence of them)."""
+
 
 @dataclass
 class Plugins:
@@ -62,7 +68,20 @@ class Plugins:
     origins: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def settings_sections(self) -> list[SettingsSection]:
-        return [s for batch in self.pm.hook.cas_settings_sections() for s in batch]
+        """Every plugin's settings sections (a plugin whose hook breaks is recorded and skipped)."""
+        sections: list[SettingsSection] = []
+        for impl in self.pm.hook.cas_settings_sections.get_hookimpls():
+            try:
+                results = self._only(impl.plugin_name, "cas_settings_sections")()
+                batch = [section for result in results for section in (result or [])]
+            except Exception as err:
+                self._mark_broken(impl.plugin_name, f"cas_settings_sections raised {type(err).__name__}")
+                continue
+            if all(isinstance(section, SettingsSection) for section in batch):
+                sections.extend(batch)
+            else:
+                self._mark_broken(impl.plugin_name, "cas_settings_sections returned something other than SettingsSection")
+        return sections
 
     def backends(self) -> dict[str, BackendSpec]:
         return self._collect("cas_backends", "backend")
@@ -134,10 +153,17 @@ class Plugins:
         return self.pm.subset_hook_caller(hook_name, remove_plugins=others)
 
     def _collect(self, hook_name: str, kind: str) -> dict[str, Any]:
+        """Every record ``hook_name`` offers, by name, each remembered with its plugin.
+
+        A plugin whose hook raises or hands back anything but a sequence of the hook's record type
+        is recorded in :attr:`broken` (by exception type only: its text could hold anything) and
+        skipped, exactly like one whose entry point does not import; two records of one name are a
+        PluginError naming both plugins.
+        """
         found: dict[str, Any] = {}
-        hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
-            for spec in _flatten(self._only(impl.plugin_name, hook_name)()):
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            specs = self._specs_of(impl.plugin_name, hook_name)
+            for spec in specs:
                 key = (hook_name, spec.name)
                 if spec.name in found:
                     raise PluginError(
@@ -149,9 +175,22 @@ class Plugins:
                 self.origins[key] = impl.plugin_name
         return found
 
+    def _specs_of(self, plugin_name: str, hook_name: str) -> list[Any]:
+        record = RECORD_TYPES.get(hook_name)
+        try:
+            batches = self._only(plugin_name, hook_name)()
+            specs = [spec for batch in batches for spec in (batch or [])]
+        except Exception as err:  # a third-party hook that breaks must not stop the agent
+            self._mark_broken(plugin_name, f"{hook_name} raised {type(err).__name__}")
+            return []
+        if record is not None and not all(isinstance(spec, record) and isinstance(spec.name, str) for spec in specs):
+            self._mark_broken(plugin_name, f"{hook_name} returned something other than {record.__name__} records")
+            return []
+        return specs
 
-def _flatten(batches: list[Any]) -> list[Any]:
-    return [spec for batch in batches for spec in batch or []]
+    def _mark_broken(self, plugin_name: str, why: str) -> None:
+        if not any(b.name == plugin_name and b.error == why for b in self.broken):
+            self.broken.append(BrokenPlugin(plugin_name, why))
 
 
 def _protocol_methods(protocol: type) -> list[str]:

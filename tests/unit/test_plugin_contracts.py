@@ -144,3 +144,40 @@ def test_the_policy_and_fleet_commands_come_from_plugins() -> None:
     assert set(commands) >= {"policy", "fleet"}
     assert plugins.origins[("cas_commands", "policy")] == "backend_vault"
     assert plugins.origins[("cas_commands", "fleet")] == "admin"
+
+
+@pytest.mark.parametrize("answer", [[object()], "abc", {"x": 1}, RuntimeError("boom sk-ant-oat01-SECRET")])
+@pytest.mark.parametrize("hook", ["cas_commands", "cas_backends", "cas_sinks", "cas_settings_sections"])
+def test_a_plugin_whose_hook_misbehaves_is_recorded_as_broken_and_skipped(hook: str, answer: object) -> None:
+    """A hostile tester's finding: such a plugin crashed every command (run included) with exit 1
+    and printed its exception text."""
+
+    def misbehave(self):  # noqa: ANN001
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    plugin = type("Bad", (), {hook: hookimpl(misbehave)})()
+    plugins = get_plugin_manager(extra_plugins=[("bad_plugin", plugin)])
+    getter = {"cas_commands": plugins.commands, "cas_backends": plugins.backends, "cas_sinks": plugins.sinks,
+              "cas_settings_sections": plugins.settings_sections}[hook]
+    result = getter()
+    assert result  # the good plugins' records are all still there
+    assert [b.name for b in plugins.broken] == ["bad_plugin"]
+    assert "SECRET" not in plugins.broken[0].error
+
+
+def test_the_cli_survives_a_broken_command_plugin(capsys, monkeypatch) -> None:
+    class Bad:
+        @hookimpl
+        def cas_commands(self):  # noqa: ANN201
+            return [object()]
+
+    import claude_auth_sync.plugin_manager as manager
+
+    real = manager.get_plugin_manager
+    monkeypatch.setattr(manager, "get_plugin_manager", lambda **kw: real(extra_plugins=[("bad", Bad())]))
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert "claude-auth-sync" in capsys.readouterr().out
