@@ -152,6 +152,10 @@ def _flock_until(fd: int, deadline: float, shown: Path, wait_s: float) -> None:
             time.sleep(0.1)
 
 
+ON_CHANGE_LOCK_WAIT_S = 300.0
+"""A path-unit run waits this long for another run of the user (two probes of up to 120 s each):
+its trigger would be lost if it gave up, since systemd does not watch while the service runs."""
+
 MAX_RERUNS_ON_CHANGE = 2
 """A path-unit run whose file changed again meanwhile (systemd does not watch while the service
 runs) runs the cycle again, at most this many times: changes during one run cost one more."""
@@ -169,7 +173,8 @@ def run_cycles(runtime: Runtime, *, on_change: bool,
             event = failure_event(runtime.user.name,
                                   CasError(f"internal error: {type(err).__name__}", reason="internal_error"))
         failed = emit(event)
-        if not on_change or not changed_since(runtime, event):
+        ran = "total" in event.timings_ms  # a cycle ran (not a lock time-out or a plugin that would not build)
+        if not on_change or not ran or not changed_since(runtime, event):
             break
     return event, failed
 
@@ -213,8 +218,8 @@ def run_cycle(runtime: Runtime, *, on_change: bool = False) -> StatusEvent:
         probe: Probe = Deferred(runtime.probe)  # type: ignore[assignment]
         restorer = runtime.restorer()
         assert runtime.settings.state_dir is not None
-        with run_lock(runtime.settings.state_dir, runtime.settings.run_lock_wait,
-                      claude_config_dir=runtime.settings.claude_config_dir):
+        wait = max(runtime.settings.run_lock_wait, ON_CHANGE_LOCK_WAIT_S) if on_change else runtime.settings.run_lock_wait
+        with run_lock(runtime.settings.state_dir, wait, claude_config_dir=runtime.settings.claude_config_dir):
             return HealthCycle(
                 user=runtime.user.name, backend=backend, probe=probe, restorer=restorer,
                 last_check=LastCheckFile(runtime.settings.state_dir / LAST_CHECK_NAME),

@@ -152,3 +152,28 @@ def test_a_timer_run_never_reruns_and_reruns_are_bounded(tmp_path: Path, monkeyp
     assert probe.runs == 1
     run_cycles(runtime, on_change=True, emit=rotate)
     assert probe.runs == 1 + 1 + MAX_RERUNS_ON_CHANGE
+
+
+def test_a_run_that_could_not_even_start_is_never_rerun(tmp_path: Path, monkeypatch) -> None:
+    """A hostile tester's finding: a lock time-out (no cycle ran, no fingerprints) looked like a
+    change and was retried twice, writing three WARN lines."""
+    import fcntl
+    import os
+
+    from claude_auth_sync.runner import run_cycles
+
+    local = MemoryRestorer.with_document({"claudeAiOauth": GOOD})
+    probe = FakeProbe([A])
+    monkeypatch.setattr("claude_auth_sync.runner.ON_CHANGE_LOCK_WAIT_S", 0.3)
+    monkeypatch.setenv("CLAUDE_AUTH_SYNC_RUN_LOCK_WAIT", "0.2")
+    runtime = _runtime(tmp_path, monkeypatch, MemoryBackend(), probe, local)
+    state = tmp_path / "state" / "claude-auth-sync"
+    state.mkdir(parents=True)
+    fd = os.open(state / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    events = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        last, _ = run_cycles(runtime, on_change=True, emit=lambda e: events.append(e) or [])
+    finally:
+        os.close(fd)
+    assert [e.reason for e in events] == ["another_run_in_progress"] and probe.runs == 0
