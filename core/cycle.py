@@ -4,7 +4,8 @@ It knows nothing about Vault, journald or the ``claude`` CLI: it talks to a
 :class:`~claude_auth_sync.model.Backend`, a :class:`~claude_auth_sync.model.Probe` and a
 :class:`~claude_auth_sync.model.Restorer`, and returns one :class:`StatusEvent`.
 
-0. Finish a rollback an earlier run could not complete (killed, lock busy, disk full).
+0. Settle a restore an earlier run could not keep or roll back (killed, lock busy, disk full):
+   probe it; keep it if it works, put the file back if it fails.
    The login is exactly the one verified and found backed up within the last hours (a rewrite by
    Claude Code that changed nothing, seen by the path unit): OK at once, nothing probed or sent.
 1. Renew the backend's own credential (the per-user Vault token). Unreachable: still probe, so
@@ -139,7 +140,7 @@ class HealthCycle:
     # -- the runbook, step by step -------------------------------------------------------
 
     def _cycle(self) -> Verdict:
-        self._finish_pending_rollback()
+        self._settle_pending_restore()
         login = self.restorer.read()
         if self._verified_recently(login):
             return _ok(Action.NONE, "unchanged_since_last_check")
@@ -228,7 +229,7 @@ class HealthCycle:
         """The restored copy did not help: put the file back, unless a newer login replaced it.
 
         A rollback that cannot be done now (lock busy, disk full) is reported as what is on disk
-        (``action=restore``) and finished by the next run (:meth:`_finish_pending_rollback`).
+        (``action=restore``) and settled by the next run (:meth:`_settle_pending_restore`).
         """
         failed = _verdict_for_probe(retry, Action.ROLLBACK)
         if retry.outcome == ProbeOutcome.AUTH_FAILED:
@@ -245,11 +246,26 @@ class HealthCycle:
             return Verdict(failed.exit_code, Action.RESTORE, f"{failed.reason}_rollback_pending")
         return failed
 
-    def _finish_pending_rollback(self) -> None:
-        """An earlier run restored, then could not roll back (killed, lock busy, disk full): finish."""
-        done = self.restorer.finish_pending_rollback()
-        if done:
-            self.details["pending_rollback"] = done
+    def _settle_pending_restore(self) -> None:
+        """An earlier run restored, then could not keep or roll back its copy (killed, lock busy,
+        disk full). Probe that copy first: it works, keep it; it fails, put the file back as it was
+        before that restore (the runbook's rule); unknown (API unreachable), leave it for later.
+        Never puts back a login known to fail over one that may work."""
+        snapshot = self.restorer.pending_restore()
+        if snapshot is None:
+            return
+        result = self._probe("pending")
+        if result.outcome == ProbeOutcome.AUTHENTICATED:
+            self.restorer.keep(snapshot)
+            self.details["pending_restore"] = "kept_working_restore"
+        elif result.outcome == ProbeOutcome.AUTH_FAILED:
+            try:
+                self.restorer.rollback(snapshot)
+                self.details["pending_restore"] = "rolled_back_failed_restore"
+            except ConcurrentChange:
+                self.details["pending_restore"] = "newer_login_kept"
+        else:
+            self.details["pending_restore"] = "untested"
 
     def _early_warning(self, verdict: Verdict, store_ttl_s: int | None) -> Verdict:
         """Healthy now, but heading for trouble renewal cannot fix: WARN so a person acts in time."""

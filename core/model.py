@@ -286,16 +286,14 @@ class Restorer(Protocol):
         """Put the file back exactly as it was before ``restore``, but only if it still holds what
         ``restore`` wrote. Raises ConcurrentChange (nothing written) when a newer login replaced
         it meanwhile; CredentialsBusy / CredentialsWriteFailed when the rollback could not be done,
-        in which case :meth:`finish_pending_rollback` completes it on the next run."""
+        in which case the next run finds it with :meth:`pending_restore`."""
 
     def keep(self, snapshot: RestoreSnapshot) -> None:
         """The restored login stays: forget how to undo ``snapshot`` (the pre-restore copy is kept)."""
 
-    def finish_pending_rollback(self) -> str | None:
-        """Complete a rollback an earlier run could not finish (killed, lock busy, disk full).
-
-        Rolls back only if the file still holds exactly what that run's restore wrote; a newer
-        login is left alone. Returns a short description of what was done, or None."""
+    def pending_restore(self) -> RestoreSnapshot | None:
+        """A restore an earlier run neither kept nor rolled back (killed, lock busy, disk full),
+        while the file still holds it; the cycle probes it and calls keep() or rollback()."""
 
 
 @runtime_checkable

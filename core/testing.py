@@ -144,14 +144,13 @@ class MemoryRestorer:
     def keep(self, snapshot: RestoreSnapshot) -> None:
         self.pending = None
 
-    def finish_pending_rollback(self) -> str | None:
-        """Simulates the next run: roll back a restore whose rollback did not happen."""
-        snapshot, self.pending = self.pending, None
+    def pending_restore(self) -> RestoreSnapshot | None:
+        """Like the file restorer: the restore nobody kept or rolled back, while the file holds it."""
+        snapshot = self.pending
         if snapshot is None or self.raw is None or hashlib.sha256(self.raw).hexdigest() != snapshot.written_digest:
+            self.pending = None
             return None
-        self.raw = snapshot.previous_bytes
-        self.writes += 1
-        return "rolled_back_interrupted_restore"
+        return snapshot
 
 
 @dataclass

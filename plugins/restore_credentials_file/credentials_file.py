@@ -194,7 +194,7 @@ class CredentialsFile:
         bytes are copied beside the file (``.pre-restore``, or ``.corrupt-<stamp>`` for a file
         that does not parse); a journal records the digests of the previous and the new content;
         then the new content replaces the file. Until :meth:`keep` or :meth:`rollback` removes the
-        journal, the next run's :meth:`finish_pending_rollback` can undo this restore.
+        journal, the next run finds it (:meth:`pending_restore`), probes it, and keeps or undoes it.
         """
         with self._locked() as (dir_fd, held):
             remove_stale_temps(dir_fd, STALE_TEMP_PATTERN, self.uid)
@@ -254,31 +254,31 @@ class CredentialsFile:
         finally:
             os.close(dir_fd)
 
-    def finish_pending_rollback(self) -> str | None:
-        """Undo the restore of a run that could not roll back (killed, lock busy, disk full).
+    def pending_restore(self) -> RestoreSnapshot | None:
+        """The restore of an earlier run that was neither kept nor rolled back (killed, lock busy,
+        disk full), as a snapshot :meth:`keep` or :meth:`rollback` accepts; None when there is none.
 
-        Only when the file still holds exactly what that restore wrote and the kept copy still has
-        the digest the journal recorded; otherwise the journal is dropped and nothing is written.
+        Returned only while the file still holds what that restore wrote (or that copy blanked by
+        Claude Code) and the kept pre-restore copy still has the digest the journal recorded;
+        otherwise the journal is dropped (a newer login, or nothing to put back) and None returned.
         """
         if not self.config_dir.exists():
             return None
         dir_fd = _open_dir(self.config_dir, self.uid)
         try:
             journal = _read_journal(dir_fd)
-        finally:
-            os.close(dir_fd)
-        if journal is None:
-            return None
-        with self._locked() as (dir_fd, held):
+            if journal is None:
+                return None
             current = _read_at(dir_fd, CREDENTIALS_NAME, self.path)
             previous = _previous_bytes(dir_fd, journal)
-            outcome = None
-            if _still_ours(self.path, current, journal["written_sha256"]) and previous is not False:
-                held.check()
-                self._put_back(dir_fd, previous)
-                outcome = "rolled_back_interrupted_restore"
-            _unlink_if_ours(dir_fd, JOURNAL_NAME, self.uid)
-            return outcome
+            if not _still_ours(self.path, current, journal["written_sha256"]) or previous is False:
+                _unlink_if_ours(dir_fd, JOURNAL_NAME, self.uid)
+                return None
+        finally:
+            os.close(dir_fd)
+        copy = journal.get("previous_copy")
+        return RestoreSnapshot(path=self.path, previous_bytes=previous, written_digest=journal["written_sha256"],
+                               previous_copy=self.config_dir / copy if isinstance(copy, str) else None)
 
     def _put_back(self, dir_fd: int, previous: bytes | None) -> None:
         if previous is None:

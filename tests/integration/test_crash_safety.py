@@ -129,7 +129,11 @@ FINISH = """
 import sys
 from pathlib import Path
 from claude_auth_sync.plugins.restore_credentials_file.credentials_file import CredentialsFile
-print(CredentialsFile(Path(sys.argv[1]), lock_wait_timeout_s=2).finish_pending_rollback())
+restorer = CredentialsFile(Path(sys.argv[1]), lock_wait_timeout_s=2)
+snapshot = restorer.pending_restore()
+if snapshot is not None:  # the next run's probe of the interrupted restore failed: roll it back
+    restorer.rollback(snapshot)
+print(snapshot is not None)
 """
 
 KILL_POINTS = [f"inject=rename,renameat,renameat2:signal=SIGKILL:when={n}" for n in (1, 2, 3)] + [
@@ -139,7 +143,8 @@ KILL_POINTS = [f"inject=rename,renameat,renameat2:signal=SIGKILL:when={n}" for n
 @pytest.mark.parametrize("inject", KILL_POINTS)
 def test_a_kill_at_any_step_of_a_restore_is_undone_by_the_next_run(tmp_path, strace, inject) -> None:
     """Killed anywhere in restore (copy, journal, new file, directory syncs): the file is whole,
-    and the next run's finish_pending_rollback leaves exactly the pre-restore bytes, no journal."""
+    and when the next run's probe of an interrupted restore fails, its rollback leaves exactly the
+    pre-restore bytes, no journal."""
     config, old_bytes = setup_dir(tmp_path)
     killed = run_child(strace, config, ["-e", inject])
     assert killed.returncode != 0, "the kill must have hit the restore"

@@ -102,7 +102,7 @@ def test_rollback_blocked_by_claude_codes_lock_is_reported_and_finished_by_the_n
 
     lock.rmdir()  # Claude Code let go of its lock
     second = event_of(box.run("run", "--json"))
-    assert second["details"]["pending_rollback"] == "rolled_back_interrupted_restore"
+    assert second["details"]["pending_restore"] == "rolled_back_failed_restore"  # probed first: it fails
     assert second["action"] == "rollback" and box.credentials.read_bytes() == before
 
 

@@ -139,7 +139,7 @@ def test_a_rollback_that_cannot_be_done_is_reported_and_finished_by_the_next_run
 
     local.fail_rollback = None
     second = run_cycle(store, local, FakeProbe([F, F]))
-    assert second.details["pending_rollback"] == "rolled_back_interrupted_restore"
+    assert second.details["pending_restore"] == "rolled_back_failed_restore"
     assert second.action == Action.ROLLBACK and local.raw == before
 
 
@@ -224,3 +224,20 @@ def test_a_stored_copy_that_is_not_an_object_is_never_restored() -> None:
         local = local_with(BAD)
         event = run_cycle(store, local, FakeProbe([F, A]))
         assert (event.exit_code, event.reason) == (ExitCode.FAIL, "auth_failed_backup_unusable"), stored
+
+
+def test_an_interrupted_restore_that_works_is_kept_not_rolled_back() -> None:
+    """A hostile tester's finding: the next run put back the known-broken login before checking the
+    restored one, and with Vault down the person stayed logged out."""
+    from claude_auth_sync.errors import BackendUnavailable
+
+    backend = MemoryBackend(versions=[GOOD])
+    local = local_with(BAD)
+    restored = run_cycle(backend, local, WriterAfterProbe(FakeProbe([F, F]), lambda i: None))
+    assert restored.action == Action.ROLLBACK  # baseline: a failing copy is rolled back
+    local = local_with(BAD)
+    local.restore(GOOD, expected=BAD)  # a run restored GOOD and was killed before its retry
+    backend.fail_with = BackendUnavailable("down", reason="vault_unreachable")
+    event = run_cycle(backend, local, FakeProbe(accept=token_in(GOOD), restorer=local))
+    assert event.details["pending_restore"] == "kept_working_restore"
+    assert local.document()["claudeAiOauth"] == GOOD and local.pending is None
