@@ -40,6 +40,8 @@ from tests.support.openbao import OpenBaoServer
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "deploy" / "systemd"
 STUB_CLAUDE = REPO / "tests" / "support" / "stub_claude.py"
+# The service runs with PrivateTmp=yes: a checkout under /tmp (CI clones there) is invisible to it.
+STUB_IN_CONTAINER = "/usr/local/libexec/cas-stub-claude"
 VENV = Path("/opt/claude-auth-sync-test/venv")
 
 GOOD = "sk-ant-oat01-nspawn-good"
@@ -86,6 +88,7 @@ def install_agent(box: Container, bao: OpenBaoServer) -> None:
     for unit in sorted(UNITS.glob("claude-auth-sync@.*")):
         box.write(f"/etc/systemd/system/{unit.name}", unit.read_text())
     box.run(["ln", "-sfn", "--", str(VENV / "bin" / "claude-auth-sync"), "/usr/local/bin/claude-auth-sync"])
+    box.write(STUB_IN_CONTAINER, STUB_CLAUDE.read_text(), mode=0o755)
     box.write("/etc/claude-auth-sync/config.toml",
               f'backend = "vault"\n\n[vault]\naddr = "{bao.addr}"\n', mode=0o644)
     box.systemctl("daemon-reload")
@@ -135,7 +138,7 @@ class UnitUser:
 
     def use_stub_cli(self, *accepted: str) -> None:
         knobs = ",".join(fp(token) for token in accepted)
-        self.service_dropin(f"Environment=CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN={STUB_CLAUDE} "
+        self.service_dropin(f"Environment=CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN={STUB_IN_CONTAINER} "
                             f"STUB_CLAUDE_ACCEPT={knobs}\n")
 
     def start(self) -> tuple[int, float]:
@@ -267,7 +270,7 @@ def test_the_sandbox_is_in_force_inside_the_container(unit_user: UnitUser, conta
         container.write("/usr/local/libexec/cas-sandbox-report", SANDBOX_REPORT, mode=0o755)
         container.write("/tmp/host-tmp-marker", "x")
         user.use_stub_cli(GOOD)
-        user.service_dropin(f"Environment=CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN={STUB_CLAUDE} "
+        user.service_dropin(f"Environment=CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN={STUB_IN_CONTAINER} "
                             f"STUB_CLAUDE_ACCEPT={fp(GOOD)}\nExecStartPre=/usr/local/libexec/cas-sandbox-report\n")
         user.login({"claudeAiOauth": oauth(GOOD, GOOD_REFRESH)})
         assert user.start()[0] == 0, user.explain()
