@@ -116,6 +116,11 @@ def _check_redirect(request_url: str, location: str, allow_insecure_http: bool) 
         raise _UnsafeRedirect(origin.host)
 
 
+def _no_netrc(request: Any) -> Any:
+    """requests' auth hook that adds nothing (its presence disables the ``~/.netrc`` lookup)."""
+    return request
+
+
 def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Session:
     """A requests session that follows a standby's redirect only to an acceptable address."""
     import requests
@@ -146,6 +151,9 @@ def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Ses
     session = _VaultSession()
     # hvac prefers a given session's own ``verify`` over its ``verify`` argument: set it here.
     session.verify = verify
+    # An explicit (no-op) auth keeps requests from adding ~/.netrc credentials for the Vault host:
+    # the token header is the only credential that goes to Vault.
+    session.auth = _no_netrc
     session.max_redirects = MAX_REDIRECTS
 
     def remember_index(resp: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:

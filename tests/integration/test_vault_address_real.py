@@ -136,3 +136,22 @@ def _redirect_handler(target: str) -> type[http.server.BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def test_netrc_credentials_never_go_to_vault(tmp_path: Path, trap: LoopbackTrap) -> None:
+    """A user's ~/.netrc entry for the Vault host is not sent along (requests adds it by default)."""
+    box = Sandbox(tmp_path)
+    home = tmp_path / "netrc-home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text("machine 127.0.0.2 login someone password NETRC-SECRET-9f3\n")
+    netrc.chmod(0o600)
+    token_file = box.root / "config" / "claude-auth-sync" / "vault-token"
+    token_file.parent.mkdir(mode=0o700, parents=True)
+    token_file.write_text("hvs.FAKE-netrc-test\n")
+    token_file.chmod(0o600)
+    box.write_credentials({"claudeAiOauth": GOOD})
+    run = box.run("run", "--json", HOME=str(home), CLAUDE_AUTH_SYNC_BACKEND="vault",
+                  CLAUDE_AUTH_SYNC_VAULT__ADDR=trap.url, STUB_CLAUDE_ACCEPT=fp(GOOD["accessToken"]))
+    assert run.returncode == 75, run.stdout + run.stderr
+    assert trap.hits and trap.authorization == []

@@ -46,11 +46,14 @@ class LoopbackTrap(http.server.ThreadingHTTPServer):
 
     def __init__(self, status: int = 503) -> None:
         self.hits: list[tuple[str, bool]] = []
+        self.authorization: list[str] = []  # Authorization headers seen (e.g. from ~/.netrc)
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _any(self) -> None:
                 outer.hits.append((self.command, bool(self.headers.get("X-Vault-Token"))))
+                if self.headers.get("Authorization"):
+                    outer.authorization.append(self.headers["Authorization"])
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
