@@ -104,9 +104,11 @@ def _log_tail(path: Path) -> tuple[list[str], str | None]:
     return (data or b"").decode("utf-8", errors="replace").splitlines(), None
 
 
-def _row(user: str, email: str, facts: dict[str, Any] | None, timer: bool, now: float, error: str | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"user": user, "timer_enabled": timer, "last_status": None, "last_age_s": None,
-                           "vault_ttl_s": None, "access_expires_in_s": None, "needs": []}
+def _row(user: str, email: str, facts: dict[str, Any] | None, units: tuple[bool, bool], now: float,
+         error: str | None) -> dict[str, Any]:
+    timer, path = units
+    row: dict[str, Any] = {"user": user, "timer_enabled": timer, "path_enabled": path, "last_status": None,
+                           "last_age_s": None, "vault_ttl_s": None, "access_expires_in_s": None, "needs": []}
     needs: list[str] = row["needs"]
     if error is not None:
         needs.append(error)
@@ -140,15 +142,16 @@ def _row(user: str, email: str, facts: dict[str, Any] | None, timer: bool, now: 
         row["vault_ttl_s"] = vault.get("ttl_s")
         if vault.get("error") or vault.get("drifted") or (vault.get("ttl_s") or 0) < STORE_TTL_WARN_S:
             needs.append(f"admin: {PROVISION_COMMAND}")
-    if not timer:
-        needs.append(f"admin: systemctl enable --now claude-auth-sync@{user}.timer")
+    if not (timer and path):
+        missing = " and ".join(u for u, on in (("timer", timer), ("path unit", path)) if not on)
+        needs.append(f"admin: {PROVISION_COMMAND} (enables the {missing} with the drop-ins naming the home)")
     row["needs"] = list(dict.fromkeys(needs))
     return row
 
 
 def fleet_rows(roster_path: Path, plugins: Plugins, systemd_root: Path = Path("/")) -> list[dict[str, Any]]:
     from .as_user import Account, ChildFailed, run_as_user
-    from .timers import WANTS, timer_unit
+    from .timers import PATHS_WANTS, WANTS, path_unit, timer_unit
     from .roster import load_roster
 
     # Import before forking: the child runs as the user, who may not be able to read this venv.
@@ -164,16 +167,17 @@ def fleet_rows(roster_path: Path, plugins: Plugins, systemd_root: Path = Path("/
     rows = []
     for entry in roster:
         timer = (systemd_root / WANTS / timer_unit(entry.os_user)).is_symlink()
+        units = (timer, (systemd_root / PATHS_WANTS / path_unit(entry.os_user)).is_symlink())
         account = Account.lookup(entry.os_user)
         if account is None:
-            rows.append(_row(entry.os_user, entry.email, None, timer, now, "no OS account on this host"))
+            rows.append(_row(entry.os_user, entry.email, None, units, now, "no OS account on this host"))
             continue
         try:
             facts = run_as_user(account, _user_facts(plugins, _settings_environ(os.environ)))
         except ChildFailed as err:
-            rows.append(_row(entry.os_user, entry.email, None, timer, now, f"cannot inspect: {err}"))
+            rows.append(_row(entry.os_user, entry.email, None, units, now, f"cannot inspect: {err}"))
             continue
-        rows.append(_row(entry.os_user, entry.email, facts, timer, now, None))
+        rows.append(_row(entry.os_user, entry.email, facts, units, now, None))
     return rows
 
 
@@ -204,11 +208,18 @@ def _cells(row: dict[str, Any]) -> list[Any]:
         plain(row["user"]),
         plain(status or "-", style=colour.get(status, "dim")),
         plain(relative_time(-row["last_age_s"]) if row["last_age_s"] is not None else "-"),
-        plain("enabled") if row["timer_enabled"] else plain("disabled", style="yellow"),
+        _units_cell(row),
         plain(relative_time(row["vault_ttl_s"]) if row["vault_ttl_s"] is not None else "-"),
         plain(relative_time(row["access_expires_in_s"]) if row["access_expires_in_s"] is not None else "-"),
         Text("\n").join(plain(need) for need in row["needs"]) if row["needs"] else plain("nothing", style="green"),
     ]
+
+
+def _units_cell(row: dict[str, Any]) -> Any:
+    if row["timer_enabled"] and row.get("path_enabled"):
+        return plain("timer+path")
+    on = [u for u, key in (("timer", "timer_enabled"), ("path", "path_enabled")) if row.get(key)]
+    return plain(" ".join(on) + " only" if on else "disabled", style="yellow")
 
 
 def render_fleet(rows: list[dict[str, Any]]) -> None:
@@ -217,7 +228,7 @@ def render_fleet(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="claude-auth-sync fleet")
-    for column in ("user", "last status", "age", "timer", "Vault TTL", "access token", "needs a person"):
+    for column in ("user", "last status", "age", "units", "Vault TTL", "access token", "needs a person"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*_cells(row))

@@ -57,7 +57,7 @@ def test_fleet_view_one_row_per_user_with_what_needs_a_person(tmp_path, bao, mak
     rows = {row["user"]: row for row in json.loads(result.stdout)["users"]}
 
     a = rows[alice]
-    assert (a["last_status"], a["timer_enabled"], a["needs"]) == ("OK", True, [])
+    assert (a["last_status"], a["timer_enabled"], a["path_enabled"], a["needs"]) == ("OK", True, True, [])
     assert 600 <= a["last_age_s"] < 700
     assert 768 * 3600 - 300 < a["vault_ttl_s"] <= 768 * 3600  # looked up with alice's own token
     assert 7000 < a["access_expires_in_s"] <= 7200
