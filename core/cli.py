@@ -139,7 +139,8 @@ def _plugin_command(commands: Mapping[str, CommandSpec], name: str, what: str) -
 
 def _cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     from .cycle import failure_event
-    from .signals import sigterm_raises_systemexit
+    from .errors import Interrupted
+    from .signals import SIGTERM_EXIT_CODE, sigterm_raises_systemexit
     from .model import UserIdentity
     from .runner import build_runtime, emit_to_sinks, run_cycles
 
@@ -154,8 +155,15 @@ def _cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
             _print_event(event, args.json)
             return int(err.exit_code)
         sinks = runtime.sinks_or_report()
-        event, failed = run_cycles(runtime, on_change=_started_by_a_change(args),
-                                   emit=lambda event: emit_to_sinks(sinks, event))
+        try:
+            event, failed = run_cycles(runtime, on_change=_started_by_a_change(args),
+                                       emit=lambda event: emit_to_sinks(sinks, event))
+        except SystemExit as stop:  # systemd stopped the run (timeout, shutdown, systemctl stop)
+            if stop.code == SIGTERM_EXIT_CODE:
+                emit_to_sinks(sinks, failure_event(user.name, Interrupted(
+                    "stopped by SIGTERM before the cycle ended; nothing half-written was left",
+                    remedy="nothing: the next run (timer or path unit) checks again")))
+            raise
     for warning in str(event.details.get("warnings") or "").split(","):
         if warning:
             print(f"claude-auth-sync: warning: {warning} is set in the environment and was not passed to claude", file=sys.stderr)

@@ -23,6 +23,7 @@ __all__ = [
     "CredentialsBusy",
     "CredentialsUnsupported",
     "ConcurrentChange",
+    "Interrupted",
 ]
 
 
@@ -114,3 +115,10 @@ class ConcurrentChange(CredentialsError):
 
     exit_code = ExitCode.TEMPFAIL
     default_reason = "credentials_changed_concurrently"
+
+
+class Interrupted(CasError):
+    """The run was stopped (SIGTERM) before its cycle ended: reported WARN, the next run checks (75)."""
+
+    exit_code = ExitCode.TEMPFAIL
+    default_reason = "interrupted"

@@ -195,3 +195,5 @@ def test_sigterm_during_the_probe_kills_the_cli_group_and_leaves_no_lock(box: Sa
         raise AssertionError("the claude child survived the agent's SIGTERM")
     assert not list(box.claude_dir.parent.glob("*.lock")) and not list(box.claude_dir.glob("*.lock"))
     assert json.loads(box.credentials.read_text())["claudeAiOauth"] == GOOD
+    last = box.log_file.read_text().splitlines()[-1]  # the stop is on record, not silence
+    assert " WARN " in last and "reason=interrupted" in last
