@@ -34,11 +34,14 @@ class NagiosState(enum.IntEnum):
 
 
 def read_log(path: Path, limit: int = 200) -> list[LogRecord]:
-    """The last ``limit`` well-formed records of the private log (at most its last 64 KiB read;
-    never through a symlink, never blocking on a FIFO: those raise a ConfigurationError)."""
+    """The last ``limit`` well-formed records of the private log (at most its last 64 KiB read, and
+    of ``sync.log.1`` after a rotation; never through a symlink, never blocking on a FIFO: those
+    raise a ConfigurationError)."""
     data = read_tail(path)
     if data is None:
         return []
+    if data.count(b"\n") < limit:  # just rotated: the earlier lines are in sync.log.1
+        data = (read_tail(path.with_name(path.name + ".1")) or b"") + data
     lines = data.decode("utf-8", errors="replace").splitlines()[-limit:]
     return [r for r in (parse_log_line(line) for line in lines) if r is not None]
 

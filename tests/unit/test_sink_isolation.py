@@ -83,3 +83,29 @@ def test_a_sink_that_cannot_even_be_built_is_left_out_and_reported(
     assert emit_to_sinks(built, EVENT, stderr=stderr) == []
     assert recorder.events == [EVENT]
     assert stderr.getvalue().splitlines() == ["claude-auth-sync: sink 'unbuildable' unavailable: cannot build"]
+
+
+def test_the_private_log_is_bounded_and_keeps_the_latest_lines(tmp_path) -> None:
+    """Issue 14: sync.log grew forever. It rotates to sync.log.1 at its size cap; check still sees
+    the last OK across the rotation."""
+    from claude_auth_sync.check import read_log
+    from claude_auth_sync.cycle import HealthCycle, failure_event
+    from claude_auth_sync.errors import CasError
+    from claude_auth_sync.plugins.sink_file import FileSink, rotated
+    from claude_auth_sync.testing import FakeProbe, MemoryBackend, MemoryRestorer, oauth_object
+
+    log = tmp_path / "state" / "sync.log"
+    sink = FileSink(log, max_bytes=2000)
+    ok = HealthCycle("alice", MemoryBackend(), FakeProbe(), MemoryRestorer.with_document(
+        {"claudeAiOauth": oauth_object("a", "r")})).run()
+    for _ in range(40):
+        sink.emit(ok)
+    warn = failure_event("alice", CasError("x", reason="vault_unreachable"))
+    sink.emit(warn)
+    assert log.stat().st_size < 2000 + 400 and rotated(log).stat().st_size >= 2000
+    assert (log.stat().st_mode & 0o777, rotated(log).stat().st_mode & 0o777) == (0o600, 0o600)
+    records = read_log(log)
+    assert records[-1].status == "FAIL" or records[-1].fields.get("reason") == "vault_unreachable"
+    assert any(r.status == "OK" for r in records)  # the last OK before the rotation is still seen
+    total = log.stat().st_size + rotated(log).stat().st_size
+    assert total < 3 * 2000 + 400
