@@ -46,6 +46,10 @@ def read_log(path: Path, limit: int = 200) -> list[LogRecord]:
     return [r for r in (parse_log_line(line) for line in lines) if r is not None]
 
 
+LAST_OK_WARN_S = 2 * TIMER_PERIOD_S  # two timer runs without an OK
+LAST_OK_CRIT_S = 4 * TIMER_PERIOD_S
+
+
 def _perf(label: str, value: float | None, warn: float | str = "", crit: float | str = "") -> str | None:
     if value is None:
         return None
@@ -80,6 +84,10 @@ def evaluate(records: list[LogRecord], login_state: LoginState | None, oauth: An
         oks = [r for r in records if r.status == "OK"]
         if oks:
             last_ok_age = now - oks[-1].when.timestamp()
+            if last_ok_age > LAST_OK_CRIT_S:
+                problems.append((NagiosState.CRITICAL, f"no OK for {int(last_ok_age // 3600)}h"))
+            elif last_ok_age > LAST_OK_WARN_S:
+                problems.append((NagiosState.WARNING, f"no OK for {int(last_ok_age // 3600)}h"))
         if last.status == "FAIL":
             problems.append((NagiosState.CRITICAL, f"last run FAIL ({last.fields.get('reason', '?')})"))
         elif last.status == "WARN":
@@ -92,9 +100,10 @@ def evaluate(records: list[LogRecord], login_state: LoginState | None, oauth: An
     summary = "; ".join(p[1] for p in problems) or "last run OK"
     perf = " ".join(p for p in (
         _perf("access_ttl", access_ttl),
-        _perf("refresh_ttl", refresh_ttl, REFRESH_WARN_S, 0),
-        _perf("vault_ttl", vault_ttl, STORE_TTL_WARN_S, 0),
-        _perf("last_ok_age", last_ok_age, 2 * TIMER_PERIOD_S, 4 * TIMER_PERIOD_S),
+        # Monitoring Plugins ranges: "N:" alerts below N (low is bad), "N" alerts above N.
+        _perf("refresh_ttl", refresh_ttl, f"{REFRESH_WARN_S}:", "0:"),
+        _perf("vault_ttl", vault_ttl, f"{STORE_TTL_WARN_S}:", "0:"),
+        _perf("last_ok_age", last_ok_age, LAST_OK_WARN_S, LAST_OK_CRIT_S),
     ) if p)
     return state, summary, perf
 

@@ -14,7 +14,7 @@ from claude_auth_sync.model import LoginState
 from claude_auth_sync.testing import oauth_object
 
 NOW = time.time()
-PERF = re.compile(r"^([a-z_]+=-?\d+s;\d*;\d*;;)( [a-z_]+=-?\d+s;\d*;\d*;;)*$")
+PERF = re.compile(r"^([a-z_]+=-?\d+s;[@~\d:]*;[@~\d:]*;;)( [a-z_]+=-?\d+s;[@~\d:]*;[@~\d:]*;;)*$")  # ranges
 
 
 def line(status: str, age_s: float, **fields: str) -> str:
@@ -72,3 +72,37 @@ def test_log_lines_with_quoted_values_parse() -> None:
     record = parse_log_line('2026-11-28T20:18:48Z FAIL user=bob action=none reason=x error="a b=c"')
     assert record is not None and record.fields["error"] == "a b=c" and record.status == "FAIL"
     assert parse_log_line("garbage") is None
+
+
+def _in_range(value: float, spec: str) -> bool:
+    """The Monitoring Plugins range rule: alert when the value is OUTSIDE the range.
+    ``N`` = 0..N, ``N:`` = N..inf, ``~:N`` = -inf..N, ``M:N`` = M..N, ``@`` inverts."""
+    inside_alerts = spec.startswith("@")
+    spec = spec.lstrip("@")
+    low, _, high = spec.partition(":") if ":" in spec else ("0", ":", spec)
+    lo = float("-inf") if low == "~" else float(low or 0)
+    hi = float("inf") if high == "" else float(high)
+    inside = lo <= value <= hi
+    return not inside if not inside_alerts else inside
+
+
+@pytest.mark.parametrize(("label", "value", "expect"), [
+    ("vault_ttl", 31 * 86400, "ok"), ("vault_ttl", 5 * 86400, "warning"), ("vault_ttl", -10, "critical"),
+    ("refresh_ttl", 10 * 86400, "ok"), ("refresh_ttl", 86400, "warning"), ("refresh_ttl", -1, "critical"),
+    ("last_ok_age", 3600, "ok"), ("last_ok_age", 13 * 3600, "warning"), ("last_ok_age", 25 * 3600, "critical"),
+])
+def test_perfdata_thresholds_follow_the_monitoring_plugins_range_rules(label, value, expect) -> None:
+    """Issue 14: ``vault_ttl=...;604800;0;;`` alerted when the TTL was HIGH. A monitoring system
+    applying the printed ranges must reach the same state the plugin reports."""
+    oauth = dict(OAUTH)
+    if label == "refresh_ttl":
+        oauth["refreshTokenExpiresAt"] = int((NOW + value) * 1000)
+    kwargs = {"store_ttl_s": str(int(value) + 60)} if label == "vault_ttl" else {}
+    age = value if label == "last_ok_age" else 60
+    state, _summary, perf = evaluate(records(line("OK", age, **kwargs)), LoginState.HEALTHY, oauth, NOW)
+    fields = dict(item.split("=", 1) for item in perf.split())
+    measured, warn, crit, *_ = fields[label].split(";")
+    number = float(measured.rstrip("s"))
+    by_ranges = "critical" if _in_range(number, crit) else "warning" if _in_range(number, warn) else "ok"
+    assert by_ranges == expect
+    assert state >= {"ok": NagiosState.OK, "warning": NagiosState.WARNING, "critical": NagiosState.CRITICAL}[expect]
