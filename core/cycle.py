@@ -30,7 +30,6 @@ user is logged out.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ from typing import Any
 from .errors import BackendUnavailable, CasError, ConcurrentChange
 from .fingerprint import oauth_fingerprints
 from .last_check import LastCheckFile, oauth_digest
-from .oauth import MAX_TIMESTAMP_MS, has_both_tokens, oauth_problem
+from .oauth import MAX_TIMESTAMP_MS, has_both_tokens, oauth_problem, same_oauth
 from .model import (
     REFRESH_WARN_S,
     RELOGIN_COMMAND,
@@ -199,7 +198,7 @@ class HealthCycle:
         if problem is not None:
             self.details["backup_problem"] = problem
             return Verdict(ExitCode.FAIL, Action.NONE, "auth_failed_backup_unusable")
-        if probed.oauth is not None and _same_oauth(probed.oauth, latest.oauth):
+        if probed.oauth is not None and same_oauth(probed.oauth, latest.oauth):
             return Verdict(ExitCode.FAIL, Action.NONE, "auth_failed_backup_is_local_copy")
 
         try:
@@ -294,7 +293,7 @@ class HealthCycle:
             raise _NotBackupable(tested)
         if latest is None:
             latest = self.backend.read_latest()
-        if latest is not None and _same_oauth(latest.oauth, tested.oauth):
+        if latest is not None and same_oauth(latest.oauth, tested.oauth):
             self._remember(tested)
             return Action.NONE
         with self._timed("backup"):
@@ -406,13 +405,5 @@ def _not_logged_in() -> Verdict:
     return Verdict(ExitCode.TEMPFAIL, Action.NONE, "not_logged_in")
 
 
-def _same_oauth(a: Any, b: Any) -> bool:
-    """Equal as JSON. An object too deep to encode (a damaged stored copy) equals nothing."""
-    try:
-        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-    except RecursionError:
-        return False
-
-
 def _same_login(a: LocalLogin, b: LocalLogin) -> bool:
-    return a.state == b.state and _same_oauth(a.oauth, b.oauth)
+    return a.state == b.state and same_oauth(a.oauth, b.oauth)

@@ -24,6 +24,7 @@ from typing import Any
 from .cycle import refresh_expiry_ms
 from .errors import CasError
 from .fingerprint import fingerprint, oauth_fingerprints
+from .oauth import same_oauth
 from .model import LOGIN_VARIABLES, REFRESH_WARN_S, ExitCode, RELOGIN_COMMAND, DiagnosticRow, DiagnosticState, LoginState, ProbeOutcome, UserIdentity
 from .runner import Runtime, build_runtime
 from .settings import ResolvedPaths, settings_provenance
@@ -168,15 +169,11 @@ def check_backend(rt: Runtime) -> list[DiagnosticRow]:
     if latest is None:
         rows.append(DiagnosticRow(g, "backup", "warn", "no backup yet", f"systemctl start claude-auth-sync@{rt.user.name}.service"))
     elif local.oauth is not None:
-        same = _same(latest.oauth, local.oauth)
+        same = same_oauth(latest.oauth, local.oauth)
         stored_fp = fingerprint(latest.oauth.get("accessToken")) if isinstance(latest.oauth, Mapping) else None
         rows.append(DiagnosticRow(g, "matches local", "ok" if same else "info",
                                   f"stored fp {stored_fp}" + ("" if same else " (differs: the next healthy run backs up)")))
     return rows
-
-
-def _same(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def check_timer(rt: Runtime) -> list[DiagnosticRow]:

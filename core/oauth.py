@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 
-__all__ = ["FIELD_TYPES", "MAX_OBJECT_BYTES", "MAX_TIMESTAMP_MS", "MAX_TOKEN_CHARS", "has_both_tokens", "oauth_problem"]
+__all__ = ["same_oauth", "FIELD_TYPES", "MAX_OBJECT_BYTES", "MAX_TIMESTAMP_MS", "MAX_TOKEN_CHARS", "has_both_tokens", "oauth_problem"]
 
 MAX_TOKEN_CHARS = 4096  # real tokens are ~110 characters; a 5 MB "token" is a bad copy (HTTP 431)
 MAX_OBJECT_BYTES = 64 * 1024
@@ -85,3 +85,11 @@ def has_both_tokens(oauth: Any) -> bool:
         and isinstance(oauth.get("refreshToken"), str)
         and bool(oauth.get("refreshToken"))
     )
+
+
+def same_oauth(a: Any, b: Any) -> bool:
+    """Equal as JSON (key order ignored). An object too deep to encode (a damaged copy) equals nothing."""
+    try:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    except RecursionError:
+        return False

@@ -53,6 +53,7 @@ from claude_auth_sync.fileio import (
     write_atomically,
 )
 from claude_auth_sync.login import classify, merge_oauth
+from claude_auth_sync.oauth import same_oauth
 from claude_auth_sync.model import RELOGIN_COMMAND, ExitCode, LocalLogin, LoginState, OAuth, RestoreSnapshot
 
 from .lock import LockBusy, LockCompromised, LockError, claude_credentials_lock
@@ -201,7 +202,7 @@ class CredentialsFile:
             _check_target(dir_fd, CREDENTIALS_NAME, self.uid, self.path)
             raw = _read_at(dir_fd, CREDENTIALS_NAME, self.path)
             current = classify(self.path, raw)
-            if _normalise(current.oauth) != _normalise(expected):
+            if not same_oauth(current.oauth, expected):
                 raise ConcurrentChange(
                     f"{self.path} changed while the restore was prepared; not overwriting it",
                     remedy="nothing: the next run probes the new login",
@@ -391,5 +392,3 @@ def _previous_bytes(dir_fd: int, journal: Mapping[str, Any]) -> bytes | None | L
     return data if data is not None and _digest(data) == journal["previous_sha256"] else False
 
 
-def _normalise(oauth: Mapping[str, Any] | None) -> str | None:
-    return None if oauth is None else json.dumps(oauth, sort_keys=True)
