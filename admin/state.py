@@ -15,7 +15,6 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_auth_sync.errors import CasError, ConfigurationError
-from claude_auth_sync.fileio import write_atomically
+from claude_auth_sync.fileio import flock_until, write_atomically
 from claude_auth_sync.model import ExitCode
 
 __all__ = ["Busy", "DEFAULT_STATE_DIR", "StateFile", "provision_lock"]
@@ -112,15 +111,8 @@ def provision_lock(directory: Path, wait: float = LOCK_WAIT_S) -> Iterator[None]
     path = directory / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise Busy(f"another t3-provision-users holds {path}", remedy="wait for it to finish") from None
-                time.sleep(0.2)
+        if not flock_until(fd, time.monotonic() + wait, poll_s=0.2):
+            raise Busy(f"another t3-provision-users holds {path}", remedy="wait for it to finish")
         yield
     finally:
         os.close(fd)

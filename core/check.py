@@ -18,7 +18,7 @@ from typing import Any
 
 from .cycle import refresh_expiry_ms
 from .errors import CasError
-from .status_line import LogRecord, parse_log_line
+from .status_line import LogRecord, parse_log_line, rotated_log
 from .fileio import read_tail
 from .model import REFRESH_WARN_S, STORE_TTL_WARN_S, TIMER_PERIOD_S, LoginState
 
@@ -41,7 +41,7 @@ def read_log(path: Path, limit: int = 200) -> list[LogRecord]:
     if data is None:
         return []
     if data.count(b"\n") < limit:  # just rotated: the earlier lines are in sync.log.1
-        data = (read_tail(path.with_name(path.name + ".1")) or b"") + data
+        data = (read_tail(rotated_log(path)) or b"") + data
     lines = data.decode("utf-8", errors="replace").splitlines()[-limit:]
     return [r for r in (parse_log_line(line) for line in lines) if r is not None]
 

@@ -7,15 +7,17 @@ opened through a symlink (``O_NOFOLLOW``); replacements are atomic (temp + fsync
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import secrets
 import stat
+import time
 from pathlib import Path
 
 from .errors import ConfigurationError
 
-__all__ = ["DirectorySyncFailed", "NotARegularFile", "write_atomically", "ensure_private_dir", "append_private",
+__all__ = ["flock_until", "DirectorySyncFailed", "NotARegularFile", "write_atomically", "ensure_private_dir", "append_private",
            "replace_private", "read_private", "read_regular", "read_tail", "open_regular", "stale_temps",
            "remove_stale_temps"]
 
@@ -94,6 +96,19 @@ def remove_stale_temps(dir_fd: int, pattern: re.Pattern[str], uid: int) -> list[
             continue
         removed.append(name)
     return removed
+
+
+def flock_until(fd: int, deadline: float, *, poll_s: float = 0.1) -> bool:
+    """Take an exclusive ``flock`` on ``fd``, polling until ``deadline`` (``time.monotonic()``).
+    True once held; False when the deadline passed with another holder still on it."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
 
 
 def ensure_private_dir(path: Path) -> None:

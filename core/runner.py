@@ -6,7 +6,6 @@ failing sink is reported on stderr and never stops the others or changes the exi
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any, TextIO
 
 from .cycle import HealthCycle, failure_event
 from .errors import CasError
-from .fileio import ensure_private_dir, open_regular
+from .fileio import ensure_private_dir, flock_until, open_regular
 from .fingerprint import oauth_fingerprints
 from .last_check import LastCheckFile
 from .hookspecs import PluginContext
@@ -139,17 +138,11 @@ def run_lock(state_dir: Path, wait_s: float, *, claude_config_dir: Path | None =
 
 
 def _flock_until(fd: int, deadline: float, shown: Path, wait_s: float) -> None:
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise RunInProgress(
-                    f"another claude-auth-sync run for this user is still going (waited {wait_s:.0f}s for {shown})",
-                    remedy="nothing: that run reports its own result; this one ends WARN",
-                ) from None
-            time.sleep(0.1)
+    if not flock_until(fd, deadline):
+        raise RunInProgress(
+            f"another claude-auth-sync run for this user is still going (waited {wait_s:.0f}s for {shown})",
+            remedy="nothing: that run reports its own result; this one ends WARN",
+        )
 
 
 ON_CHANGE_LOCK_WAIT_S = 300.0

@@ -15,16 +15,22 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from .model import StatusEvent
 
-__all__ = ["LogRecord", "format_status_line", "parse_log_line"]
+__all__ = ["LogRecord", "format_status_line", "parse_log_line", "rotated_log"]
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_.:/@+,-]+$")
 
 
 def _value(text: str) -> str:
     return text if _PLAIN.match(text) else json.dumps(text, ensure_ascii=True)
+
+
+def rotated_log(path: Path) -> Path:
+    """Where the previous part of a rotated status log is kept (``sync.log`` -> ``sync.log.1``)."""
+    return path.with_name(path.name + ".1")
 
 
 def format_status_line(event: StatusEvent) -> str:

@@ -21,14 +21,9 @@ from claude_auth_sync.fileio import append_private
 from claude_auth_sync.hookspecs import SinkSpec, hookimpl
 from claude_auth_sync.model import StatusEvent
 from claude_auth_sync.settings import ResolvedPaths
-from claude_auth_sync.status_line import format_status_line
+from claude_auth_sync.status_line import format_status_line, rotated_log
 
-__all__ = ["MAX_LOG_BYTES", "FileSink", "format_status_line", "rotated"]
-
-
-def rotated(path: Path) -> Path:
-    """Where the previous part of the log is kept (``sync.log.1``)."""
-    return path.with_name(path.name + ".1")
+__all__ = ["MAX_LOG_BYTES", "FileSink", "format_status_line"]
 
 
 MAX_LOG_BYTES = 1 << 20  # about 3,500 lines: a year of timer runs, weeks of busy path-unit runs
@@ -50,7 +45,7 @@ class FileSink:
         except FileNotFoundError:
             return
         if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_size >= self.max_bytes:
-            os.rename(self.path, rotated(self.path))
+            os.rename(self.path, rotated_log(self.path))
 
 
 @hookimpl

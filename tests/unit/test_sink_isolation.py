@@ -91,7 +91,8 @@ def test_the_private_log_is_bounded_and_keeps_the_latest_lines(tmp_path) -> None
     from claude_auth_sync.check import read_log
     from claude_auth_sync.cycle import HealthCycle, failure_event
     from claude_auth_sync.errors import CasError
-    from claude_auth_sync.plugins.sink_file import FileSink, rotated
+    from claude_auth_sync.plugins.sink_file import FileSink
+    from claude_auth_sync.status_line import rotated_log as rotated
     from claude_auth_sync.testing import FakeProbe, MemoryBackend, MemoryRestorer, oauth_object
 
     log = tmp_path / "state" / "sync.log"
