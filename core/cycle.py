@@ -130,9 +130,7 @@ class HealthCycle:
             verdict = self._cycle()
         except CasError as err:
             verdict = Verdict(err.exit_code, Action.NONE, err.reason)
-            self.details["error"] = err.message
-            if err.remedy:
-                self.details["next_step"] = err.remedy
+            self._note_error(err)
         self.timings_ms["total"] = round((self.clock() - started) * 1000)
         return self._event(verdict)
 
@@ -177,9 +175,7 @@ class HealthCycle:
     def _backend_down(self, err: BackendUnavailable, login: LocalLogin) -> Verdict:
         """The backend cannot be reached: nothing can be backed up or restored, but the probe still
         says whether the login works (``probe_outcome=``). WARN either way: the next run retries."""
-        self.details["error"] = err.message
-        if err.remedy:
-            self.details["next_step"] = err.remedy
+        self._note_error(err)
         if login.state not in LOGGED_OUT:
             self._probe("probe")
             self._note_local(login)
@@ -215,7 +211,7 @@ class HealthCycle:
             try:
                 self._back_up(tested, latest=latest)
             except CasError as err:  # the restored login works and stays; only the backup failed
-                self.details["error"] = err.message
+                self._note_error(err)
                 return Verdict(err.exit_code, Action.RESTORE, err.reason)
             return _ok(Action.RESTORE, "restored_latest_backup")
         if retry.outcome == ProbeOutcome.UNAVAILABLE:
@@ -239,7 +235,7 @@ class HealthCycle:
         except ConcurrentChange:
             return self._after_concurrent_change()
         except CasError as err:
-            self.details["error"] = err.message
+            self._note_error(err)
             if snapshot.previous_copy is not None:
                 self.details["pre_restore_file"] = str(snapshot.previous_copy)
             return Verdict(failed.exit_code, Action.RESTORE, f"{failed.reason}_rollback_pending")
@@ -340,6 +336,12 @@ class HealthCycle:
         if result.warnings:
             self.details["warnings"] = ",".join(result.warnings)
         return result
+
+    def _note_error(self, err: CasError) -> None:
+        """The error's message and its fix in the event (never a secret: CasError messages carry none)."""
+        self.details["error"] = err.message
+        if err.remedy:
+            self.details["next_step"] = err.remedy
 
     def _note_local(self, login: LocalLogin) -> None:
         self.fingerprints = oauth_fingerprints(login.oauth)

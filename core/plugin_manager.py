@@ -66,6 +66,7 @@ class Plugins:
     pm: pluggy.PluginManager
     broken: list[BrokenPlugin] = field(default_factory=list)
     origins: dict[tuple[str, str], str] = field(default_factory=dict)
+    _collected: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def settings_sections(self) -> list[SettingsSection]:
         """Every plugin's settings sections (a plugin whose hook breaks is recorded and skipped)."""
@@ -153,6 +154,13 @@ class Plugins:
         return self.pm.subset_hook_caller(hook_name, remove_plugins=others)
 
     def _collect(self, hook_name: str, kind: str) -> dict[str, Any]:
+        """:meth:`_gather`, once per hook: the plugins are all registered when the manager is built,
+        and one run asks for the same records many times (selection, building, sinks)."""
+        if hook_name not in self._collected:
+            self._collected[hook_name] = self._gather(hook_name, kind)
+        return dict(self._collected[hook_name])
+
+    def _gather(self, hook_name: str, kind: str) -> dict[str, Any]:
         """Every record ``hook_name`` offers, by name, each remembered with its plugin.
 
         A plugin whose hook raises or hands back anything but a sequence of the hook's record type
