@@ -19,6 +19,13 @@ metric                                                  value
                                                         the event does not carry it
 ``claude_auth_sync_vault_token_ttl_seconds``            the Vault token's TTL right after this run's renewal
                                                         (event detail ``store_ttl_s``); absent when unknown
+``claude_auth_sync_refresh_token_expiry_seconds``       Unix time at which the refresh token expires (event
+                                                        detail ``refresh_expires_at_ms``); absent when the
+                                                        credentials file does not say
+``claude_auth_sync_last_run_info{status,action,reason}``  always 1; the last run's status, action and reason
+                                                        (``reason=""`` when there is none; at most 100 chars)
+``claude_auth_sync_runs_total{status}``                 counter: runs per status word (:mod:`.counters`)
+``claude_auth_sync_actions_total{action}``              counter: runs per action (restores: ``action="restore"``)
 ======================================================  ================================================
 
 Why not :func:`claude_auth_sync.fileio.replace_private`: node_exporter runs as its own user
@@ -48,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from claude_auth_sync.fileio import stale_temps, write_atomically
 from claude_auth_sync.hookspecs import PluginContext, SettingsSection, SinkSpec, hookimpl
 from claude_auth_sync.model import Status, StatusEvent
+from claude_auth_sync.plugins.sink_metrics.counters import COUNTER_HELP, CounterKey, counter_families, previous_counts
 
 __all__ = [
     "DEFAULT_DIRECTORY",
@@ -78,7 +86,11 @@ HELP = {
     "last_success_timestamp_seconds": "Unix time of the last OK run (kept from the previous file while runs are not OK).",
     "access_token_expiry_seconds": "Unix time at which the Claude OAuth access token expires, as read by the last run.",
     "vault_token_ttl_seconds": "TTL in seconds of the user's Vault token right after the last run renewed it.",
+    "refresh_token_expiry_seconds": "Unix time at which the Claude OAuth refresh token expires, as read by the last run.",
+    "last_run_info": "Always 1: the last run's status, action and reason (empty when none) as labels.",
+    **COUNTER_HELP,
 }
+MAX_REASON_CHARS = 100
 
 
 class MetricsUnavailable(OSError):
@@ -142,8 +154,10 @@ def previous_success(text: str | None) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def render_metrics(event: StatusEvent, *, previous_success_s: float | None = None) -> str:
-    """The textfile content for ``event`` (text exposition format 0.0.4, HELP/TYPE per family)."""
+def render_metrics(event: StatusEvent, *, previous_success_s: float | None = None,
+                   previous_counts: Mapping[CounterKey, int] | None = None) -> str:
+    """The textfile content for ``event`` (text exposition format 0.0.4, HELP/TYPE per family);
+    the counters continue from ``previous_counts`` (:func:`.counters.previous_counts`)."""
     user = f'user="{_label(event.user)}"'
     run_s = _epoch(event.timestamp)
     success_s = run_s if event.status == Status.OK else previous_success_s
@@ -160,10 +174,17 @@ def render_metrics(event: StatusEvent, *, previous_success_s: float | None = Non
     ttl_s = _detail_number(event.details, "store_ttl_s")
     if ttl_s is not None:
         families.append(("vault_token_ttl_seconds", [(user, ttl_s)]))
+    refresh_ms = _detail_number(event.details, "refresh_expires_at_ms")
+    if refresh_ms is not None:
+        families.append(("refresh_token_expiry_seconds", [(user, refresh_ms / 1000)]))
+    reason = _label((event.reason or "")[:MAX_REASON_CHARS])
+    families.append(("last_run_info", [(f'{user},status="{event.status}",action="{event.action}",reason="{reason}"', 1)]))
+    families += counter_families(event, previous_counts or {}, user)
     lines: list[str] = []
     for short, samples in families:
         name = PREFIX + short
-        lines += [f"# HELP {name} {HELP[short]}", f"# TYPE {name} gauge"]
+        kind = "counter" if short.endswith("_total") else "gauge"
+        lines += [f"# HELP {name} {HELP[short]}", f"# TYPE {name} {kind}"]
         lines += [f"{name}{{{labels}}} {_number(value)}" for labels, value in samples]
     return "\n".join(lines) + "\n"
 
@@ -244,8 +265,10 @@ class MetricsSink:
 
     def emit(self, event: StatusEvent) -> None:
         path = self.path_for(event.user)
-        previous = None if event.status == Status.OK else previous_success(_read_small(path))
-        write_public(path, render_metrics(event, previous_success_s=previous).encode("utf-8"))
+        text = _read_small(path)
+        previous = None if event.status == Status.OK else previous_success(text)
+        rendered = render_metrics(event, previous_success_s=previous, previous_counts=previous_counts(text))
+        write_public(path, rendered.encode("utf-8"))
 
 
 def metric_names() -> Iterable[str]:

@@ -27,6 +27,7 @@ from claude_auth_sync.plugins.sink_metrics import (
     render_metrics,
     write_public,
 )
+from claude_auth_sync.plugins.sink_metrics.counters import previous_counts
 from claude_auth_sync.settings import load_settings
 
 T0 = "2026-11-28T20:10:45Z"
@@ -51,7 +52,8 @@ def samples(text: str) -> dict[tuple[str, str], float]:
         if line.startswith("# HELP "):
             declared.append(line.split()[2])
         elif line.startswith("# TYPE "):
-            assert line.split()[2:] == [declared[-1], "gauge"], line
+            kind = "counter" if declared[-1].endswith("_total") else "gauge"
+            assert line.split()[2:] == [declared[-1], kind], line
         else:
             match = SAMPLE.match(line)
             assert match, f"not a sample line: {line!r}"
@@ -110,7 +112,7 @@ def test_label_values_are_escaped() -> None:
 
 
 def test_every_metric_name_is_rendered_somewhere() -> None:
-    text = render_metrics(event(details={"access_expires_at_ms": 1, "store_ttl_s": 1}))
+    text = render_metrics(event(details={"access_expires_at_ms": 1, "store_ttl_s": 1, "refresh_expires_at_ms": 1}))
     assert sorted({key[0] for key in samples(text)}) == sorted(metric_names())
 
 
@@ -126,8 +128,9 @@ def test_output_passes_promtool_check_metrics() -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: apt-get install prometheus"
     for status in Status:
-        text = render_metrics(event(status, details={"access_expires_at_ms": 1_795_900_000_000, "store_ttl_s": 3600}),
-                              previous_success_s=T0_S - 3600)
+        text = render_metrics(event(status, details={"access_expires_at_ms": 1_795_900_000_000, "store_ttl_s": 3600,
+                                                     "refresh_expires_at_ms": 1_796_000_000_000}),
+                              previous_success_s=T0_S - 3600, previous_counts={("runs_total", "OK"): 7})
         res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
         assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), (res.stdout, res.stderr)
 
@@ -293,3 +296,72 @@ def test_registered_as_sink_metrics_with_a_metrics_section(tmp_path: Path, monke
     sink = plugins.sinks()["metrics"].factory(PluginContext(settings=settings, user=user))
     sink.emit(event(user="alice"))
     assert (tmp_path / "claude_auth_sync_alice.prom").is_file()
+
+
+# -- refresh-token expiry, last-run info and the carried-over counters (the fleet dashboard's series) --
+
+def test_refresh_token_expiry_comes_from_event_details() -> None:
+    got = samples(render_metrics(event(details={"refresh_expires_at_ms": 1_796_000_000_250})))
+    assert got[("claude_auth_sync_refresh_token_expiry_seconds", 'user="alice"')] == 1_796_000_000.25
+    assert "refresh_token_expiry" not in render_metrics(event(details={"refresh_expires_at_ms": "later"}))
+
+
+def test_last_run_info_carries_status_action_and_reason() -> None:
+    got = samples(render_metrics(event(Status.WARN)))
+    assert got[("claude_auth_sync_last_run_info", 'user="alice",status="WARN",action="none",reason="http_529"')] == 1
+    assert ("claude_auth_sync_last_run_info", 'user="alice",status="OK",action="none",reason=""') in samples(
+        render_metrics(event(Status.OK)))
+
+
+def test_a_hostile_reason_is_escaped_and_truncated() -> None:
+    hostile = StatusEvent(timestamp=T0, status=Status.FAIL, exit_code=ExitCode.FAIL, user="alice", action=Action.NONE,
+                          reason='x"}\n\\\x1b[31m' + "y" * 500)
+    text = render_metrics(hostile)
+    line = next(line for line in text.splitlines() if line.startswith("claude_auth_sync_last_run_info"))
+    assert '\\"}\\n\\\\\x1b[31m' in line and len(line) < 250 and line.endswith("} 1")
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: apt-get install prometheus"
+    res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+
+
+def test_counters_start_at_zero_for_every_word_and_count_this_run() -> None:
+    got = samples(render_metrics(event(Status.WARN)))
+    assert [got[("claude_auth_sync_runs_total", f'user="alice",status="{s}"')] for s in Status] == [0, 1, 0]
+    assert [got[("claude_auth_sync_actions_total", f'user="alice",action="{a}"')] for a in Action] == [1, 0, 0, 0]
+
+
+def test_counters_carry_over_across_runs_of_the_sink(tmp_path: Path) -> None:
+    sink = MetricsSink(tmp_path)
+    path = tmp_path / "claude_auth_sync_alice.prom"
+    for minutes, status, action in [(0, Status.OK, Action.BACKUP), (5, Status.OK, Action.NONE),
+                                    (10, Status.OK, Action.RESTORE), (15, Status.FAIL, Action.ROLLBACK),
+                                    (20, Status.WARN, Action.NONE)]:
+        sink.emit(StatusEvent(timestamp=at(minutes), status=status, exit_code=CODES[status], user="alice",
+                              action=action, reason=None))
+    got = samples(path.read_text())
+    assert [got[("claude_auth_sync_runs_total", f'user="alice",status="{s}"')] for s in Status] == [3, 1, 1]
+    assert [got[("claude_auth_sync_actions_total", f'user="alice",action="{a}"')] for a in Action] == [2, 1, 1, 1]
+
+
+@pytest.mark.parametrize("previous", [
+    'claude_auth_sync_runs_total{user="alice",status="OK"} NaN\n',
+    'claude_auth_sync_runs_total{user="alice",status="OK"} -4\n',
+    'claude_auth_sync_runs_total{user="alice",status="OK"} 1.5\n',
+    'claude_auth_sync_runs_total{user="alice",status="OK"} 1e300\n',
+    'claude_auth_sync_runs_total{user="alice",status="MAYBE"} 9\n',
+    'claude_auth_sync_actions_total{user="alice",status="OK"} 9\n',
+    "\xff\xfe garbage \x00\n" * 100,
+])
+def test_unusable_previous_counters_restart_at_zero(previous: str) -> None:
+    counts = previous_counts(previous)
+    assert counts == {}
+    got = samples(render_metrics(event(Status.OK), previous_counts=counts))
+    assert got[("claude_auth_sync_runs_total", 'user="alice",status="OK"')] == 1
+
+
+def test_previous_counters_are_read_back_from_a_rendered_file() -> None:
+    text = render_metrics(event(Status.FAIL), previous_counts={("runs_total", "FAIL"): 41, ("actions_total", "none"): 2})
+    assert previous_counts(text) == {("runs_total", "OK"): 0, ("runs_total", "WARN"): 0, ("runs_total", "FAIL"): 42,
+                                     ("actions_total", "none"): 3, ("actions_total", "backup"): 0,
+                                     ("actions_total", "restore"): 0, ("actions_total", "rollback"): 0}
