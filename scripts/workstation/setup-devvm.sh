@@ -1,34 +1,73 @@
 #!/usr/bin/env bash
-# Install claude-auth-sync on a workstation and provision the roster users (runbook step 2).
+# Install, upgrade or uninstall claude-auth-sync on a workstation (runbook step 2).
 #
-# Run as root with the admin Vault token:
-#   export VAULT_ADDR=https://vault.example.org VAULT_TOKEN=...   # never on the command line
-#   sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN scripts/workstation/setup-devvm.sh [provisioner args]
+#   setup-devvm.sh [--dry-run] [provisioner args]   install, then the admin provisioner run
+#   setup-devvm.sh [--dry-run] --upgrade            new package, units, polkit rule, runbook only
+#   setup-devvm.sh [--dry-run] --uninstall [--purge]
 #
-# What it does (idempotent: a second run changes nothing but re-installing the package):
+# Install: as root with the admin Vault token in the environment (never on the command line):
+#   export VAULT_ADDR=https://vault.example.org VAULT_TOKEN=...   [VAULT_CACERT=/path/ca.pem]
+#   sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN,VAULT_CACERT scripts/workstation/setup-devvm.sh
+# It installs, idempotently (a second run changes nothing but re-installing the package):
 #   1. the package into its own venv, /opt/claude-auth-sync/venv (Debian's /usr/bin/python3),
 #      world-readable so the per-user services can run it;
-#   2. the roster (validated first) to /etc/claude-auth-sync/roster.yaml (root, 0644), and
-#      /etc/claude-auth-sync/config.toml with the Vault address (VAULT_ADDR, VAULT_CACERT) if
-#      there is none yet: the timers run without these variables. An existing config.toml that
-#      anybody but root could have written is repaired to root:root 0644 and the script stops
-#      (exit 78) without using it: its vault.addr receives the admin token and every user's token,
-#      so a person reads it before the next run; a symlink or non-regular file there stops it too;
-#   3. the systemd units to /etc/systemd/system/, and the polkit rule that lets each person start
-#      their own claude-auth-sync@<user>.service (only their own) to /etc/polkit-1/rules.d/;
-#   4. /usr/local/bin/t3-provision-users and /usr/local/bin/claude-auth-sync -> the venv;
-#   5. enables (and, under a running systemd, starts) the hourly t3-provision-users.timer;
-#   6. runs the provisioner in the foreground with --apply-policies (plus any arguments given
-#      here, e.g. --prune or --dry-run) and exits with its status.
+#   2. the roster (validated first) to /etc/claude-auth-sync/roster.yaml (root, 0644), the way
+#      dpkg treats a conffile: installed when absent; replaced by the checkout's when the installed
+#      one is still what this script installed last (its SHA-256 is kept in
+#      /var/lib/claude-auth-sync/roster.yaml.installed-sha256) -- the old one is kept as
+#      roster.yaml.old and the diff shown; a hand-edited one is never overwritten: it is kept, the
+#      checkout's is put beside it as roster.yaml.dist and the diff shown;
+#   3. /etc/claude-auth-sync/config.toml with the Vault address (VAULT_ADDR, and VAULT_CACERT for
+#      a private CA) if there is none yet: the timers run without these variables. An existing
+#      config.toml that anybody but root could have written is repaired to root:root 0644 and the
+#      script stops (exit 78) without using it: its vault.addr receives the admin token and every
+#      user's token, so a person reads it before the next run; a symlink or non-regular file there
+#      stops it too;
+#   4. the systemd units to /etc/systemd/system/, the polkit rule that lets each person start their
+#      own claude-auth-sync@<user>.service to /etc/polkit-1/rules.d/, the runbook the units'
+#      Documentation= names to /usr/share/doc/claude-auth-sync/runbook.md;
+#   5. /usr/local/bin/t3-provision-users and /usr/local/bin/claude-auth-sync -> the venv;
+#   6. enables (and, under a running systemd, starts) the hourly t3-provision-users.timer;
+#   7. runs the provisioner in the foreground with --apply-policies (plus any arguments given
+#      here, e.g. --prune or --json) and exits with its status.
 #
-# CAS_ROOT=/some/dir installs below that directory instead of / (for tests; the venv is not
-# relocatable, so this is no image builder): units are
-# then enabled with `systemctl --root`, nothing is started, and the provisioner gets --roster,
-# --config, --systemd-root and --state-dir below it. CAS_PYTHON overrides the interpreter for the venv.
+# --dry-run changes nothing at all: it prints what would be done (and, when a venv and a roster
+# are installed, the provisioner's own --dry-run plan).
+# --upgrade (no admin token needed; VAULT_TOKEN is ignored): steps 1, 4 and 5, then a
+# daemon-reload. Nothing running is restarted, the roster and config.toml are left alone: the
+# next timer run uses the new version.
+# --uninstall: disables and stops every claude-auth-sync@*.timer/.path and the provisioner's
+# timer, removes the units, the provisioner's drop-ins, the polkit rule, the runbook, the commands
+# and /opt/claude-auth-sync. /etc/claude-auth-sync, /var/lib/claude-auth-sync and the users' files
+# are kept; with --purge the users' agent files are removed too (t3-provision-users --offboard
+# --force for each user: token file and state directory, never the credentials file; tokens are
+# revoked when VAULT_TOKEN holds an admin token), then /etc/claude-auth-sync, and
+# /var/lib/claude-auth-sync unless a token is still to be revoked. Offboard users first
+# (t3-provision-users --offboard USER) to revoke their tokens.
+#
+# CAS_ROOT=/some/dir works below that directory instead of / (for tests; the venv is not
+# relocatable, so this is no image builder): units are then enabled with `systemctl --root`,
+# nothing is started, and the provisioner gets --roster, --config, --systemd-root and --state-dir
+# below it. CAS_PYTHON overrides the interpreter for the venv.
 set -euo pipefail
 
 die() { printf 'setup-devvm: %s\n' "$*" >&2; exit 1; }
 log() { printf 'setup-devvm: %s\n' "$*" >&2; }
+
+mode=install dry=0 purge=0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --dry-run) dry=1 ;;
+        --upgrade) mode=upgrade ;;
+        --uninstall) mode=uninstall ;;
+        --purge) purge=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+        *) break ;;
+    esac
+    shift
+done
+[ "$purge" -eq 0 ] || [ "$mode" = uninstall ] || die "--purge goes with --uninstall"
+[ "$mode" = install ] || [ $# -eq 0 ] || die "unexpected arguments for --$mode: $*"
 
 repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd -P)
 root=${CAS_ROOT:-}
@@ -39,30 +78,88 @@ venv="$prefix/venv"
 etc_dir="$root/etc/claude-auth-sync"
 unit_dir="$root/etc/systemd/system"
 bin_dir="$root/usr/local/bin"
+doc_dir="$root/usr/share/doc/claude-auth-sync"
+polkit_rule="$root/etc/polkit-1/rules.d/50-claude-auth-sync.rules"
 state_dir="$root/var/lib/claude-auth-sync"
+roster="$etc_dir/roster.yaml"
+roster_sum="$state_dir/roster.yaml.installed-sha256"
+config="$etc_dir/config.toml"
+units=(claude-auth-sync@.service claude-auth-sync@.timer claude-auth-sync@.path
+       t3-provision-users.service t3-provision-users.timer)
+commands=(t3-provision-users claude-auth-sync)
 
-[ "$(id -u)" -eq 0 ] || die "must run as root (sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN $0)"
-[ -n "${VAULT_TOKEN:-}" ] || die "VAULT_TOKEN (the admin token) is not set; export it, never pass it as an argument"
+[ "$(id -u)" -eq 0 ] || die "must run as root (sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN,VAULT_CACERT $0)"
+if [ "$mode" = install ] && [ "$dry" -eq 0 ] && [ -z "${VAULT_TOKEN:-}" ]; then
+    die "VAULT_TOKEN (the admin token) is not set; export it, never pass it as an argument" \
+        "(an upgrade needs none: $0 --upgrade)"
+fi
+if [ "$mode" = upgrade ]; then
+    [ -z "${VAULT_TOKEN:-}" ] || log "--upgrade needs no admin token: VAULT_TOKEN is ignored"
+    unset VAULT_TOKEN
+fi
 [ -f "$repo/pyproject.toml" ] || die "cannot find the repository next to $0"
 [ -f "$repo/scripts/workstation/roster.yaml" ] || die "no roster at scripts/workstation/roster.yaml"
-[ -x "$python" ] || die "$python is missing (apt-get install python3 python3-venv)"
+[ -f "$repo/docs/runbook.md" ] || die "no runbook at docs/runbook.md"
+[ -x "$python" ] || [ "$mode" = uninstall ] || die "$python is missing (apt-get install python3 python3-venv)"
 
 umask 022
+booted=0
+[ -z "$root" ] && [ -d /run/systemd/system ] && booted=1
+systemctl_() { if [ -n "$root" ]; then systemctl --root="$root" "$@"; else systemctl "$@"; fi; }
+
+# do_ DESCRIPTION COMMAND...: run it, or only say it in a dry run.
+do_() {
+    local what=$1; shift
+    if [ "$dry" -eq 0 ]; then "$@"; elif [ -n "$what" ]; then log "would $what"; fi
+}
+
+installed_version() {
+    "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("claude-auth-sync"))' 2>/dev/null \
+        || echo "none"
+}
 
 # 1. the package, in its own virtual environment
-if [ ! -x "$venv/bin/python" ]; then
-    log "creating $venv"
-    install -d -m 0755 "$prefix"
-    "$python" -m venv "$venv"
-fi
-log "installing claude-auth-sync from $repo"
-# Not editable: the checkout may live in a directory the users cannot read.
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$repo"
-chmod -R a+rX,go-w "$prefix"
+install_package() {
+    local shipped
+    shipped=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/pyproject.toml" | head -n 1)
+    if [ ! -x "$venv/bin/python" ]; then
+        do_ "create $venv ($python -m venv)" install -d -m 0755 "$prefix"
+        do_ "" "$python" -m venv "$venv"
+    fi
+    if [ "$dry" -eq 1 ]; then
+        log "would install claude-auth-sync $shipped from $repo into $venv (installed: $(installed_version))"
+        return
+    fi
+    log "installing claude-auth-sync $shipped from $repo (installed: $(installed_version))"
+    # Not editable: the checkout may live in a directory the users cannot read.
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$repo"
+    chmod -R a+rX,go-w "$prefix"
+}
 
-# 2. the roster, validated before it replaces the installed one
-install -d -m 0755 -o root -g root "$etc_dir"
-"$venv/bin/python" - "$repo/scripts/workstation/roster.yaml" <<'PY'
+# install_file MODE SOURCE DESTINATION: replace only when the content differs
+install_file() {
+    if ! cmp -s -- "$2" "$3"; then
+        if [ "$dry" -eq 1 ]; then log "would install $3"; return; fi
+        install -m "$1" -o root -g root -- "$2" "$3.new"
+        mv -f -- "$3.new" "$3"
+        log "installed $3"
+    elif [ "$(stat -c '%U:%G %a' -- "$3")" != "root:root ${1#0}" ]; then
+        do_ "chown root:root and chmod $1 $3" chown root:root -- "$3"
+        do_ "" chmod "$1" -- "$3"
+    fi
+}
+
+install_dir() { # MODE DIRECTORY
+    [ -d "$2" ] || do_ "create $2" install -d -m "$1" -o root -g root -- "$2"
+}
+
+# 2. the roster, validated, then installed as dpkg installs a conffile (see the header)
+validate_roster() {
+    if [ ! -x "$venv/bin/python" ]; then
+        log "would validate scripts/workstation/roster.yaml once the package is installed"
+        return
+    fi
+    "$venv/bin/python" - "$repo/scripts/workstation/roster.yaml" <<'PY'
 import sys
 from pathlib import Path
 from claude_auth_sync.admin.roster import RosterError, load_roster
@@ -71,48 +168,83 @@ try:
 except RosterError as err:
     sys.exit(f"setup-devvm: {err}")
 PY
-install_file() { # mode source destination: replace only when the content differs
-    if ! cmp -s -- "$2" "$3"; then
-        install -m "$1" -o root -g root -- "$2" "$3.new"
-        mv -f -- "$3.new" "$3"
-        log "installed $3"
-    else
-        chown root:root -- "$3"
-        chmod "$1" -- "$3"
+}
+
+sha() { sha256sum -- "$1" | cut -d' ' -f1; }
+
+record_roster() {
+    install_dir 0700 "$state_dir"
+    if [ "$dry" -eq 0 ] && [ "$(cat -- "$roster_sum" 2>/dev/null || true)" != "$(sha "$roster")" ]; then
+        sha "$roster" > "$roster_sum.new" && mv -f -- "$roster_sum.new" "$roster_sum"
     fi
 }
-install_file 0644 "$repo/scripts/workstation/roster.yaml" "$etc_dir/roster.yaml"
 
-# The system settings the units read (they get no VAULT_ADDR): created once, never overwritten,
-# but always made root:root 0644: whoever can write it chooses where every user's token goes.
-config="$etc_dir/config.toml"
-if [ -L "$config" ] || { [ -e "$config" ] && [ ! -f "$config" ]; }; then
-    die "$config is a symlink or not a regular file: inspect it, remove it and rerun"
-fi
-if [ -f "$config" ]; then
-    was=$(stat -c '%U:%G %a' -- "$config")
-    if [ "$was" != "root:root 644" ]; then
-        chown root:root -- "$config"
-        chmod 0644 -- "$config"
-        # Someone else could have written it: its vault.addr would receive the admin token and every
-        # user's token. Made safe, but not used in this run: a person reads it first.
-        log "repaired $config (was $was, now root:root 644), but not trusted in this run: anyone who could" \
-            "write it chose where tokens go; read it (vault.addr, cacert), then rerun"
-        exit 78
+install_roster() {
+    local shipped="$repo/scripts/workstation/roster.yaml"
+    if [ -L "$roster" ] || { [ -e "$roster" ] && [ ! -f "$roster" ]; }; then
+        die "$roster is a symlink or not a regular file: inspect it, remove it and rerun"
     fi
-fi
-"$venv/bin/python" - "$config" <<'PY'
+    if [ ! -e "$roster" ] || cmp -s -- "$shipped" "$roster"; then
+        install_file 0644 "$shipped" "$roster"
+        record_roster
+        return
+    fi
+    diff -u --label "$roster (installed)" --label "$shipped (checkout)" -- "$roster" "$shipped" >&2 || true
+    if [ "$(cat -- "$roster_sum" 2>/dev/null || true)" = "$(sha "$roster")" ]; then
+        # Unchanged since this script installed it: the checkout's edit (runbook step 1) is taken.
+        do_ "keep the previous roster as $roster.old" cp -p -- "$roster" "$roster.old"
+        install_file 0644 "$shipped" "$roster"
+        record_roster
+        log "roster updated from the checkout (diff above); the previous one is $roster.old"
+    else
+        install_file 0644 "$shipped" "$roster.dist"
+        log "kept $roster: it was edited by hand since it was installed (diff above: installed vs checkout)." \
+            "The checkout's roster is $roster.dist; to take it: install -m 0644 $roster.dist $roster, then rerun"
+    fi
+}
+
+# 3. the system settings the units read (they get no VAULT_ADDR): created once, never overwritten,
+# but always made root:root 0644: whoever can write it chooses where every user's token goes.
+install_config() {
+    if [ -L "$config" ] || { [ -e "$config" ] && [ ! -f "$config" ]; }; then
+        die "$config is a symlink or not a regular file: inspect it, remove it and rerun"
+    fi
+    if [ -f "$config" ]; then
+        local was
+        was=$(stat -c '%U:%G %a' -- "$config")
+        if [ "$was" != "root:root 644" ]; then
+            if [ "$dry" -eq 1 ]; then
+                log "would repair $config (is $was) and stop (exit 78) for a person to read it"
+                return
+            fi
+            chown root:root -- "$config"
+            chmod 0644 -- "$config"
+            # Someone else could have written it: its vault.addr would receive the admin token and
+            # every user's token. Made safe, but not used in this run: a person reads it first.
+            log "repaired $config (was $was, now root:root 644), but not trusted in this run: anyone who could" \
+                "write it chose where tokens go; read it (vault.addr, cacert), then rerun"
+            exit 78
+        fi
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        [ -f "$config" ] || log "would write $config (vault.addr = ${VAULT_ADDR:-<unset>}${VAULT_CACERT:+, cacert = $VAULT_CACERT})"
+        return
+    fi
+    CAS_DRY="$dry" "$venv/bin/python" - "$config" <<'PY'
 import json, os, sys, tomllib
 from pathlib import Path
 from claude_auth_sync.errors import ConfigurationError
 from claude_auth_sync.plugins.backend_vault.store import check_address
-path = Path(sys.argv[1])
+path, dry = Path(sys.argv[1]), os.environ["CAS_DRY"] == "1"
 addr, cacert = os.environ.get("VAULT_ADDR", ""), os.environ.get("VAULT_CACERT", "")
 if path.exists():
-    configured = tomllib.loads(path.read_text()).get("vault", {}).get("addr")
-    if addr and configured != addr:
-        print(f"setup-devvm: warning: {path} has vault.addr = {configured!r}, not VAULT_ADDR {addr!r}; "
+    vault = tomllib.loads(path.read_text()).get("vault", {})
+    if addr and vault.get("addr") != addr:
+        print(f"setup-devvm: warning: {path} has vault.addr = {vault.get('addr')!r}, not VAULT_ADDR {addr!r}; "
               "the timers use the file", file=sys.stderr)
+    if cacert and vault.get("cacert") != cacert:
+        print(f"setup-devvm: warning: {path} has vault.cacert = {vault.get('cacert')!r}, not VAULT_CACERT "
+              f"{cacert!r}; the timers use the file", file=sys.stderr)
     sys.exit(0)
 if not addr:
     sys.exit(f"setup-devvm: no {path} and no VAULT_ADDR: export VAULT_ADDR=https://vault.example.org")
@@ -120,46 +252,181 @@ try:
     check_address(addr, False)
 except ConfigurationError as err:
     sys.exit(f"setup-devvm: {err}")
+if cacert and not (os.path.isabs(cacert) and os.path.isfile(cacert)):
+    sys.exit(f"setup-devvm: VAULT_CACERT {cacert!r} is not an absolute path to a file: the timers read it later, "
+             "from any directory")
 lines = ["# Written once by setup-devvm.sh: settings of every claude-auth-sync agent and of",
          "# t3-provision-users (environment variables override them). Edit freely.", "[vault]",
          f"addr = {json.dumps(addr)}"]
 if cacert:
     lines.append(f"cacert = {json.dumps(cacert)}")
+if dry:
+    print(f"setup-devvm: would write {path}: " + "; ".join(lines[3:]), file=sys.stderr)
+    sys.exit(0)
 tmp = path.with_name(path.name + ".new")
 tmp.write_text("\n".join(lines) + "\n")
 tmp.chmod(0o644)
 tmp.rename(path)
 print(f"setup-devvm: wrote {path}", file=sys.stderr)
 PY
+}
 
-# 3. the systemd units
-install -d -m 0755 "$unit_dir"
-for unit in claude-auth-sync@.service claude-auth-sync@.timer claude-auth-sync@.path t3-provision-users.service t3-provision-users.timer; do
-    install_file 0644 "$repo/deploy/systemd/$unit" "$unit_dir/$unit"
-done
-# ... and the polkit rule that lets a person start their own instance (runbook: "rerun the service")
-install -d -m 0755 "$root/etc/polkit-1/rules.d"
-install_file 0644 "$repo/deploy/polkit/50-claude-auth-sync.rules" "$root/etc/polkit-1/rules.d/50-claude-auth-sync.rules"
+# 4. and 5. the units, the polkit rule, the runbook, the commands
+install_files() {
+    install_dir 0755 "$unit_dir"
+    for unit in "${units[@]}"; do
+        install_file 0644 "$repo/deploy/systemd/$unit" "$unit_dir/$unit"
+    done
+    install_dir 0755 "$root/etc/polkit-1/rules.d"
+    install_file 0644 "$repo/deploy/polkit/50-claude-auth-sync.rules" "$polkit_rule"
+    install_dir 0755 "$root/usr/share/doc"
+    install_dir 0755 "$doc_dir"
+    install_file 0644 "$repo/docs/runbook.md" "$doc_dir/runbook.md"
+    install_dir 0755 "$bin_dir"
+    for command in "${commands[@]}"; do
+        if [ "$(readlink -- "$bin_dir/$command" || true)" != "/opt/claude-auth-sync/venv/bin/$command" ]; then
+            do_ "link $bin_dir/$command -> /opt/claude-auth-sync/venv/bin/$command" \
+                ln -sfn -- "/opt/claude-auth-sync/venv/bin/$command" "$bin_dir/$command"
+        fi
+    done
+}
 
-# 4. the commands the units run
-install -d -m 0755 "$bin_dir"
-ln -sfn -- "/opt/claude-auth-sync/venv/bin/t3-provision-users" "$bin_dir/t3-provision-users"
-ln -sfn -- "/opt/claude-auth-sync/venv/bin/claude-auth-sync" "$bin_dir/claude-auth-sync"
+daemon_reload() {
+    [ "$booted" -eq 1 ] && do_ "systemctl daemon-reload" systemctl daemon-reload
+    return 0
+}
 
-# 5. the hourly provisioning timer
-provision=("$venv/bin/t3-provision-users")
-if [ -n "$root" ]; then
-    systemctl --root="$root" --quiet enable t3-provision-users.timer
-    provision+=(--roster "$etc_dir/roster.yaml" --config "$etc_dir/config.toml" --systemd-root "$root"
-                --state-dir "$state_dir")
-elif [ -d /run/systemd/system ]; then
-    systemctl daemon-reload
-    systemctl --quiet enable --now t3-provision-users.timer
-else
-    log "systemd is not running: enabling units without starting them"
-    systemctl --quiet enable t3-provision-users.timer
-fi
+# 6. and 7. the hourly timer, then the foreground provisioner (mints tokens, enables user timers)
+provision() {
+    local provisioner=("$venv/bin/t3-provision-users")
+    [ -z "$root" ] || provisioner+=(--roster "$roster" --config "$config" --systemd-root "$root"
+                                    --state-dir "$state_dir")
+    daemon_reload
+    if ! systemctl_ --quiet is-enabled t3-provision-users.timer 2>/dev/null; then
+        if [ "$booted" -eq 1 ]; then
+            do_ "enable and start t3-provision-users.timer" systemctl --quiet enable --now t3-provision-users.timer
+        else
+            [ -n "$root" ] || log "systemd is not running: enabling units without starting them"
+            do_ "enable t3-provision-users.timer" systemctl_ --quiet enable t3-provision-users.timer
+        fi
+    fi
+    if [ "$dry" -eq 1 ]; then
+        if [ -x "${provisioner[0]}" ] && [ -f "$roster" ] && [ -f "$config" ]; then
+            log "would run the provisioner; its plan (its own --dry-run, with the installed roster):"
+            [ -z "${VAULT_TOKEN:-}" ] || provisioner+=(--apply-policies)
+            exec "${provisioner[@]}" --dry-run "$@"
+        fi
+        log "would run the provisioner: ${provisioner[*]} --apply-policies $*"
+        exit 0
+    fi
+    log "running the provisioner (admin run)"
+    exec "${provisioner[@]}" --apply-policies "$@"
+}
 
-# 6. the foreground provisioner: applies the Vault stack, mints tokens, enables the user timers
-log "running the provisioner (admin run)"
-exec "${provision[@]}" --apply-policies "$@"
+# --uninstall
+instances() { # every claude-auth-sync@<user> timer/path enabled or loaded
+    {
+        find "$unit_dir" -mindepth 2 -maxdepth 2 \( -name 'claude-auth-sync@?*.timer' -o -name 'claude-auth-sync@?*.path' \) \
+            -printf '%f\n' 2>/dev/null || true
+        if [ "$booted" -eq 1 ]; then
+            systemctl list-units --all --plain --no-legend 'claude-auth-sync@*' 2>/dev/null | cut -d' ' -f1
+        fi
+    } | grep -E '^claude-auth-sync@.+\.(timer|path|service)$' | sort -u || true
+}
+
+offboard_all() { # --purge: every user's agent files (and tokens, with an admin token) before the venv goes
+    local users
+    users=$( { instances | sed -n 's/^claude-auth-sync@\(.*\)\.\(timer\|path\|service\)$/\1/p'
+               "$venv/bin/python" - "$roster" "$state_dir/tokens.json" <<'PY'
+import json, sys
+from pathlib import Path
+from claude_auth_sync.admin.roster import load_roster
+roster, state = Path(sys.argv[1]), Path(sys.argv[2])
+if roster.is_file():
+    print("\n".join(load_roster(roster).names()))
+if state.is_file():
+    print("\n".join(json.loads(state.read_text())["users"]))
+PY
+             } | sort -u)
+    local user status=0 flags=(--force)
+    [ "$dry" -eq 0 ] || flags+=(--dry-run)
+    [ -z "$root" ] || flags+=(--roster "$roster" --config "$config" --systemd-root "$root" --state-dir "$state_dir")
+    for user in $users; do
+        "$venv/bin/t3-provision-users" --offboard "$user" "${flags[@]}" || status=$?
+    done
+    return "$status"
+}
+
+uninstall() {
+    local list=() unit purge_status=0
+    mapfile -t list < <(instances)
+    if [ "$purge" -eq 1 ]; then
+        [ -x "$venv/bin/t3-provision-users" ] || die "--purge needs the installed package to remove users' files safely"
+        offboard_all || purge_status=$?
+    fi
+    local stop=("${list[@]}")
+    if [ "$booted" -eq 1 ]; then
+        stop+=(t3-provision-users.timer t3-provision-users.service)
+        [ ${#stop[@]} -eq 0 ] || do_ "disable and stop ${stop[*]}" systemctl --quiet disable --now "${stop[@]}" || true
+    else
+        for unit in "${list[@]}" t3-provision-users.timer; do
+            [[ $unit == *.service ]] || do_ "disable $unit" systemctl_ --quiet disable "$unit" 2>/dev/null || true
+        done
+    fi
+    for unit in "${units[@]}"; do
+        [ ! -e "$unit_dir/$unit" ] || do_ "remove $unit_dir/$unit" rm -f -- "$unit_dir/$unit"
+    done
+    local dropin
+    for dropin in "$unit_dir"/claude-auth-sync@?*.service.d/home.conf "$unit_dir"/claude-auth-sync@?*.path.d/home.conf; do
+        [ -f "$dropin" ] || continue
+        do_ "remove $dropin" rm -f -- "$dropin"
+        [ "$dry" -eq 1 ] || rmdir --ignore-fail-on-non-empty -- "$(dirname -- "$dropin")"
+    done
+    [ ! -e "$polkit_rule" ] || do_ "remove $polkit_rule" rm -f -- "$polkit_rule"
+    [ ! -e "$doc_dir" ] || do_ "remove $doc_dir" rm -rf -- "$doc_dir"
+    for command in "${commands[@]}"; do
+        if [ "$(readlink -- "$bin_dir/$command" || true)" = "/opt/claude-auth-sync/venv/bin/$command" ]; then
+            do_ "remove $bin_dir/$command" rm -f -- "$bin_dir/$command"
+        fi
+    done
+    [ ! -e "$prefix" ] || do_ "remove $prefix" rm -rf -- "$prefix"
+    daemon_reload
+    if [ "$purge" -eq 0 ]; then
+        log "kept $etc_dir, $state_dir and the users' files (--purge removes them)"
+    else
+        [ ! -e "$etc_dir" ] || do_ "remove $etc_dir" rm -rf -- "$etc_dir"
+        if [ "$purge_status" -eq 0 ]; then
+            [ ! -e "$state_dir" ] || do_ "remove $state_dir" rm -rf -- "$state_dir"
+        else
+            log "kept $state_dir: it lists tokens still to revoke (see above; revoke them by accessor)"
+        fi
+    fi
+    if [ "$purge" -eq 0 ] && [ -s "$state_dir/tokens.json" ] && grep -q '"accessor"' "$state_dir/tokens.json"; then
+        log "tokens recorded in $state_dir/tokens.json stay valid until their period (768h) runs out;" \
+            "offboard users before uninstalling to revoke them: t3-provision-users --offboard USER"
+    fi
+    [ "$dry" -eq 1 ] || log "uninstalled"
+    return "$purge_status"
+}
+
+case $mode in
+    install)
+        install_package
+        install_dir 0755 "$etc_dir"
+        validate_roster
+        install_roster
+        install_config
+        install_files
+        provision "$@"
+        ;;
+    upgrade)
+        [ -x "$venv/bin/python" ] || die "not installed yet ($venv is missing): install first, without --upgrade"
+        install_package
+        install_files
+        daemon_reload
+        [ "$dry" -eq 1 ] || log "upgraded to $(installed_version); nothing was restarted: the next timer run uses it"
+        ;;
+    uninstall)
+        uninstall
+        ;;
+esac
