@@ -184,6 +184,8 @@ def _started_by_a_change(args: argparse.Namespace) -> bool:
 def _next_step(reason: str, code: int) -> str:
     if reason == "not_logged_in":
         return f"no Claude Code login to keep alive; to have one, log in: {RELOGIN_COMMAND}"
+    if reason == "awaiting_first_login":
+        return f"this user has never logged in; nothing is broken: the first login starts the backups: {RELOGIN_COMMAND}"
     if code == ExitCode.FAIL:
         return f"log in again: {RELOGIN_COMMAND}"
     if code == ExitCode.TEMPFAIL:

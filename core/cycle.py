@@ -10,8 +10,12 @@ It knows nothing about Vault, journald or the ``claude`` CLI: it talks to a
    Claude Code that changed nothing, seen by the path unit): OK at once, nothing probed or sent.
 1. Renew the backend's own credential (the per-user Vault token). Unreachable: still probe, so
    the status says whether the login works, and end WARN.
-2. No login at all (no file, no ``claudeAiOauth``: never logged in or ``claude auth logout``):
-   WARN ``not_logged_in``; nothing is probed or restored.
+2. No login at all (no file, no ``claudeAiOauth``): nothing is probed or restored. WARN
+   ``awaiting_first_login`` when the user has never logged in, as far as the agent's own state
+   knows (:class:`~claude_auth_sync.last_check.LoginHistoryFile` states the rule; no Vault request
+   decides it), with ``awaiting_first_login_since`` (epoch seconds) in the details; WARN
+   ``not_logged_in`` after a ``claude auth logout`` (a login was seen before) or when the cycle
+   has no state directory to ask.
 3. Probe: a minimal real inference.
 4. Authenticated: back up the OAuth object the probe ran against if it differs from the latest
    stored copy. OK.
@@ -61,11 +65,15 @@ from .model import (
     status_for,
 )
 
-__all__ = ["HealthCycle", "Verdict", "failure_event", "refresh_expiry_ms", "utc_timestamp"]
+__all__ = ["AWAITING_FIRST_LOGIN", "NOT_LOGGED_IN", "HealthCycle", "Verdict", "failure_event", "refresh_expiry_ms",
+           "utc_timestamp"]
 
 MAX_PROBES = 3  # inferences per check while the file keeps changing under the probe
 LOGGED_OUT = (LoginState.MISSING, LoginState.NO_OAUTH)
 UNUSABLE = (LoginState.BLANKED, LoginState.INVALID, LoginState.NOT_JSON)
+A_LOGIN = (LoginState.HEALTHY, LoginState.EXPIRED, LoginState.BLANKED, LoginState.INVALID)  # a claudeAiOauth object
+NOT_LOGGED_IN = "not_logged_in"  # logged out: a login was seen before
+AWAITING_FIRST_LOGIN = "awaiting_first_login"  # never logged in, as far as the agent knows
 
 
 def refresh_expiry_ms(oauth: Any) -> int | None:
@@ -141,6 +149,7 @@ class HealthCycle:
         login = self.restorer.read()
         if self._verified_recently(login):
             return _ok(Action.NONE, "unchanged_since_last_check")
+        self._note_login_seen(login)
         try:
             with self._timed("renew"):
                 health = self.backend.renew()
@@ -150,14 +159,14 @@ class HealthCycle:
             self.details["store_ttl_s"] = health.ttl_s
 
         if login.state in LOGGED_OUT:
-            return _not_logged_in()
+            return self._logged_out()
         first, probed, now = self._probe_tested("probe", login)
         if first.outcome == ProbeOutcome.AUTHENTICATED:
             return self._early_warning(_ok(self._back_up(probed, latest=None)), health.ttl_s)
         if first.outcome != ProbeOutcome.AUTH_FAILED:
             return _verdict_for_probe(first, Action.NONE)
         if now.state in LOGGED_OUT:
-            return _not_logged_in()
+            return self._logged_out()
         if not _same_login(now, probed) and now.state not in UNUSABLE:
             return self._after_concurrent_change()  # a new login arrived during the probe: test that one
         return self._recover(probed, now)
@@ -179,7 +188,30 @@ class HealthCycle:
         if login.state not in LOGGED_OUT:
             self._probe("probe")
             self._note_local(login)
+        else:
+            self._awaiting_first_login()  # the state outlasts the outage: keep it in the event
         return Verdict(ExitCode.TEMPFAIL, Action.NONE, err.reason)
+
+    def _note_login_seen(self, login: LocalLogin) -> None:
+        """The file holds a ``claudeAiOauth`` object (whatever its state): the user has logged in."""
+        if self.last_check is not None and login.state in A_LOGIN:
+            self.last_check.login_history().note_login(self.wall_clock())
+
+    def _awaiting_first_login(self) -> bool:
+        """No login now: is this a user who never logged in? Notes since when in the details."""
+        if self.last_check is None:
+            return False
+        since = self.last_check.login_history().awaiting_since(self.wall_clock())
+        if since is None:
+            return False
+        self.details["awaiting_first_login_since"] = int(since)
+        return True
+
+    def _logged_out(self) -> Verdict:
+        """No login at all: not broken, never restored. WARN either way; the reason tells a user who
+        never logged in (``awaiting_first_login``) from one who logged out (``not_logged_in``)."""
+        reason = AWAITING_FIRST_LOGIN if self._awaiting_first_login() else NOT_LOGGED_IN
+        return Verdict(ExitCode.TEMPFAIL, Action.NONE, reason)
 
     def _recover(self, probed: LocalLogin, now: LocalLogin) -> Verdict:
         """Authentication failed: restore the latest stored copy, retry once, roll back if no help.
@@ -275,7 +307,7 @@ class HealthCycle:
         """Someone (Claude Code, a new login) rewrote the file meanwhile: probe that, never overwrite it."""
         login = self.restorer.read()
         if login.state in LOGGED_OUT:
-            return _not_logged_in()
+            return self._logged_out()
         again, tested, _ = self._probe_tested("recheck", login)
         if again.outcome == ProbeOutcome.AUTHENTICATED:
             return _ok(self._back_up(tested, latest=None), ConcurrentChange.default_reason)
@@ -400,11 +432,6 @@ class _NotBackupable(CasError):
             reason=f"local_{login.state}_not_backed_up",
             remedy=RELOGIN_COMMAND,
         )
-
-
-def _not_logged_in() -> Verdict:
-    """No login at all (never logged in, or ``claude auth logout``): not broken, never restored."""
-    return Verdict(ExitCode.TEMPFAIL, Action.NONE, "not_logged_in")
 
 
 def _same_login(a: LocalLogin, b: LocalLogin) -> bool:
