@@ -12,8 +12,11 @@ kept while the document is converted), so an operator can fix a 500-line roster 
 guessing:
 
 * unknown keys (anywhere), duplicate mapping keys (PyYAML would silently keep the last one);
-* ``os_user`` must match the same strict pattern the Vault policy paths use, and is never
-  ``root``;
+* ``os_user`` must match the one strict user-name pattern (:mod:`claude_auth_sync.usernames`: the
+  same check guards the Vault paths, the policy names and the systemd instance names): lowercase
+  POSIX names and SSSD/AD's dotted names (``john.doe``, ``j_doe-2``), never ``root``; each refusal
+  says why (``..``, ``/``, a leading dot or dash, a trailing dot, a glob, non-ASCII look-alikes,
+  more than 32 characters, uppercase, ``name@domain``);
 * ``email`` must be a plain ``local@domain.tld`` address (no display name, no whitespace);
 * duplicate ``os_user`` and duplicate ``email`` entries (one Enterprise identity per OS user:
   credentials are never shared between users);
@@ -43,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from claude_auth_sync.errors import ConfigurationError
 from claude_auth_sync.fileio import open_regular
-from claude_auth_sync.plugins.backend_vault.policy import USERNAME_PATTERN
+from claude_auth_sync.usernames import username_problem
 
 __all__ = ["DEFAULT_ROSTER", "Roster", "RosterError", "RosterUser", "load_roster", "parse_roster"]
 
@@ -66,8 +69,9 @@ class RosterUser(BaseModel):
     @field_validator("os_user")
     @classmethod
     def _check_user(cls, value: str) -> str:
-        if not USERNAME_PATTERN.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid user name (allowed: {USERNAME_PATTERN.pattern})")
+        problem = username_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!r} is not a valid user name: {problem}")
         if value in _RESERVED_USERS:
             raise ValueError(f"{value!r} may not be provisioned")
         return value

@@ -3,6 +3,12 @@
 per-instance drop-ins that name the user's real home (from the password database: homes are not
 always ``/home/<user>``): the path to watch and the service's ``BindPaths=``.
 
+Instance names: the user name itself, checked by :func:`claude_auth_sync.usernames.check_username`
+before it goes into any unit name (:func:`instance`). Every name that check accepts (``john.doe``,
+``j_doe-2``) is valid verbatim in a unit name and comes back unchanged through ``User=%i``, so no
+``systemd-escape`` is applied (it would write ``-`` as ``\x2d``, which ``%i`` keeps literally);
+see :mod:`claude_auth_sync.usernames` for what systemd does with dots, ``-`` and ``@``.
+
 Guarantees: whether a unit is enabled is read from the ``*.target.wants`` symlink only (no
 systemd call); drop-ins are written atomically (0644, root) and only for a home made of safe
 characters (a home with spaces or unit-file specials is refused, never half-quoted); ``systemctl``
@@ -19,8 +25,10 @@ import subprocess
 from pathlib import Path
 
 from claude_auth_sync.fileio import write_atomically
+from claude_auth_sync.usernames import USERNAME_PATTERN, check_username
 
-__all__ = ["PATHS_WANTS", "SystemdTimers", "TIMER_RE", "WANTS", "dropins", "path_unit", "safe_home", "timer_unit"]
+__all__ = ["PATHS_WANTS", "SystemdTimers", "TIMER_RE", "WANTS", "dropins", "instance", "path_unit", "safe_home",
+           "service_unit", "timer_unit"]
 
 TIMER_TEMPLATE = "claude-auth-sync@.timer"
 UNIT_DIR = Path("etc/systemd/system")
@@ -28,19 +36,30 @@ WANTS = UNIT_DIR / "timers.target.wants"
 PATHS_WANTS = UNIT_DIR / "paths.target.wants"
 PATH_TEMPLATE = "claude-auth-sync@.path"
 SAFE_HOME = re.compile(r"^/[A-Za-z0-9._/+-]+$")
-TIMER_RE = re.compile(r"^claude-auth-sync@([a-z_][a-z0-9_-]{0,31})\.timer$")
+TIMER_RE = re.compile(r"\Aclaude-auth-sync@(.+)\.timer\Z", re.DOTALL)  # the instance is checked on its own
 SYSTEMCTL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                  "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
 
 
+def instance(user: str) -> str:
+    """``user`` as the instance name of its units: the name itself, after the user-name check
+    (ConfigurationError, exit 78, for a name that may not go into a unit name)."""
+    return check_username(user)
+
+
+def service_unit(user: str) -> str:
+    """The agent's service unit of ``user``."""
+    return f"claude-auth-sync@{instance(user)}.service"
+
+
 def timer_unit(user: str) -> str:
     """The agent's timer unit of ``user``."""
-    return f"claude-auth-sync@{user}.timer"
+    return f"claude-auth-sync@{instance(user)}.timer"
 
 
 def path_unit(user: str) -> str:
     """The agent's path unit of ``user`` (starts the service on a change of the credentials file)."""
-    return f"claude-auth-sync@{user}.path"
+    return f"claude-auth-sync@{instance(user)}.path"
 
 
 def safe_home(home: str) -> bool:
@@ -54,7 +73,7 @@ def dropins(user: str, home: str) -> dict[str, bytes]:
     return {
         f"{path_unit(user)}.d/home.conf":
             f"{head}[Path]\nPathChanged={home}/.claude/.credentials.json\n".encode(),
-        f"claude-auth-sync@{user}.service.d/home.conf":
+        f"{service_unit(user)}.d/home.conf":
             f"{head}[Service]\nBindPaths=\nBindPaths={home}\n".encode(),
     }
 
@@ -132,7 +151,7 @@ class SystemdTimers:
         found = set()
         for name in names:
             match = TIMER_RE.fullmatch(name)
-            if match and self.enabled(match.group(1)):
+            if match and USERNAME_PATTERN.fullmatch(match.group(1)) and self.enabled(match.group(1)):
                 found.add(match.group(1))
         return found
 

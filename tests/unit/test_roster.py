@@ -49,13 +49,41 @@ def test_an_empty_user_list_is_valid() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["Alice", "1alice", "al ice", "alice/../bob", "../etc", "alice*", "a" * 33, "root", "", "alice.smith", "ali\u00e9"],
+    ["Alice", "1alice", "al ice", "alice/../bob", "../etc", "alice*", "a" * 33, "root", "", "ali\u00e9", "..", "a/b",
+     ".alice", "-alice", "alice.", "a..b", "j\u043ehn.doe", "john.doe@corp.example", "alice?", "a[b]", "12345"],
 )
 def test_invalid_user_names_are_refused_with_their_line(name: str) -> None:
     text = f"users:\n  - os_user: ok\n    email: ok@example.com\n  - os_user: '{name}'\n    email: x@example.com\n"
     found = problems(text)
     assert [line for line, _ in found] == [4]
     assert "users[1].os_user" in found[0][1]
+
+
+def test_directory_names_with_dots_dashes_and_underscores_are_valid() -> None:
+    """SSSD/AD names (issue 14 item 3): dotted, with dashes and digits, up to 32 characters."""
+    names = ["john.doe", "j_doe-2", "a.b.c", "_svc.x", "x" * 32, "first.last-2.ext"]
+    text = "users:\n" + "".join(f"  - os_user: {n}\n    email: u{i}@example.com\n" for i, n in enumerate(names))
+    assert parse_roster(text).names() == names
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("john.doe@corp.example", "use_fully_qualified_names"),
+    ("John.Doe", "lowercased"),
+    ("a..b", "'..'"),
+    ("alice.", "ends with a dot"),
+    (".alice", "starts with a dot"),
+    ("a/b", "'/'"),
+    ("a" * 33, "longer than 32"),
+    ("j\u043ehn", "ASCII"),
+])
+def test_a_refused_name_says_why(name: str, why: str) -> None:
+    (found,) = problems(f"users:\n  - os_user: '{name}'\n    email: x@example.com\n")
+    assert why in found[1], found
+
+
+def test_a_newline_in_a_name_is_refused() -> None:
+    (found,) = problems('users:\n  - os_user: "alice\\n"\n    email: x@example.com\n')
+    assert found[0] == 2 and "printable ASCII" in found[1], found
 
 
 @pytest.mark.parametrize(
