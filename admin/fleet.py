@@ -85,10 +85,11 @@ def _vault_facts(runtime: Runtime) -> dict[str, Any] | None:
     if runtime.settings.backend != "vault" or not runtime.settings.section("vault").addr:
         return None
     try:
-        token = runtime.backend().describe().get("token") or {}
+        described = runtime.backend().describe()  # its path is the one policy.locate() gives the agent
     except CasError as err:
         return {"error": err.message, "reason": err.reason}
-    return {k: token.get(k) for k in ("ttl_s", "drifted", "error", "reason")}
+    token = described.get("token") or {}
+    return {"path": described.get("path"), **{k: token.get(k) for k in ("ttl_s", "drifted", "error", "reason")}}
 
 
 def _log_tail(path: Path) -> tuple[list[str], str | None]:
@@ -140,6 +141,7 @@ def _row(user: str, email: str, facts: dict[str, Any] | None, units: tuple[bool,
     vault = facts.get("vault")
     if vault is not None:
         row["vault_ttl_s"] = vault.get("ttl_s")
+        row["vault_path"] = vault.get("path")
         if vault.get("error") or vault.get("drifted") or (vault.get("ttl_s") or 0) < STORE_TTL_WARN_S:
             needs.append(f"admin: {PROVISION_COMMAND}")
     if not (timer and path):

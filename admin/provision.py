@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from claude_auth_sync.errors import ConfigurationError
 from claude_auth_sync.fingerprint import fingerprint
@@ -78,6 +78,9 @@ from .timers import SystemdTimers, path_unit, safe_home, timer_unit
 from .trusted_file import check_trusted
 from .user_home import job_inspect
 from .vault_admin import AdminVault
+
+if TYPE_CHECKING:
+    from claude_auth_sync.plugins.backend_vault.policy import SecretLocation
 
 __all__ = ["main", "Provisioner", "Options", "Account", "run_as_user"]
 
@@ -122,6 +125,7 @@ class Provisioner(PolicyPhases, TokenPhases):
         self.timers = SystemdTimers(options.systemd_root, options.systemctl)
         self.vault: AdminVault | None = None
         self.settings: Any = None
+        self.short_host: str | None = None  # the {host} of the paths (None: the template has none)
         self.roster: Roster | None = None
         self.started = time.monotonic()
         self.deadline = self.started + options.deadline_s
@@ -153,6 +157,12 @@ class Provisioner(PolicyPhases, TokenPhases):
         """True when ``user``'s timer is enabled (see :meth:`.timers.SystemdTimers.enabled`)."""
         return self.timers.enabled(user)
 
+    def _location(self, user: str) -> SecretLocation:
+        """Where ``user``'s secret is and the name of its policy (:func:`locate`, this host's name)."""
+        from claude_auth_sync.plugins.backend_vault.policy import locate
+
+        return locate(user, self.settings, self.short_host)
+
     def _load_settings(self) -> Any:
         from claude_auth_sync.model import UserIdentity
         from claude_auth_sync.plugin_manager import get_plugin_manager
@@ -171,10 +181,14 @@ class Provisioner(PolicyPhases, TokenPhases):
         # The settings decide where every user's token is sent: only a file root controls counts.
         check_trusted(self.o.config)
         self.settings = self._load_settings()
+        from claude_auth_sync.plugins.backend_vault.paths import short_host_name, template_has_host
         from claude_auth_sync.plugins.backend_vault.store import check_address
 
+        # A {host} template needs a host name fit for a path: checked once, before anything is done.
+        self.short_host = short_host_name() if template_has_host(self.settings.path_template) else None
+
         addr = check_address(self.settings.addr, self.settings.allow_insecure_http)
-        self.vault = AdminVault(addr, self.settings.cacert, self.settings.timeout)
+        self.vault = AdminVault.from_settings(addr, self.settings)  # CA, namespace, client certificate
         if self.o.apply_policies and not self.admin_token:
             raise ConfigurationError("--apply-policies needs an admin token in VAULT_TOKEN",
                                      remedy=f"export VAULT_TOKEN=<admin token>; {PROVISION_COMMAND} --apply-policies")

@@ -22,8 +22,8 @@ from claude_auth_sync.model import PROVISION_COMMAND, ExitCode
 from claude_auth_sync.plugins.backend_vault.policy import (
     POLICY_PREFIX,
     USERNAME_PATTERN,
-    policy_name,
-    render_policy,
+    SecretLocation,
+    render_location,
 )
 
 from .provision_report import UserReport, Work
@@ -46,6 +46,7 @@ class PolicyPhases:
     policies_applied: list[str]
     policies_pruned: list[str]
     _removed_report: Callable[[str], UserReport]  # from TokenPhases
+    _location: Callable[[str], SecretLocation]  # from the Provisioner: THE path and policy name of a user
 
     def _admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One request with the admin token."""
@@ -74,7 +75,7 @@ class PolicyPhases:
 
     def _read_policy(self, user: str) -> str | None:
         try:
-            answer = self._admin("get", f"sys/policies/acl/{policy_name(user)}")
+            answer = self._admin("get", f"sys/policies/acl/{self._location(user).policy}")
         except VaultFailure as err:
             if err.kind == "not_found":
                 return None
@@ -86,14 +87,14 @@ class PolicyPhases:
         current = self._read_policy(user)
         if current is None:
             return "missing"
-        return "ok" if current.strip() == render_policy(user, self.settings).strip() else "drifted"
+        return "ok" if current.strip() == render_location(self._location(user)).strip() else "drifted"
 
     def _check_policies(self, local: list[Work]) -> None:
         for work in local:
             try:
                 work.report.policy = self._policy_state(work.report.user)
                 if work.report.policy != "ok":
-                    work.report.flag(ExitCode.CONFIG, f"policy {policy_name(work.report.user)} is {work.report.policy}",
+                    work.report.flag(ExitCode.CONFIG, f"policy {self._location(work.report.user).policy} is {work.report.policy}",
                                      APPLY_POLICIES)
             except VaultFailure as err:
                 work.report.policy = "unknown"
@@ -140,8 +141,9 @@ class PolicyPhases:
             report.policy = f"{state} (would apply)"
             report.actions.append("apply policy")
             return
-        name = policy_name(user)
-        self._admin("put", f"sys/policies/acl/{name}", {"policy": render_policy(user, self.settings)})
+        location = self._location(user)
+        name = location.policy
+        self._admin("put", f"sys/policies/acl/{name}", {"policy": render_location(location)})
         report.policy = "applied"
         report.actions.append(f"applied policy ({state})")
         report.changes.append(f"policy {name} written (was {state})")
@@ -154,7 +156,7 @@ class PolicyPhases:
         except VaultFailure as err:
             self.errors.append((err.exit_code, str(err)))
             return
-        keep = {policy_name(u) for u in self.roster.names()}
+        keep = {self._location(u).policy for u in self.roster.names()}
         for name in sorted((answer.get("data") or {}).get("keys") or []):
             if not name.startswith(POLICY_PREFIX) or name in keep:
                 continue

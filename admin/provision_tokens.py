@@ -27,7 +27,7 @@ from typing import Any
 from claude_auth_sync.model import STORE_TTL_WARN_S
 from claude_auth_sync.fingerprint import fingerprint
 from claude_auth_sync.model import PROVISION_COMMAND, ExitCode
-from claude_auth_sync.plugins.backend_vault.policy import expected_policies, policy_name
+from claude_auth_sync.plugins.backend_vault.policy import SecretLocation
 from claude_auth_sync.terminal_text import safe_text
 
 from .as_user import Account, ChildFailed
@@ -51,13 +51,14 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def drift(user: str, data: dict[str, Any]) -> list[str]:
-    """How a user's token (its lookup-self data) differs from what the provisioner mints.
+def drift(user: str, data: dict[str, Any], expected: frozenset[str]) -> list[str]:
+    """How a user's token (its lookup-self data) differs from what the provisioner mints
+    (``expected``: the policy set of the user's :class:`SecretLocation`).
 
     Values that came from Vault are passed through :func:`safe_text` (they end up in root's terminal).
     """
     policies = {*(data.get("policies") or []), *(data.get("identity_policies") or [])}
-    expected = set(expected_policies(user))
+    expected = set(expected)
     meta = data.get("meta") or {}
     found = []
     if "root" in policies:
@@ -87,6 +88,7 @@ class TokenPhases:
     _as_user: Callable[..., dict[str, Any]]
     _each: Callable[[Iterable[Work], Callable[[Work], None]], None]
     _policy_state: Callable[[str], str]
+    _location: Callable[[str], SecretLocation]
 
     # checking
 
@@ -110,7 +112,7 @@ class TokenPhases:
         work.accessor = data.get("accessor") or None
         ttl = data.get("ttl")
         report.ttl_s = int(ttl) if isinstance(ttl, int) else None
-        found = drift(report.user, data)
+        found = drift(report.user, data, self._location(report.user).policies)
         if found:
             report.token = "drifted"
             report.notes.append("; ".join(found))
@@ -163,16 +165,18 @@ class TokenPhases:
             report.actions.append("refused to mint: the admin token could not read the policy")
         else:
             report.actions.append("refused to mint: apply the Vault stack first")
-            report.flag(ExitCode.CONFIG, f"policy {policy_name(report.user)} is {report.policy}", APPLY_POLICIES)
+            report.flag(ExitCode.CONFIG, f"policy {self._location(report.user).policy} is {report.policy}",
+                        APPLY_POLICIES)
         return False
 
     def _create_token(self, report: UserReport) -> tuple[str, str, dict[str, Any]] | None:
         """A new periodic orphan token for ``report.user``: (token, accessor, auth), or None (flagged)."""
         assert self.vault and self.admin_token
+        name = self._location(report.user).policy
         body = {
-            "policies": [policy_name(report.user)],
+            "policies": [name],
             "period": PERIOD,
-            "display_name": f"claude-auth-sync-{report.user}",
+            "display_name": name,
             "no_default_policy": True,
             "renewable": True,
             "meta": {"os_user": report.user, "host": self.host, "provisioner": "t3-provision-users"},

@@ -41,14 +41,21 @@ def _run_policy(args: argparse.Namespace) -> int:
     from .policy import render_policy
 
     runtime = build_runtime()
-    sys.stdout.write(render_policy(args.user, runtime.settings.section("vault")))
+    sys.stdout.write(render_policy(args.user, runtime.settings.section("vault"), args.host))
     return 0
+
+
+def _policy_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("user", metavar="USER")
+    parser.add_argument("--host", metavar="HOST", default=None,
+                        help="with a vault.path_template carrying {host}: the policy of USER on HOST "
+                             "(default: this host's short name)")
 
 
 @hookimpl
 def cas_commands() -> list[CommandSpec]:
     return [CommandSpec("policy", "the Vault policy (HCL) USER's token must carry",
-                        lambda parser: parser.add_argument("user", metavar="USER"), _run_policy)]
+                        _policy_arguments, _run_policy)]
 
 
 @hookimpl

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .address import parse_vault_addr
+from .paths import DEFAULT_TEMPLATE, check_template
 
 __all__ = ["VaultSettings"]
 
@@ -21,8 +22,10 @@ class VaultSettings(BaseModel):
     cacert: Path | None = Field(None, description="CA bundle for TLS; default $VAULT_CACERT")
     mount: str = Field("secret", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="KV v2 mount")
     path_prefix: str = Field(
-        "workstation/claude-users", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", description="path under the mount"
+        "workstation/claude-users", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+        description="deprecated: the same as path_template = '<path_prefix>/{user}'"
     )
+    path_template: str = Field(DEFAULT_TEMPLATE, description="path under the mount; {user} and optionally {host}")
     token_file: Path | None = Field(None, description="default $XDG_CONFIG_HOME/claude-auth-sync/vault-token")
     timeout: float = Field(10.0, gt=0, le=120, description="seconds per Vault request")
     allow_insecure_http: bool = Field(False, description="allow plain http to a non-loopback address")
@@ -40,3 +43,21 @@ class VaultSettings(BaseModel):
         if any(part in (".", "..") for part in value.split("/")):
             raise ValueError("path_prefix must not contain '.' or '..' segments")
         return value
+
+    @field_validator("path_template")
+    @classmethod
+    def _safe_template(cls, value: str) -> str:
+        return check_template(value)
+
+    @model_validator(mode="after")
+    def _prefix_is_an_alias(self) -> VaultSettings:
+        """A ``path_prefix`` set alone means ``path_template = "<path_prefix>/{user}"``; set together
+        with a ``path_template`` that says something else, neither is guessed at."""
+        if "path_prefix" not in self.model_fields_set:
+            return self
+        from_prefix = f"{self.path_prefix}/{{user}}"
+        if "path_template" not in self.model_fields_set:
+            self.path_template = check_template(from_prefix)
+        elif self.path_template != from_prefix:
+            raise ValueError("vault.path_prefix (deprecated) and vault.path_template disagree: remove path_prefix")
+        return self

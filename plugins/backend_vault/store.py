@@ -39,7 +39,7 @@ from claude_auth_sync.model import OAuth, BackendHealth, StoredCopy
 
 from .errors import RETRY_LATER, error_text, is_vault_failure, vault_error
 from .address import AddressRefused, Origin, display_address, parse_vault_addr, redirect_origin
-from .policy import expected_policies, secret_paths
+from .policy import locate
 from .settings import VaultSettings
 from .token_file import PROVISION, read_token_file, token_file_facts
 
@@ -172,14 +172,17 @@ def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Ses
 
 
 class VaultBackend:
-    """One user's secret ``<mount>/<path_prefix>/<user>`` in KV v2."""
+    """One user's secret ``<mount>/<path_template>`` in KV v2 (:func:`.policy.locate`: per user, or per
+    host and user when the template carries ``{host}``)."""
 
     def __init__(self, settings: VaultSettings, user: str, uid: int, token_file: Path) -> None:
         self.settings = settings
         self.user = user
         self.uid = uid
         self.token_file = token_file
-        self.relative_path, self.data_path, self.metadata_path = secret_paths(user, settings)
+        self.location = locate(user, settings)
+        self.relative_path, self.data_path, self.metadata_path = (
+            self.location.relative, self.location.data, self.location.metadata)
         self._client: hvac.Client | None = None
         # The version number of a latest version that exists but was deleted/destroyed (read_latest
         # saw a 404 carrying metadata): a new version must name it as its check-and-set value.
@@ -244,7 +247,7 @@ class VaultBackend:
             "ttl_s": token.get("ttl"), "period_s": token.get("period"), "policies": sorted(policies),
             "renewable": token.get("renewable"), "expire_time": token.get("expire_time"),
             "display_name": token.get("display_name"), "orphan": token.get("orphan"),
-            "drifted": policies != set(expected_policies(self.user)),
+            "drifted": policies != set(self.location.policies),
         }
         try:
             meta = self._call("metadata", lambda c: _absent_on_404(lambda: c.secrets.kv.v2.read_secret_metadata(
@@ -268,7 +271,7 @@ class VaultBackend:
             path=self.relative_path, mount_point=self.settings.mount, raise_on_deleted_version=True))
 
     def _check_policies(self, policies: set[str]) -> None:
-        expected = set(expected_policies(self.user))
+        expected = set(self.location.policies)
         if "root" in policies:
             raise BackendRefused("the Vault token carries the root policy; the agent refuses to use it",
                                reason="vault_token_root", remedy=PROVISION)

@@ -26,6 +26,9 @@ metric                                                  value
                                                         (``reason=""`` when there is none; at most 100 chars)
 ``claude_auth_sync_runs_total{status}``                 counter: runs per status word (:mod:`.counters`)
 ``claude_auth_sync_actions_total{action}``              counter: runs per action (restores: ``action="restore"``)
+``claude_auth_sync_last_status_change_timestamp_seconds``  first run of the current status word's streak (:mod:`.state_since`)
+``claude_auth_sync_awaiting_first_login_since_timestamp_seconds``  since when the user is awaited to log in for the first time
+``claude_auth_sync_vault_token_expiry_timestamp_seconds``  Unix time the Vault token expires unless renewed (carried over)
 ======================================================  ================================================
 
 Why not :func:`claude_auth_sync.fileio.replace_private`: node_exporter runs as its own user
@@ -56,6 +59,7 @@ from claude_auth_sync.fileio import stale_temps, write_atomically
 from claude_auth_sync.hookspecs import PluginContext, SettingsSection, SinkSpec, hookimpl
 from claude_auth_sync.model import Status, StatusEvent
 from claude_auth_sync.plugins.sink_metrics.counters import COUNTER_HELP, CounterKey, counter_families, previous_counts
+from claude_auth_sync.plugins.sink_metrics.state_since import STATE_HELP, PreviousState, previous_state, state_families
 
 __all__ = [
     "DEFAULT_DIRECTORY",
@@ -89,6 +93,7 @@ HELP = {
     "refresh_token_expiry_seconds": "Unix time at which the Claude OAuth refresh token expires, as read by the last run.",
     "last_run_info": "Always 1: the last run's status, action and reason (empty when none) as labels.",
     **COUNTER_HELP,
+    **STATE_HELP,
 }
 MAX_REASON_CHARS = 100
 
@@ -155,9 +160,11 @@ def previous_success(text: str | None) -> float | None:
 
 
 def render_metrics(event: StatusEvent, *, previous_success_s: float | None = None,
-                   previous_counts: Mapping[CounterKey, int] | None = None) -> str:
+                   previous_counts: Mapping[CounterKey, int] | None = None,
+                   previous: PreviousState | None = None) -> str:
     """The textfile content for ``event`` (text exposition format 0.0.4, HELP/TYPE per family);
-    the counters continue from ``previous_counts`` (:func:`.counters.previous_counts`)."""
+    the counters continue from ``previous_counts`` (:func:`.counters.previous_counts`), the state
+    start times from ``previous`` (:func:`.state_since.previous_state`)."""
     user = f'user="{_label(event.user)}"'
     run_s = _epoch(event.timestamp)
     success_s = run_s if event.status == Status.OK else previous_success_s
@@ -180,6 +187,7 @@ def render_metrics(event: StatusEvent, *, previous_success_s: float | None = Non
     reason = _label((event.reason or "")[:MAX_REASON_CHARS])
     families.append(("last_run_info", [(f'{user},status="{event.status}",action="{event.action}",reason="{reason}"', 1)]))
     families += counter_families(event, previous_counts or {}, user)
+    families += state_families(event, previous or PreviousState(), user, run_s)
     lines: list[str] = []
     for short, samples in families:
         name = PREFIX + short
@@ -267,7 +275,8 @@ class MetricsSink:
         path = self.path_for(event.user)
         text = _read_small(path)
         previous = None if event.status == Status.OK else previous_success(text)
-        rendered = render_metrics(event, previous_success_s=previous, previous_counts=previous_counts(text))
+        rendered = render_metrics(event, previous_success_s=previous, previous_counts=previous_counts(text),
+                                  previous=previous_state(text))
         write_public(path, rendered.encode("utf-8"))
 
 

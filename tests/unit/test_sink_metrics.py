@@ -112,7 +112,8 @@ def test_label_values_are_escaped() -> None:
 
 
 def test_every_metric_name_is_rendered_somewhere() -> None:
-    text = render_metrics(event(details={"access_expires_at_ms": 1, "store_ttl_s": 1, "refresh_expires_at_ms": 1}))
+    text = render_metrics(event(details={"access_expires_at_ms": 1, "store_ttl_s": 1, "refresh_expires_at_ms": 1,
+                                         "awaiting_first_login_since": 1}))
     assert sorted({key[0] for key in samples(text)}) == sorted(metric_names())
 
 
