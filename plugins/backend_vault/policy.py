@@ -19,9 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import re
-
-from claude_auth_sync.errors import ConfigurationError
+from claude_auth_sync.usernames import USERNAME_PATTERN, check_username  # the one user-name check (dotted names too)
 
 from .paths import check_host, render_template, short_host_name, template_has_host
 from .settings import VaultSettings
@@ -29,19 +27,8 @@ from .settings import VaultSettings
 __all__ = ["USERNAME_PATTERN", "POLICY_PREFIX", "SecretLocation", "check_username", "expected_policies", "locate",
            "policy_name", "render_policy", "secret_paths"]
 
-USERNAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 POLICY_PREFIX = "claude-auth-sync-"
 HOST_SEPARATOR = "@"
-
-
-def check_username(user: str) -> str:
-    """Return ``user`` if it is a safe POSIX-style login name, else raise ConfigurationError."""
-    if not USERNAME_PATTERN.fullmatch(user):
-        raise ConfigurationError(
-            f"{user!r} is not a valid user name for a Vault path (allowed: {USERNAME_PATTERN.pattern})",
-            reason="invalid_user_name",
-        )
-    return user
 
 
 def policy_name(user: str, host: str | None = None) -> str:
