@@ -107,6 +107,8 @@ def _log_tail(path: Path) -> tuple[list[str], str | None]:
 
 def _row(user: str, email: str, facts: dict[str, Any] | None, units: tuple[bool, bool], now: float,
          error: str | None) -> dict[str, Any]:
+    from .timers import service_unit, timer_unit
+
     timer, path = units
     row: dict[str, Any] = {"user": user, "timer_enabled": timer, "path_enabled": path, "last_status": None,
                            "last_age_s": None, "vault_ttl_s": None, "access_expires_in_s": None, "needs": []}
@@ -128,11 +130,11 @@ def _row(user: str, email: str, facts: dict[str, Any] | None, units: tuple[bool,
             else:
                 needs.append(f"as {user}: claude-auth-sync diagnose ({reason})")
         if row["last_age_s"] > 2 * TIMER_PERIOD_S:
-            needs.append(f"no run for {row['last_age_s'] // 3600}h: systemctl status claude-auth-sync@{user}.timer")
+            needs.append(f"no run for {row['last_age_s'] // 3600}h: systemctl status {timer_unit(user)}")
     elif facts.get("log_error"):
-        needs.append(f"as {user}: {facts['log_error']}; move it aside, then systemctl start claude-auth-sync@{user}.service")
+        needs.append(f"as {user}: {facts['log_error']}; move it aside, then systemctl start {service_unit(user)}")
     else:
-        needs.append(f"never ran: systemctl start claude-auth-sync@{user}.service")
+        needs.append(f"never ran: systemctl start {service_unit(user)}")
     login = facts.get("login") or {}
     if login.get("state") in ("missing", "not_json", "no_oauth", "invalid", "blanked", "unsafe"):
         needs.append(RELOGIN_AS_USER.format(user=user, email=email))

@@ -72,7 +72,7 @@ def test_render_policy_follows_mount_and_prefix() -> None:
     assert "secret/" not in hcl
 
 
-valid_names = st.from_regex(r"\A[a-z_][a-z0-9_-]{0,31}\Z", fullmatch=True)
+valid_names = st.from_regex(r"\A[a-z_][a-z0-9_-]{0,15}(\.[a-z0-9_-]{1,7})?\Z", fullmatch=True)
 
 
 @given(valid_names)
@@ -94,7 +94,7 @@ def test_policy_paths_are_exact_and_grant_nothing_more(user: str) -> None:
 @pytest.mark.parametrize(
     "name",
     ["", "Alice", "alice*", "alice+", "../bob", "alice/bob", "-alice", "1alice", "a b", 'a"b', "alice\n",
-     "a" * 33, "ålice", "alice.bob", "alice$", "root}\npath"],
+     "a" * 33, "ålice", "alice..bob", "alice.", ".alice", "alice@host", "alice$", "root}\npath"],
 )
 def test_bad_user_names_never_reach_a_path(name: str) -> None:
     for call in (check_username, policy_name, lambda n: render_policy(n, VaultSettings())):
