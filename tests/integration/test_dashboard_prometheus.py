@@ -2,7 +2,8 @@
 
 Two "hosts" (``ws-a.lab``, ``ws-b.lab``; the dot exercises Grafana's regex escaping): two textfile
 directories, each served by a real ``prometheus-node-exporter`` (textfile collector only), both
-scraped every second by a real ``prometheus`` that labels them with those ``instance`` names. The
+scraped every second by a real ``prometheus`` (``instance`` ``ws-a.lab:9100``, node_exporter's
+default form, and ``ws-b.lab``, a relabelled form; the dashboard's ``host`` drops the port). The
 textfiles are written by real ``claude-auth-sync run`` processes of real OS users (random-suffix
 names, removed afterwards) against a real OpenBao, with the stub ``claude`` deciding which login
 is accepted:
@@ -55,6 +56,9 @@ pytestmark = pytest.mark.real
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "claude-auth-sync-fleet.json"
 HOSTS = ("ws-a.lab", "ws-b.lab")
+#: The scrape's ``instance`` per host: with node_exporter's port (the default) and without (relabelled).
+INSTANCE = {"ws-a.lab": "ws-a.lab:9100", "ws-b.lab": "ws-b.lab"}
+HOST_MATCHER = 'instance=~"$host(:[0-9]+)?"'
 DAY_S = 86400
 #: Grafana's built-in variables, as Grafana would fill them for a short time range and a 1 s scrape.
 BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__interval_ms": "15000", "__range": "5m",
@@ -107,6 +111,13 @@ def grafana_regex_escape(value: str) -> str:
     return re.sub(r"[$^*{}\[\]'+?.()|]", lambda m: "\\\\" + m.group(0), value.replace("\\", "\\\\\\\\"))
 
 
+def variable_regex(var: dict[str, Any]) -> re.Pattern[str]:
+    """The variable's ``/regex/`` (JavaScript syntax, as Grafana applies it) in Python syntax."""
+    match = re.fullmatch(r"/(.*)/", var["regex"])
+    assert match, var["regex"]
+    return re.compile(match.group(1).replace("(?<", "(?P<"))
+
+
 def host_values(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     """``(label, regex)`` for "All" (the variable's allValue), each host alone and both selected."""
     host = variable(dashboard, "host")
@@ -124,6 +135,7 @@ def test_dashboard_is_importable_grafana_json() -> None:
     assert host["type"] == "query" and host["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
     assert re.fullmatch(r"label_values\(claude_auth_sync_\w+, instance\)", host["query"]["query"])
     assert host["definition"] == host["query"]["query"] and host["multi"] and host["includeAll"]
+    assert [variable_regex(host).fullmatch(i).group("value") for i in ("h1", "h1:9100", "a.b:1")] == ["h1", "h1", "a.b"]
 
     panels = all_panels(dashboard)
     ids = [p["id"] for p in panels]
@@ -153,7 +165,7 @@ def test_queries_use_only_the_metrics_sinks_series_filtered_by_host() -> None:
         used = set(re.findall(r"\bclaude_auth_sync_\w+", expr))
         assert used and used <= known, f"{title}/{ref}: {sorted(used - known)} not written by the metrics sink"
         selectors = re.findall(r"claude_auth_sync_\w+(\{[^}]*\})?", expr)
-        assert all('instance=~"$host"' in s for s in selectors), f"{title}/{ref} ignores the host variable"
+        assert all(HOST_MATCHER in s for s in selectors), f"{title}/{ref} ignores the host variable"
 
 
 def test_ttl_panels_colour_at_seven_days() -> None:
@@ -285,7 +297,7 @@ def fleet(bao: OpenBaoServer, people: dict[str, Person]) -> Iterator[Fleet]:
 
     try:
         with NodeExporter(dirs["ws-a.lab"]) as node_a, NodeExporter(dirs["ws-b.lab"]) as node_b, \
-                Prometheus({"ws-a.lab": node_a.address, "ws-b.lab": node_b.address}) as prom:
+                Prometheus({INSTANCE["ws-a.lab"]: node_a.address, INSTANCE["ws-b.lab"]: node_b.address}) as prom:
             for role in people:
                 login(role, "good")
             # Wave 1: everybody's first run backs up; Prometheus scrapes it before wave 2 changes
@@ -324,9 +336,11 @@ def test_the_runs_ended_as_planned_and_the_textfiles_hold_no_secret(fleet: Fleet
 
 
 def test_host_variable_lists_every_host(fleet: Fleet) -> None:
-    query = variable(load_dashboard(), "host")["query"]["query"]
-    metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", query).groups()  # type: ignore[union-attr]
-    assert sorted(fleet.prometheus.label_values(label, metric)) == sorted(HOSTS)
+    host = variable(load_dashboard(), "host")
+    metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", host["query"]["query"]).groups()  # type: ignore[union-attr]
+    values = fleet.prometheus.label_values(label, metric)
+    assert sorted(values) == sorted(INSTANCE.values())
+    assert sorted(variable_regex(host).fullmatch(v).group("value") for v in values) == sorted(HOSTS)  # type: ignore[union-attr]
 
 
 def test_every_panel_query_returns_data_for_all_hosts_and_each_host(fleet: Fleet) -> None:
@@ -359,13 +373,14 @@ def test_panels_show_what_the_runs_did(fleet: Fleet) -> None:
     prom, users = fleet.prometheus, {p.name: role for role, p in fleet.people.items()}
     assert values(prom.query(panel_query("Users by status")), "status") == {("OK",): 3, ("WARN",): 1, ("FAIL",): 1}
     assert values(prom.query(panel_query("Users by status per host")), "instance", "status") == {
-        ("ws-a.lab", "OK"): 2, ("ws-a.lab", "WARN"): 0, ("ws-a.lab", "FAIL"): 1,
-        ("ws-b.lab", "OK"): 1, ("ws-b.lab", "WARN"): 1, ("ws-b.lab", "FAIL"): 0}
+        (INSTANCE["ws-a.lab"], "OK"): 2, (INSTANCE["ws-a.lab"], "WARN"): 0, (INSTANCE["ws-a.lab"], "FAIL"): 1,
+        (INSTANCE["ws-b.lab"], "OK"): 1, (INSTANCE["ws-b.lab"], "WARN"): 1, (INSTANCE["ws-b.lab"], "FAIL"): 0}
     assert values(prom.query(panel_query("Hosts reporting"))) == {(): 2}
     why = prom.query(panel_query("FAIL and WARN: who and why"))
     assert sorted((users[r["metric"]["user"]], r["metric"]["instance"], r["metric"]["status"], r["metric"]["action"],
                    r["metric"]["reason"]) for r in why) == [
-        ("carol", "ws-a.lab", "FAIL", "rollback", "auth_failed_after_restore"), ("dave", "ws-b.lab", "WARN", "none", "http_529")]
+        ("carol", INSTANCE["ws-a.lab"], "FAIL", "rollback", "auth_failed_after_restore"),
+        ("dave", INSTANCE["ws-b.lab"], "WARN", "none", "http_529")]
 
     last_ok = values(prom.query(panel_query("Age of the last OK run per user")), "instance", "user")
     assert len(last_ok) == 5 and all(0 <= age < 120 for age in last_ok.values())  # carol and dave keep wave 1's OK
