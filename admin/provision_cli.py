@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"time for all work done as the users together (default {RUN_DEADLINE_S:.0f}); "
                              "users left when it has passed are skipped (exit 75) and retried next run")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    offboard = parser.add_argument_group("offboarding one user (see claude_auth_sync.admin.offboard)")
+    offboard.add_argument("--offboard", metavar="USER",
+                          help="disable USER's units, revoke their tokens (admin token), remove the agent's files "
+                               "from their home; refused while USER is still in the roster")
+    offboard.add_argument("--destroy-secret", action="store_true",
+                          help="with --offboard: also delete USER's Vault secret, every version (admin token)")
+    offboard.add_argument("--force", action="store_true",
+                          help="with --offboard: even if USER is still in the roster (setup-devvm.sh --uninstall --purge)")
     return parser
 
 
@@ -99,6 +107,25 @@ def _fail(args: argparse.Namespace, code: int, message: str) -> int:
     return int(code)
 
 
+def _offboard(args: argparse.Namespace, admin_token: str | None) -> int:
+    """``--offboard USER`` (:mod:`.offboard`), with the same one-line failures as a provisioning run."""
+    from .offboard import OffboardOptions, run_offboard
+
+    options = OffboardOptions(
+        user=args.offboard, roster=args.roster, config=args.config, state_dir=args.state_dir,
+        systemd_root=args.systemd_root, systemctl=args.systemctl, dry_run=args.dry_run, json=args.json,
+        destroy_secret=args.destroy_secret, force=args.force)
+    try:
+        return run_offboard(options, admin_token)
+    except CasError as err:
+        return _fail(args, int(err.exit_code), str(err))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001 - the contract: 78 and one line, never a traceback
+        return _fail(args, ExitCode.CONFIG, f"internal error ({type(err).__name__}) while offboarding; "
+                                            "rerun with --dry-run to see the state, and report this")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command. Never a traceback: an unexpected error is exit 78 with one line naming its type."""
     args = build_parser().parse_args(argv)
@@ -107,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, ExitCode.CONFIG, problem)
     if os.geteuid() != 0:
         return _fail(args, NOT_ROOT, "must run as root (it works as each roster user in turn)")
+    if (args.destroy_secret or args.force) and not args.offboard:
+        return _fail(args, ExitCode.CONFIG, "--destroy-secret and --force go with --offboard USER")
+    if args.offboard is not None:
+        return _offboard(args, admin_token)
     provisioner = Provisioner(_options(args), admin_token=admin_token)
     try:
         code = provisioner.run()

@@ -1,0 +1,202 @@
+"""``t3-provision-users --offboard USER`` against real components (issue 14, item 4).
+
+Real OpenBao, real OS accounts (``useradd``/``userdel -r``), real ``systemctl --root`` for the
+unit symlinks, the provisioner run as a subprocess exactly as root runs it (the Sandbox of
+test_provisioning.py). Under a booted systemd (stopping units, the README's exact commands) it is
+run again by tests/integration/test_setup_real_systemd.py.
+
+Tokens never appear in assertion operands: validity is a boolean, identity a fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import stat
+from pathlib import Path
+from typing import Any
+
+import hvac.exceptions
+import pytest
+
+from tests.integration.test_provisioning import (  # noqa: F401 - fixtures used by name
+    KV,
+    TOKEN_REL,
+    Sandbox,
+    as_user,
+    home,
+    make_users,
+    read_token,
+    sandbox,
+    scratch_etc,
+    snapshot,
+    token_is_valid,
+)
+from tests.support.openbao import OpenBaoServer
+
+pytestmark = pytest.mark.real
+
+STATE_REL = Path(".local/state/claude-auth-sync")
+CREDENTIALS = '{"claudeAiOauth": {"accessToken": "sk-ant-oat01-offboard"}, "mcpOAuth": {}}\n'
+
+
+def provisioned(sandbox: Sandbox, bao: OpenBaoServer, user: str, *others: str) -> str:
+    """Provision ``user`` (and ``others``) with an admin run; give them a login, a log and a secret.
+    Returns the user's token (never asserted on)."""
+    sandbox.write_roster([user, *others])
+    result = sandbox.run("--apply-policies", admin=True)
+    assert result.rc == 0, result.stdout + result.stderr
+    as_user(user, "mkdir", "-p", str(home(user) / ".claude"), str(home(user) / STATE_REL / "sub"))
+    as_user(user, "sh", "-c", f"printf '%s' '{CREDENTIALS}' > {home(user)}/.claude/.credentials.json")
+    as_user(user, "sh", "-c", f"echo 'OK reason=healthy' > {home(user) / STATE_REL}/sync.log; "
+                              f"echo x > {home(user) / STATE_REL}/sub/last-check.json")
+    bao.client().secrets.kv.v2.create_or_update_secret(path=f"{KV}/{user}", secret={"claudeAiOauth": {"a": 1}},
+                                                      mount_point="secret")
+    return read_token(user)
+
+
+def offboard(sandbox: Sandbox, user: str, *args: str, admin: bool = False) -> Any:
+    return sandbox.run("--offboard", user, *args, admin=admin)
+
+
+def secret_exists(bao: OpenBaoServer, user: str) -> bool:
+    try:
+        bao.client().secrets.kv.v2.read_secret_metadata(path=f"{KV}/{user}", mount_point="secret")
+    except hvac.exceptions.InvalidPath:
+        return False
+    return True
+
+
+def steps(result: Any) -> dict[str, dict[str, Any]]:
+    return {s["step"]: s for s in result.data["steps"]}
+
+
+def test_offboarding_revokes_disables_cleans_and_is_idempotent(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any) -> None:
+    alice, bob = make_users("alice", "bob")
+    token = provisioned(sandbox, bao, alice, bob)
+    bob_token = read_token(bob)
+    credentials = home(alice) / ".claude/.credentials.json"
+    before_credentials = credentials.read_bytes()
+
+    # Still in the roster: refused, one line, nothing changed.
+    watched = (sandbox.sysroot, sandbox.state, home(alice))
+    before = snapshot(*watched)
+    refused = offboard(sandbox, alice, admin=True)
+    assert refused.rc == 78 and "still in the roster" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert snapshot(*watched) == before and token_is_valid(bao, token)
+
+    sandbox.write_roster([bob])
+    # --dry-run: the plan, and not one byte changed anywhere.
+    before = snapshot(*watched)
+    plan = offboard(sandbox, alice, "--destroy-secret", "--dry-run", admin=True)
+    assert plan.rc == 0, plan.stdout + plan.stderr
+    assert {s["step"]: s["state"] for s in plan.data["steps"]} == {
+        "roster": "nothing to do", "units": "would", "token": "would", "home": "would", "secret": "would"}
+    assert snapshot(*watched) == before and token_is_valid(bao, token) and secret_exists(bao, alice)
+
+    # --destroy-secret without an admin token: refused before anything changes.
+    no_admin = offboard(sandbox, alice, "--destroy-secret")
+    assert no_admin.rc == 78 and "--destroy-secret needs an admin token" in no_admin.stderr
+    assert snapshot(*watched) == before
+
+    # Without an admin token: units off and the state dir gone, but the token (and its file) stays.
+    pending = offboard(sandbox, alice)
+    assert pending.rc == 1, pending.stdout + pending.stderr
+    assert steps(pending)["token"]["state"] == "pending" and pending.data["next_steps"]
+    assert not os.path.lexists(sandbox.timer_link(alice))
+    assert not (sandbox.sysroot / f"etc/systemd/system/claude-auth-sync@{alice}.path.d").exists()
+    assert (home(alice) / TOKEN_REL).exists() and token_is_valid(bao, token)
+    assert not (home(alice) / STATE_REL).exists()
+
+    # With the admin token: revoked by accessor, the token file goes, the state entry too.
+    done = offboard(sandbox, alice, admin=True)
+    assert done.rc == 0, done.stdout + done.stderr
+    assert steps(done)["token"]["state"] == "done" and not token_is_valid(bao, token)
+    assert not (home(alice) / TOKEN_REL).exists() and not (home(alice) / ".config/claude-auth-sync").exists()
+    assert credentials.read_bytes() == before_credentials  # never the credentials file
+    assert alice not in json.loads((sandbox.state / "tokens.json").read_text())["users"]
+    assert secret_exists(bao, alice)  # kept without --destroy-secret
+    # Bob is untouched.
+    assert token_is_valid(bao, bob_token) and os.path.lexists(sandbox.timer_link(bob))
+
+    again = offboard(sandbox, alice, admin=True)
+    assert again.rc == 0 and again.data["nothing_to_do"] is True, again.stdout
+
+    destroyed = offboard(sandbox, alice, "--destroy-secret", admin=True)
+    assert destroyed.rc == 0 and steps(destroyed)["secret"]["state"] == "done"
+    assert not secret_exists(bao, alice)
+    last = sandbox.run("--offboard", alice, "--destroy-secret", admin=True, json_output=False)
+    assert last.rc == 0 and f"offboarding {alice}: nothing to do" in last.stdout
+    # The hourly provisioner agrees: nothing left to do for anyone.
+    hourly = sandbox.run()
+    assert hourly.rc == 0, hourly.stdout + hourly.stderr
+
+
+def test_offboarding_a_token_minted_elsewhere_and_a_deleted_account(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any) -> None:
+    """The token file's token is revoked even when the state file does not record it; a user whose
+    account is already gone still gets their recorded token revoked and their units disabled."""
+    carol, dave = make_users("carol", "dave")
+    carol_token = provisioned(sandbox, bao, carol, dave)
+    dave_token = read_token(dave)
+    state = json.loads((sandbox.state / "tokens.json").read_text())
+    del state["users"][carol]
+    (sandbox.state / "tokens.json").write_text(json.dumps(state))
+    sandbox.write_roster(["casnoaccount"])  # nobody of this test left
+    done = offboard(sandbox, carol, admin=True)
+    assert done.rc == 0, done.stdout + done.stderr
+    assert not token_is_valid(bao, carol_token) and not (home(carol) / TOKEN_REL).exists()
+
+    import subprocess
+
+    subprocess.run(["userdel", "--remove", dave], check=True, capture_output=True)
+    gone = offboard(sandbox, dave, admin=True)
+    assert gone.rc == 0, gone.stdout + gone.stderr
+    assert not token_is_valid(bao, dave_token) and not os.path.lexists(sandbox.timer_link(dave))
+    assert "no account" in " ".join(steps(gone)["home"]["details"])
+
+
+def test_offboarding_never_follows_links_planted_in_the_home(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any, scratch_etc: Path) -> None:
+    erin, = make_users("erin")
+    provisioned(sandbox, bao, erin)
+    sandbox.write_roster(["casnoaccount"])  # nobody of this test left
+    state_dir = home(erin) / STATE_REL
+    # Links in the state directory to root's files and directories, and a token file that is a
+    # link to a root file: removed as links, their targets untouched.
+    as_user(erin, "ln", "-s", str(scratch_etc / "shadow"), str(state_dir / "sync.log.1"))
+    as_user(erin, "ln", "-s", str(scratch_etc), str(state_dir / "etc"))
+    as_user(erin, "rm", "-f", str(home(erin) / TOKEN_REL))
+    as_user(erin, "ln", "-s", str(scratch_etc / "passwd"), str(home(erin) / TOKEN_REL))
+    before = snapshot(scratch_etc)
+    done = offboard(sandbox, erin, admin=True)
+    assert done.rc == 0, done.stdout + done.stderr
+    assert snapshot(scratch_etc) == before
+    assert not os.path.lexists(state_dir) and not os.path.lexists(home(erin) / TOKEN_REL)
+
+    # ~/.local/state itself a link to a root directory: refused (78), nothing there removed.
+    frank, = make_users("frank")
+    provisioned(sandbox, bao, frank)
+    sandbox.write_roster(["casnoaccount"])  # nobody of this test left
+    victim = scratch_etc / "claude-auth-sync"
+    victim.mkdir()
+    (victim / "keep").write_text("root's\n")
+    os.chown(victim, pwd.getpwnam(frank).pw_uid, -1)  # even a directory the user owns is not followed
+    as_user(frank, "rm", "-rf", str(home(frank) / ".local/state"))
+    as_user(frank, "ln", "-s", str(scratch_etc), str(home(frank) / ".local/state"))
+    before = snapshot(scratch_etc)
+    refused = offboard(sandbox, frank, admin=True)
+    assert refused.rc == 78, refused.stdout + refused.stderr
+    assert "symlink" in " ".join(steps(refused)["home"]["details"])
+    assert snapshot(scratch_etc) == before and stat.S_ISREG(os.lstat(victim / "keep").st_mode)
+
+
+@pytest.mark.parametrize("name", ["../root", "alice\nbob", "-rf", "x" * 300, "\x1b[31mred"])
+def test_hostile_user_names_are_refused_with_one_line(sandbox: Sandbox, name: str) -> None:
+    sandbox.write_roster(["casnoaccount"])  # nobody of this test left
+    result = sandbox.run(f"--offboard={name}", admin=True)
+    assert result.rc == 78, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "\x1b" not in result.stderr
+    assert not (sandbox.state / "tokens.json").exists()
