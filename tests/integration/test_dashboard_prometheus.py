@@ -86,6 +86,12 @@ def all_targets(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(p["title"], t["refId"], t["expr"]) for p in all_panels(dashboard) for t in p["targets"]]
 
 
+def range_targets(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The targets Grafana sends as range queries (``range`` true, the default)."""
+    return [(p["title"], t["refId"], t["expr"]) for p in all_panels(dashboard) for t in p["targets"]
+            if t.get("range", True)]
+
+
 def variable(dashboard: dict[str, Any], name: str) -> dict[str, Any]:
     found = [v for v in dashboard["templating"]["list"] if v["name"] == name]
     assert len(found) == 1, f"template variable {name!r}: {len(found)} found"
@@ -354,8 +360,14 @@ def test_every_panel_query_returns_data_for_all_hosts_and_each_host(fleet: Fleet
             checked += 1
             if not result:
                 empty.append(f"{title} / {ref} / host={label}: {substitute(expr, regex)}")
+    for title, ref, expr in range_targets(dashboard):  # as Grafana asks for a graph: over a time range
+        for label, regex in host_values(dashboard):
+            checked += 1
+            if not fleet.prometheus.query_range(substitute(expr, regex), seconds=60):
+                empty.append(f"{title} / {ref} / host={label} (range): {substitute(expr, regex)}")
     assert not empty, "queries with an empty result:\n  " + "\n  ".join(empty)
-    assert checked == len(targets) * (len(HOSTS) + 2) and len(targets) >= 10
+    assert checked == (len(targets) + len(range_targets(dashboard))) * (len(HOSTS) + 2) and len(targets) >= 10
+    assert range_targets(dashboard), "no time-series panel left"
 
 
 def panel_query(title: str, ref: str = "A", host: str = ".+") -> str:

@@ -189,6 +189,12 @@ class Prometheus:
             return [{"metric": {}, "value": data["result"]}]
         return list(data["result"])
 
+    def query_range(self, expr: str, seconds: float, step: str = "1s") -> list[dict[str, Any]]:
+        """A range query over the last ``seconds`` (what Grafana sends for a time-series target)."""
+        end = time.time()
+        data = self.api("query_range", query=expr, start=f"{end - seconds:.3f}", end=f"{end:.3f}", step=step)
+        return list(data["result"])
+
     def label_values(self, label: str, match: str) -> list[str]:
         """``label_values(match, label)`` as Grafana's Prometheus data source asks it."""
         return list(self.api(f"label/{label}/values", **{"match[]": [match]}))
