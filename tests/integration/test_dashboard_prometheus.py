@@ -16,6 +16,7 @@ alice     ws-b.lab  OK (none): the same person on a second host       OK
 bob       ws-a.lab  OK (backup); login goes bad; OK (restore)         OK, one restore
 carol     ws-a.lab  OK (backup); login goes bad, nothing accepted     FAIL rollback
 dave      ws-b.lab  OK (backup); the API answers 529                  WARN http_529
+erin      both      never logged in (no credentials file)             WARN awaiting_first_login
 ========  ========  ================================================  ===========================
 
 Then EVERY target of EVERY panel in the JSON (and the ``host`` variable's query) is run through
@@ -214,12 +215,12 @@ def write_owned(path: Path, text: str, owner: str) -> None:
 
 @pytest.fixture(scope="module")
 def people(bao: OpenBaoServer) -> Iterator[dict[str, Person]]:
-    """alice, bob, carol, dave: real accounts ``cas<role><hex>``, each with a per-user policy and a
+    """alice, bob, carol, dave, erin: real accounts ``cas<role><hex>``, each with a per-user policy and a
     periodic token in ``~/.config/claude-auth-sync/vault-token`` (as t3-provision-users mints)."""
     assert shutil.which("useradd") and shutil.which("userdel"), "useradd/userdel missing: apt-get install passwd"
     created: dict[str, Person] = {}
     try:
-        for role in ("alice", "bob", "carol", "dave"):
+        for role in ("alice", "bob", "carol", "dave", "erin"):
             name = f"cas{role}{secrets.token_hex(3)}"
             subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True, capture_output=True)
             person = created[role] = Person(name)
@@ -304,13 +305,14 @@ def fleet(bao: OpenBaoServer, people: dict[str, Person]) -> Iterator[Fleet]:
     try:
         with NodeExporter(dirs["ws-a.lab"]) as node_a, NodeExporter(dirs["ws-b.lab"]) as node_b, \
                 Prometheus({INSTANCE["ws-a.lab"]: node_a.address, INSTANCE["ws-b.lab"]: node_b.address}) as prom:
-            for role in people:
+            for role in ("alice", "bob", "carol", "dave"):  # erin never logs in
                 login(role, "good")
             # Wave 1: everybody's first run backs up; Prometheus scrapes it before wave 2 changes
             # anything, so the counters' increments of wave 2 are visible to increase().
             parallel([lambda r=role, h=host: run(r, h, STUB_CLAUDE_ACCEPT=accept(r))
-                      for role, host in (("alice", "ws-a.lab"), ("bob", "ws-a.lab"), ("carol", "ws-a.lab"), ("dave", "ws-b.lab"))])
-            prom.wait_for("count(claude_auth_sync_last_run_info)", lambda r: r and float(r[0]["value"][1]) == 4)
+                      for role, host in (("alice", "ws-a.lab"), ("bob", "ws-a.lab"), ("carol", "ws-a.lab"),
+                                         ("dave", "ws-b.lab"), ("erin", "ws-a.lab"), ("erin", "ws-b.lab"))])
+            prom.wait_for("count(claude_auth_sync_last_run_info)", lambda r: r and float(r[0]["value"][1]) == 6)
             login("bob", "bad")
             login("carol", "bad")
 
@@ -322,7 +324,7 @@ def fleet(bao: OpenBaoServer, people: dict[str, Person]) -> Iterator[Fleet]:
                       lambda: run("bob", "ws-a.lab", STUB_CLAUDE_ACCEPT=accept("bob")),
                       lambda: run("carol", "ws-a.lab", STUB_CLAUDE_ACCEPT=""),
                       lambda: run("dave", "ws-b.lab", STUB_CLAUDE_MODE="529")])
-            prom.wait_for("sum(claude_auth_sync_runs_total)", lambda r: r and float(r[0]["value"][1]) == 9)
+            prom.wait_for("sum(claude_auth_sync_runs_total)", lambda r: r and float(r[0]["value"][1]) == 11)
             time.sleep(2.5)  # a few more scrapes of the final state
             yield Fleet(prom, dirs, people, runs)
     finally:
@@ -334,7 +336,7 @@ def test_the_runs_ended_as_planned_and_the_textfiles_hold_no_secret(fleet: Fleet
     got = sorted((role, host, code) for role, host, code, _ in fleet.runs)
     assert got == sorted([("alice", "ws-a.lab", 0), ("alice", "ws-a.lab", 0), ("alice", "ws-b.lab", 0), ("bob", "ws-a.lab", 0),
                           ("bob", "ws-a.lab", 0), ("carol", "ws-a.lab", 0), ("carol", "ws-a.lab", 1), ("dave", "ws-b.lab", 0),
-                          ("dave", "ws-b.lab", 75)]), fleet.runs
+                          ("dave", "ws-b.lab", 75), ("erin", "ws-a.lab", 75), ("erin", "ws-b.lab", 75)]), fleet.runs
     texts = "".join(p.read_text() for d in fleet.textfile_dirs.values() for p in d.glob("*.prom"))
     for person in fleet.people.values():
         for secret in person.secrets():
@@ -383,21 +385,23 @@ def values(result: list[dict[str, Any]], *labels: str) -> dict[tuple[str, ...], 
 
 def test_panels_show_what_the_runs_did(fleet: Fleet) -> None:
     prom, users = fleet.prometheus, {p.name: role for role, p in fleet.people.items()}
-    assert values(prom.query(panel_query("Users by status")), "status") == {("OK",): 3, ("WARN",): 1, ("FAIL",): 1}
+    assert values(prom.query(panel_query("Users by status")), "status") == {("OK",): 3, ("WARN",): 3, ("FAIL",): 1}
     assert values(prom.query(panel_query("Users by status per host")), "instance", "status") == {
-        (INSTANCE["ws-a.lab"], "OK"): 2, (INSTANCE["ws-a.lab"], "WARN"): 0, (INSTANCE["ws-a.lab"], "FAIL"): 1,
-        (INSTANCE["ws-b.lab"], "OK"): 1, (INSTANCE["ws-b.lab"], "WARN"): 1, (INSTANCE["ws-b.lab"], "FAIL"): 0}
+        (INSTANCE["ws-a.lab"], "OK"): 2, (INSTANCE["ws-a.lab"], "WARN"): 1, (INSTANCE["ws-a.lab"], "FAIL"): 1,
+        (INSTANCE["ws-b.lab"], "OK"): 1, (INSTANCE["ws-b.lab"], "WARN"): 2, (INSTANCE["ws-b.lab"], "FAIL"): 0}
     assert values(prom.query(panel_query("Hosts reporting"))) == {(): 2}
     why = prom.query(panel_query("FAIL and WARN: who and why"))
     assert sorted((users[r["metric"]["user"]], r["metric"]["instance"], r["metric"]["status"], r["metric"]["action"],
                    r["metric"]["reason"]) for r in why) == [
         ("carol", INSTANCE["ws-a.lab"], "FAIL", "rollback", "auth_failed_after_restore"),
-        ("dave", INSTANCE["ws-b.lab"], "WARN", "none", "http_529")]
+        ("dave", INSTANCE["ws-b.lab"], "WARN", "none", "http_529"),
+        ("erin", INSTANCE["ws-a.lab"], "WARN", "none", "awaiting_first_login"),
+        ("erin", INSTANCE["ws-b.lab"], "WARN", "none", "awaiting_first_login")]
 
     last_ok = values(prom.query(panel_query("Age of the last OK run per user")), "instance", "user")
     assert len(last_ok) == 5 and all(0 <= age < 120 for age in last_ok.values())  # carol and dave keep wave 1's OK
     vault = values(prom.query(panel_query("Vault-token TTL per user")), "user")
-    assert len(vault) == 4 and all(767 * 3600 < ttl <= 768 * 3600 for ttl in vault.values())  # the 768 h period
+    assert len(vault) == 5 and all(767 * 3600 < ttl <= 768 * 3600 for ttl in vault.values())  # the 768 h period
     refresh = {users[u]: ttl / DAY_S for (u,), ttl in values(prom.query(panel_query("Refresh-token TTL per user")),
                                                              "user").items()}
     assert 19.9 < refresh["alice"] < 20.1 and 19.9 < refresh["bob"] < 20.1  # bob's restored login is the good one
@@ -405,5 +409,8 @@ def test_panels_show_what_the_runs_did(fleet: Fleet) -> None:
 
     runs = values(prom.query(panel_query("Runs by status")), "status")
     assert runs[("OK",)] > 0 and runs[("FAIL",)] > 0 and runs[("WARN",)] > 0
+    awaiting = values(prom.query(panel_query("Awaiting first login")), "instance", "user")
+    assert {(i, users[u]) for i, u in awaiting} == {(INSTANCE[h], "erin") for h in HOSTS}
+    assert all(0 <= age < 120 for age in awaiting.values())
     restores = values(prom.query(panel_query("Restores and rollbacks per user")), "user", "action")
     assert {(users[u], a) for (u, a), v in restores.items() if v > 0} == {("bob", "restore"), ("carol", "rollback")}
