@@ -1,4 +1,5 @@
-"""The administrator's package as a plugin: the ``fleet`` command (``diagnose --all``).
+"""The administrator's package as a plugin: the ``fleet`` command (``diagnose --all``) and the
+``check-all`` command (``check --all``).
 
 Imported on every ``claude-auth-sync`` start (entry points are loaded to build the command line),
 so everything heavy is imported inside :func:`_run_fleet`.
@@ -28,7 +29,27 @@ def _run_fleet(args: argparse.Namespace) -> int:
     return command_fleet(roster=args.roster, json_output=args.json, systemd_root=args.systemd_root)
 
 
+def _add_check_all_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-w", "--warning", action="append", default=[], metavar="METRIC=RANGE",
+                        help="warning range of one metric (repeatable; see claude-auth-sync check --help)")
+    parser.add_argument("-c", "--critical", action="append", default=[], metavar="METRIC=RANGE",
+                        help="critical range of one metric (repeatable)")
+    parser.add_argument("-t", "--timeout", type=float, default=None, metavar="SECONDS",
+                        help="plugin timeout: UNKNOWN after this many seconds (default 30)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="every problem on a line of its own")
+    parser.add_argument("--roster", type=Path, default=DEFAULT_ROSTER, help="the roster")
+
+
+def _run_check_all(args: argparse.Namespace) -> int:
+    from .check_all import command_check_all
+
+    return command_check_all(roster=args.roster, warning=args.warning, critical=args.critical,
+                             timeout=args.timeout, verbose=args.verbose)
+
+
 @hookimpl
 def cas_commands() -> list[CommandSpec]:
     return [CommandSpec("fleet", "(root) one row per roster user, gathered as each user (= diagnose --all)",
-                        _add_fleet_arguments, _run_fleet)]
+                        _add_fleet_arguments, _run_fleet),
+            CommandSpec("check-all", "(root) one monitoring-plugin check for every roster user (= check --all)",
+                        _add_check_all_arguments, _run_check_all)]

@@ -68,14 +68,75 @@ def build_parser(commands: Mapping[str, CommandSpec] | None = None) -> argparse.
     plugins = sub.add_parser("plugins", help="registered plugins, their hooks, which are active")
     plugins.add_argument("--json", action="store_true")
 
-    check = sub.add_parser("check", help="monitoring-plugin check from state only (exit 0/1/2/3)")
-    check.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND")
+    _add_check_parser(sub)
 
     for name, spec in sorted((commands or {}).items()):
         if name in KERNEL_COMMANDS:
             continue  # a plugin never replaces a kernel command
         spec.add_arguments(sub.add_parser(name, help=spec.help))
     return parser
+
+
+CHECK_EPILOG = """\
+thresholds are Monitoring Plugins ranges, one metric each: -w METRIC=RANGE / -c METRIC=RANGE,
+repeatable or comma-separated; the value alerts when OUTSIDE the range: 10 = 0..10, 10: = at least
+10, ~:10 = at most 10, 10:20, @10:20 = alert INSIDE 10..20; METRIC= switches that threshold off.
+metrics (seconds) and defaults:
+  access_ttl    -                -             (measured, not judged)
+  refresh_ttl   -w 259200:       -c 0:         (low is bad)
+  vault_ttl     -w 604800:       -c 0:
+  last_ok_age   -w 43200         -c 86400      (high is bad)
+  last_run_age  -                -c 43200
+examples:
+  claude-auth-sync check -w last_ok_age=21600 -c last_ok_age=43200 -t 5
+  sudo claude-auth-sync check --all             (root: every roster user, perfdata alice_last_ok_age=...)
+  NRPE: command[claude_auth_sync]=/usr/bin/sudo /usr/local/bin/claude-auth-sync check --all -t 30
+exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for a bad option and a timeout)."""
+
+
+def _check_usage_error(message: str) -> None:
+    """A monitoring plugin's bad option is UNKNOWN (3) on stdout, not argparse's 2 on stderr."""
+    print(f"CLAUDE-AUTH-SYNC UNKNOWN - usage: {message} (claude-auth-sync check --help)")
+    sys.exit(3)
+
+
+def _add_check_parser(sub: Any) -> None:
+    check = sub.add_parser("check", help="monitoring-plugin check from state only (exit 0/1/2/3)",
+                           epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # A bad or unknown option of a monitoring plugin is UNKNOWN (3); argparse would exit 2 (CRITICAL).
+    check.error = _check_usage_error  # type: ignore[method-assign]
+    parse_known = check.parse_known_args
+
+    def strict_parse(args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = parse_known(args, namespace)
+        if extra:
+            _check_usage_error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
+    check.parse_known_args = strict_parse  # type: ignore[method-assign]
+    check.add_argument("-V", "--version", action="version", version=f"claude-auth-sync check {__version__}")
+    check.add_argument("-w", "--warning", action="append", default=[], metavar="METRIC=RANGE",
+                       help="warning range of one metric (repeatable; see below)")
+    check.add_argument("-c", "--critical", action="append", default=[], metavar="METRIC=RANGE",
+                       help="critical range of one metric (repeatable; see below)")
+    check.add_argument("-t", "--timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                       help="plugin timeout: UNKNOWN after this many seconds (default 10, 30 with --all)")
+    check.add_argument("-v", "--verbose", action="count", default=0,
+                       help="also list every problem, one a line (perfdata on lines of their own)")
+    check.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND")
+    check.add_argument("--all", action="store_true",
+                       help="(root) every roster user in one check: worst state wins, perfdata per user")
+    check.add_argument("--roster", type=Path, default=Path("/etc/claude-auth-sync/roster.yaml"), help="roster for --all")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 3600 seconds")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,10 +175,13 @@ def _dispatch(args: argparse.Namespace, plugins: Plugins, commands: Mapping[str,
         from .diagnose import command_diagnose
 
         return command_diagnose(json_output=args.json, probe=args.probe, overrides=_overrides(args))
+    if args.command == "check" and args.all:
+        return _plugin_command(commands, "check-all", "the host-wide check (check --all)").run(args)
     if args.command == "check":
         from .check import command_check
 
-        return command_check(_overrides(args))
+        return command_check(_overrides(args), warning=args.warning, critical=args.critical,
+                             timeout=args.timeout, verbose=args.verbose)
     if args.command == "plugins":
         return _cmd_plugins(args)
     code = commands[args.command].run(args)

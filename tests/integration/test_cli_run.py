@@ -154,7 +154,7 @@ def test_check_reports_the_last_run_in_monitoring_plugin_form(box: Sandbox) -> N
     box.run("run", STUB_CLAUDE_ACCEPT=fp(GOOD["accessToken"]))
     ok = box.run("check")
     assert ok.returncode == 0 and ok.stdout.startswith("CLAUDE-AUTH-SYNC OK - ")
-    assert re.search(r"\| access_ttl=\d+s;;;; last_ok_age=\d+s;43200;86400;;$", ok.stdout.strip())
+    assert re.search(r"\| access_ttl=\d+s last_ok_age=\d+s;43200;86400 last_run_age=\d+s;;43200$", ok.stdout.strip())
     box.run("run", STUB_CLAUDE_MODE="529")
     warn = box.run("check")
     assert warn.returncode == 1 and "WARNING" in warn.stdout
