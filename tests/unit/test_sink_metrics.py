@@ -366,3 +366,13 @@ def test_previous_counters_are_read_back_from_a_rendered_file() -> None:
     assert previous_counts(text) == {("runs_total", "OK"): 0, ("runs_total", "WARN"): 0, ("runs_total", "FAIL"): 42,
                                      ("actions_total", "none"): 3, ("actions_total", "backup"): 0,
                                      ("actions_total", "restore"): 0, ("actions_total", "rollback"): 0}
+
+
+def test_counters_are_never_carried_over_from_a_symlinked_previous_file(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text('claude_auth_sync_runs_total{user="alice",status="OK"} 1000\n')
+    (tmp_path / "textfile").mkdir()
+    (tmp_path / "textfile" / "claude_auth_sync_alice.prom").symlink_to(victim)
+    MetricsSink(tmp_path / "textfile").emit(event(Status.OK))
+    got = samples((tmp_path / "textfile" / "claude_auth_sync_alice.prom").read_text())
+    assert got[("claude_auth_sync_runs_total", 'user="alice",status="OK"')] == 1
