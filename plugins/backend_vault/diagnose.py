@@ -7,10 +7,11 @@ problem row carries its fix: the provisioner for a token problem, the service fo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from claude_auth_sync.diagnose import relative_time
+from claude_auth_sync.diagnose_output import epoch_of_iso, time_values
 from claude_auth_sync.model import PROVISION_COMMAND, STORE_TTL_WARN_S, DiagnosticRow, DiagnosticState, UserIdentity
 
 __all__ = ["vault_rows"]
@@ -53,10 +54,14 @@ def _token_rows(token: Mapping[str, Any], user: UserIdentity) -> list[Diagnostic
     ttl = token.get("ttl_s")
     ttl_state: DiagnosticState = "ok" if isinstance(ttl, int) and ttl > STORE_TTL_WARN_S else "warn"
     drift = token.get("drifted")
+    now = time.time()
+    ttl_values = {"ttl_s": ttl, **time_values("expires", now + ttl, now)} if isinstance(ttl, int) else {"ttl_s": None}
     return [
-        DiagnosticRow(GROUP, "token TTL", ttl_state, relative_time(ttl or 0) if ttl is not None else "unknown",
-                      None if ttl_state == "ok" else f"run the service (it renews): systemctl start claude-auth-sync@{user.name}.service"),
-        DiagnosticRow(GROUP, "token period", "info", f"{token.get('period_s')}s, renewable={token.get('renewable')}"),
+        DiagnosticRow(GROUP, "token TTL", ttl_state, "" if isinstance(ttl, int) else "unknown",
+                      None if ttl_state == "ok" else f"run the service (it renews): systemctl start claude-auth-sync@{user.name}.service",
+                      values=ttl_values),
+        DiagnosticRow(GROUP, "token period", "info", f"{token.get('period_s')}s, renewable={token.get('renewable')}",
+                      values={"period_s": token.get("period_s"), "renewable": token.get("renewable")}),
         DiagnosticRow(GROUP, "token policies", "fail" if drift else "ok", ", ".join(token.get("policies") or []),
                       PROVISION_COMMAND if drift else None),
     ]
@@ -69,5 +74,7 @@ def _secret_rows(secret: Any, user: UserIdentity) -> list[DiagnosticRow]:
         return []  # the kernel's own "backup" row says "no backup yet"
     if "error" in secret:
         return [DiagnosticRow(GROUP, "backup", "fail", str(secret["error"]), PROVISION_COMMAND)]
-    return [DiagnosticRow(GROUP, "backup", "ok", f"version {secret.get('current_version')}, updated {secret.get('updated_time')}, "
-                                                 f"{secret.get('versions_kept')} versions kept")]
+    updated = epoch_of_iso(secret.get("updated_time"))
+    return [DiagnosticRow(GROUP, "backup", "ok", f"version {secret.get('current_version')}, {secret.get('versions_kept')} versions kept",
+                          values={"version": secret.get("current_version"), "versions_kept": secret.get("versions_kept"),
+                                  **time_values("updated", updated, time.time())})]
