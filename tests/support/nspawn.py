@@ -141,12 +141,15 @@ class Container:
     """A booted throw-away overlay of ``/`` under a real systemd (see the module docstring).
 
     ``boot_timeout``: seconds to wait for ``systemctl is-system-running`` to say ``running`` or
-    ``degraded``. ``unit``: the target booted (``basic.target``: no host daemons).
+    ``degraded``. ``unit``: the target booted (``basic.target``: no host daemons). ``hostname``:
+    the name ``gethostname()`` returns inside (several containers = several workstations).
     """
 
-    def __init__(self, *, boot_timeout: float = 60.0, unit: str = "basic.target") -> None:
+    def __init__(self, *, boot_timeout: float = 60.0, unit: str = "basic.target", hostname: str | None = None) -> None:
         self.boot_timeout = boot_timeout
         self.unit = unit
+        #: The container's host name (``--hostname``); by default nspawn uses the machine name.
+        self.hostname = hostname
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.init_pid: int | None = None
@@ -216,10 +219,19 @@ class Container:
                 state = result.stdout.strip()
                 if state in ("running", "degraded"):
                     self.boot_seconds = time.monotonic() - began
+                    self._set_hostname()
                     return
             time.sleep(0.2)
         raise self._fail(f"the container did not finish booting within {self.boot_timeout:.0f} s "
                          f"(is-system-running: {state!r})")
+
+    def _set_hostname(self) -> None:
+        """The container's systemd sets the host name from the host's ``/etc/hostname`` at boot
+        (overriding nspawn's ``--hostname``), so it is set afterwards, in the container's own UTS
+        namespace and in its ``/etc/hostname``."""
+        if self.hostname:
+            self.write("/etc/hostname", self.hostname + "\n")
+            self.run(["hostname", self.hostname])
 
     def _fail(self, message: str) -> ContainerError:
         return ContainerError(f"{message}\n--- console (last lines) ---\n{self.console_tail()}")
