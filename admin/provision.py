@@ -188,7 +188,7 @@ class Provisioner(PolicyPhases, TokenPhases):
         self.short_host = short_host_name() if template_has_host(self.settings.path_template) else None
 
         addr = check_address(self.settings.addr, self.settings.allow_insecure_http)
-        self.vault = AdminVault(addr, self.settings.cacert, self.settings.timeout)
+        self.vault = AdminVault.from_settings(addr, self.settings)  # CA, namespace, client certificate
         if self.o.apply_policies and not self.admin_token:
             raise ConfigurationError("--apply-policies needs an admin token in VAULT_TOKEN",
                                      remedy=f"export VAULT_TOKEN=<admin token>; {PROVISION_COMMAND} --apply-policies")

@@ -6,6 +6,9 @@ Guarantees:
   (:attr:`AdminVault.requests`), and the admin token is only ever sent with admin requests;
 * no environment but the proxies is trusted (no netrc, no ``REQUESTS_CA_BUNDLE``); the CA bundle
   is the configured one; a redirect is never followed;
+* the namespace (``vault.namespace``) and the client certificate (``vault.client_cert``/``client_key``)
+  of the settings go with every request, admin and user alike, so tokens and policies are minted
+  in the namespace the agents use;
 * every hvac or requests failure is classified by the Vault plugin's own translation
   (:func:`claude_auth_sync.plugins.backend_vault.errors.vault_error`) and raised as
   :class:`VaultFailure`, whose ``kind`` the provisioner acts on; messages carry the method, path,
@@ -14,13 +17,18 @@ Guarantees:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from claude_auth_sync.errors import BackendError
 from claude_auth_sync.model import ExitCode
-from claude_auth_sync.plugins.backend_vault.errors import is_vault_failure, vault_error
+from claude_auth_sync.plugins.backend_vault.client_cert import client_cert_pair, resolve_path
+from claude_auth_sync.plugins.backend_vault.errors import is_vault_failure, tls_second_opinion, vault_error
 from claude_auth_sync.plugins.backend_vault.store import is_plain_http_to_loopback
+
+if TYPE_CHECKING:
+    from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
 
 __all__ = ["AdminVault", "VaultFailure"]
 
@@ -50,21 +58,38 @@ class VaultFailure(Exception):
 class AdminVault:
     """Raw Vault API calls on one keep-alive session; the token is passed per call, never stored."""
 
-    def __init__(self, addr: str, cacert: Path | None, timeout: float) -> None:
+    def __init__(self, addr: str, cacert: Path | None, timeout: float, *, namespace: str | None = None,
+                 cert: tuple[str, str] | None = None) -> None:
         import requests
 
         self.addr = addr.rstrip("/")
         self.verify: bool | str = str(cacert) if cacert else True
         self.timeout = timeout
+        self.namespace = namespace  # every request (admin and user) goes to this namespace
+        self.cert = cert
         self.session = requests.Session()
         self.session.trust_env = False  # no netrc, no REQUESTS_CA_BUNDLE; proxies are taken explicitly
         # Plain http is accepted for loopback only because the token then stays on this machine:
         # never through a proxy from the environment (the agent's Vault session does the same).
+        # get_environ_proxies reads HTTPS_PROXY/HTTP_PROXY/ALL_PROXY and honours NO_PROXY, as requests does.
         self.proxies = {} if is_plain_http_to_loopback(self.addr) else requests.utils.get_environ_proxies(self.addr)
-        # hvac's adapter prefers the session's verify/proxies over its own arguments: set them here.
+        # hvac's adapter prefers the session's verify/cert/proxies over its own arguments: set them here.
         self.session.verify = self.verify
+        self.session.cert = cert
         self.session.proxies = self.proxies
         self.requests = {"user": 0, "admin": 0}
+
+    @classmethod
+    def from_settings(cls, addr: str, settings: VaultSettings) -> AdminVault:
+        """The client for a checked ``addr`` and the ``vault`` settings: CA bundle, timeout, namespace
+        and client certificate (checked for root: owned by root, not world-readable; a relative path
+        is under root's config dir). Raises ConfigurationError (78) for an unusable certificate."""
+        from claude_auth_sync.model import UserIdentity
+
+        config_dir = UserIdentity.current().home / ".config" / "claude-auth-sync"
+        cert = client_cert_pair(resolve_path(settings.client_cert, config_dir), resolve_path(settings.client_key, config_dir),
+                                uid=os.getuid(), role="provisioner")
+        return cls(addr, settings.cacert, settings.timeout, namespace=settings.namespace, cert=cert)
 
     def call(self, who: str, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """``method`` on ``/v1/<path>`` with ``token``: Vault's JSON answer, ``{}`` for an empty
@@ -73,7 +98,7 @@ class AdminVault:
 
         adapter = hvac.adapters.JSONAdapter(
             base_uri=self.addr, token=token, verify=self.verify, timeout=self.timeout, proxies=self.proxies,
-            allow_redirects=False, session=self.session,
+            allow_redirects=False, session=self.session, namespace=self.namespace, cert=self.cert or (),
         )
         self.requests[who] += 1
         where = f"{method.upper()} {path}"
@@ -81,7 +106,9 @@ class AdminVault:
             answer = adapter.request(method, f"/v1/{path}", json=body)
         except Exception as err:
             if is_vault_failure(err):
-                raise VaultFailure.from_backend_error(vault_error(err, where, target=self.addr, remedy=None)) from None
+                err = tls_second_opinion(err, self.session, self.addr, self.timeout)
+                raise VaultFailure.from_backend_error(vault_error(err, where, target=self.addr, remedy=None,
+                                                                  client_cert=self.cert is not None)) from None
             if isinstance(err, (UnicodeError, ValueError)):  # a token no HTTP header can carry: never sent
                 raise VaultFailure(f"{where}: the token cannot be sent ({type(err).__name__})", "invalid") from None
             raise

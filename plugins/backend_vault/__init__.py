@@ -19,16 +19,20 @@ __all__ = ["VaultSettings", "cas_settings_sections", "cas_backends", "cas_comman
 
 @hookimpl
 def cas_settings_sections() -> list[SettingsSection]:
-    return [SettingsSection("vault", VaultSettings, {"addr": "VAULT_ADDR", "cacert": "VAULT_CACERT"})]
+    return [SettingsSection("vault", VaultSettings, {
+        "addr": "VAULT_ADDR", "cacert": "VAULT_CACERT", "namespace": "VAULT_NAMESPACE",
+        "client_cert": "VAULT_CLIENT_CERT", "client_key": "VAULT_CLIENT_KEY",
+    })]
 
 
 @hookimpl
 def cas_backends() -> list[BackendSpec]:
     def build(ctx: PluginContext):  # type: ignore[no-untyped-def]
+        from .client_cert import with_resolved_paths
         from .store import VaultBackend
 
-        section: VaultSettings = ctx.settings.section("vault")
         assert ctx.settings.config_dir is not None
+        section: VaultSettings = with_resolved_paths(ctx.settings.section("vault"), ctx.settings.config_dir)
         token_file = section.token_file or ctx.settings.config_dir / "vault-token"
         return VaultBackend(section, ctx.user.name, ctx.user.uid, token_file)
 

@@ -21,7 +21,7 @@ GROUP = "backend"
 
 def vault_rows(facts: Mapping[str, Any], user: UserIdentity) -> list[DiagnosticRow]:
     """The rows for one :meth:`VaultBackend.describe` answer."""
-    rows = _token_file_rows(facts.get("token_file"), user)
+    rows = _token_file_rows(facts.get("token_file"), user) + _enterprise_rows(facts)
     token = facts.get("token")
     if isinstance(token, Mapping) and "error" in token:
         rows.append(DiagnosticRow(GROUP, "address", "info", str(facts.get("addr"))))
@@ -29,12 +29,28 @@ def vault_rows(facts: Mapping[str, Any], user: UserIdentity) -> list[DiagnosticR
             rows.append(DiagnosticRow(GROUP, "reachable", "warn", str(token["error"]),
                                       "nothing now: the next run retries; check the network and Vault"))
         else:
-            rows.append(DiagnosticRow(GROUP, "token", "fail", str(token["error"]), PROVISION_COMMAND))
+            client_side = str(token.get("reason") or "").startswith("vault_client_")  # mTLS: its own fix
+            rows.append(DiagnosticRow(GROUP, "token", "fail", str(token["error"]),
+                                      str(token.get("remedy")) if client_side else PROVISION_COMMAND))
         return rows
     if isinstance(token, Mapping):
         rows.append(DiagnosticRow(GROUP, "address", "ok", str(facts.get("addr"))))
         rows.extend(_token_rows(token, user))
     rows.extend(_secret_rows(facts.get("secret"), user))
+    return rows
+
+
+def _enterprise_rows(facts: Mapping[str, Any]) -> list[DiagnosticRow]:
+    """The namespace (when one is set) and the client certificate (when one is configured)."""
+    rows: list[DiagnosticRow] = []
+    if facts.get("namespace"):
+        rows.append(DiagnosticRow(GROUP, "namespace", "info", str(facts["namespace"])))
+    cert = facts.get("client_cert")
+    if isinstance(cert, Mapping) and cert.get("configured"):
+        if "error" in cert:
+            rows.append(DiagnosticRow(GROUP, "client cert", "fail", str(cert["error"]), cert.get("remedy")))
+        else:
+            rows.append(DiagnosticRow(GROUP, "client cert", "ok", f"{cert.get('cert')} (key {cert.get('key')})"))
     return rows
 
 

@@ -9,18 +9,25 @@ Guarantees of :func:`vault_error`:
   any other 5xx or unexpected Vault answer, any other HTTP-level failure (too many redirects, a
   broken answer) -> :class:`BackendUnavailable` (exit 75): nothing a person must fix now;
 * 404 (reason ``vault_not_found``), 401/403 (``vault_forbidden``), 400 (``vault_invalid_request``),
-  TLS verification failure (``vault_tls``) -> :class:`BackendRefused` (exit 78);
+  TLS verification failure (``vault_tls``), a listener that requires a client certificate when
+  none is configured (``vault_client_cert_required``) or refuses the one presented
+  (``vault_client_cert_refused``) -> :class:`BackendRefused` (exit 78);
 * messages carry the caller's ``where`` (an operation and path), an HTTP status and an address,
   never a token, a request body or Vault's own error text.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from claude_auth_sync.errors import BackendError, BackendRefused, BackendUnavailable
 
 from .token_file import PROVISION
 
-__all__ = ["RETRY_LATER", "error_text", "is_vault_failure", "vault_error"]
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["RETRY_LATER", "client_cert_refusal", "error_text", "is_vault_failure", "tls_second_opinion", "vault_error"]
 
 RETRY_LATER = "nothing now: the next run retries; check Vault's health"
 
@@ -34,12 +41,15 @@ def is_vault_failure(err: BaseException) -> bool:
     return isinstance(err, (hvac.exceptions.VaultError, requests.exceptions.RequestException, RecursionError))
 
 
-def vault_error(err: BaseException, where: str, *, target: str, remedy: str | None = PROVISION) -> BackendError:
+def vault_error(err: BaseException, where: str, *, target: str, remedy: str | None = PROVISION,
+                client_cert: bool = False) -> BackendError:
     """The classified error for ``err``, an hvac or requests exception a request to ``where`` raised.
 
     ``target`` names the address that could not be reached; ``remedy`` is the next step for a
     refused request (404/401/403/400; the agent's default: have an administrator rerun the
-    provisioner). Anything :func:`is_vault_failure` rejects is a programming error: TypeError.
+    provisioner); ``client_cert`` tells whether a client certificate was presented, which decides
+    the next step when the TLS handshake fails on it (:func:`client_cert_refusal`).
+    Anything :func:`is_vault_failure` rejects is a programming error: TypeError.
     """
     import hvac.exceptions
     import requests
@@ -51,6 +61,9 @@ def vault_error(err: BaseException, where: str, *, target: str, remedy: str | No
                               reason="vault_answer_unreadable",
                               remedy="an administrator writes a sane latest version (vault kv put) or deletes it")
     if isinstance(err, requests.exceptions.SSLError):
+        refusal = client_cert_refusal(err, where, client_cert)
+        if refusal is not None:
+            return refusal
         return BackendRefused(f"{where}: TLS verification failed", reason="vault_tls",
                               remedy="set VAULT_CACERT (or vault.cacert) to the CA bundle that signed Vault's certificate")
     if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
@@ -60,6 +73,143 @@ def vault_error(err: BaseException, where: str, *, target: str, remedy: str | No
         return BackendUnavailable(f"{where}: HTTP error talking to Vault ({type(err).__name__})",
                                   reason="vault_unavailable", remedy=RETRY_LATER)
     raise TypeError(f"not a Vault or HTTP error: {type(err).__name__}")
+
+
+# OpenSSL's names for a server's alert about the client certificate. Go's TLS server (Vault,
+# OpenBao) sends "certificate required" (TLS 1.3) or "bad certificate" (TLS 1.2) when none came.
+_CERT_ALERTS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_EXPIRED", "CERTIFICATE_REVOKED",
+                "CERTIFICATE_UNKNOWN", "UNSUPPORTED_CERTIFICATE")
+
+
+def client_cert_refusal(err: BaseException, where: str, client_cert: bool) -> BackendRefused | None:
+    """A TLS failure caused (or most likely caused) by the client certificate, as its own 78 with
+    the next step, else None.
+
+    A client-certificate alert from the server: without a configured certificate
+    ``vault_client_cert_required`` (set one), with one ``vault_client_cert_refused`` (renew it). A
+    connection closed mid-request (EOF: Go's TLS 1.3 server often closes before the client reads
+    its alert, even after :func:`tls_second_opinion`) is ``vault_client_cert_refused`` when a
+    certificate was presented, else ``vault_tls_closed`` whose fix names both suspects. Only the
+    OpenSSL reason code of the ``ssl.SSLError`` behind ``err`` is looked at (never a URL or a
+    server's text), and nothing of it is repeated.
+    """
+    alert, closed = _cert_alert(err), _tls_closed(err)
+    if not alert and not closed:
+        return None
+    if client_cert:
+        why = "refused the TLS client certificate" if alert else \
+            "closed the TLS connection without an answer (most often: it refused the client certificate)"
+        return BackendRefused(f"{where}: Vault {why}", reason="vault_client_cert_refused",
+                              remedy="renew vault.client_cert (VAULT_CLIENT_CERT): signed by a CA the Vault listener "
+                                     "trusts (tls_client_ca_file), valid now, with the key vault.client_key")
+    set_cert = ("set vault.client_cert and vault.client_key (or VAULT_CLIENT_CERT / VAULT_CLIENT_KEY, e.g. in "
+                "/etc/default/claude-auth-sync) to a certificate and key the Vault listener accepts")
+    if alert:
+        return BackendRefused(f"{where}: Vault requires a TLS client certificate and none is configured",
+                              reason="vault_client_cert_required", remedy=set_cert)
+    return BackendRefused(f"{where}: Vault (or a proxy in between) closed the TLS connection without an answer",
+                          reason="vault_tls_closed",
+                          remedy=f"if the Vault listener requires client certificates, {set_cert}; else check the proxy")
+
+
+def tls_second_opinion(err: BaseException, session: Any, base_url: str, timeout: float) -> BaseException:
+    """``err``, or a clearer exception for the same TLS failure.
+
+    A TLS 1.3 server checks the client certificate after the handshake, so a request with a body
+    (renew-self, create-orphan) usually sees only "EOF occurred in violation of protocol" instead of
+    the server's alert. For such an EOF this asks again without a token: one ``GET sys/health`` on
+    the same ``session`` (same CA, client certificate and proxies); if that too ends in EOF and the
+    address is reached directly (no proxy), one bare TLS handshake that only listens, which always
+    reads the alert. A client-certificate alert found so is returned, else ``err`` itself.
+    """
+    import requests
+
+    if not isinstance(err, requests.exceptions.SSLError) or not _tls_closed(err):
+        return err
+    url = base_url.rstrip("/")
+    try:
+        session.get(f"{url}/v1/sys/health", timeout=timeout, allow_redirects=False)
+    except requests.exceptions.RequestException as probe:
+        if _cert_alert(probe):
+            return probe
+    if _proxied(session, url):
+        return err
+    alert = _handshake_alert(url, session.verify, session.cert, timeout)
+    return requests.exceptions.SSLError(alert) if alert is not None and _cert_alert(alert) else err
+
+
+def _proxied(session: Any, url: str) -> bool:
+    import requests.utils
+
+    proxies = dict(session.proxies or {})
+    if session.trust_env and not proxies:
+        proxies = requests.utils.get_environ_proxies(url)
+    return bool(requests.utils.select_proxy(url, proxies))
+
+
+def _handshake_alert(url: str, verify: Any, cert: Any, timeout: float) -> ssl.SSLError | None:
+    """The TLS error of a handshake to ``url`` followed by listening (sending nothing) for a few
+    seconds, or None (no error, or not a TLS one)."""
+    import os
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        return None
+    context = ssl.create_default_context()
+    if isinstance(verify, str):
+        context = ssl.create_default_context(**({"capath": verify} if os.path.isdir(verify) else {"cafile": verify}))
+    elif verify is False:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        if isinstance(cert, tuple):
+            context.load_cert_chain(*cert)
+        elif cert:
+            context.load_cert_chain(cert)
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=parts.hostname) as tls:
+                tls.settimeout(min(timeout, 3.0))
+                tls.recv(1)
+    except ssl.SSLError as alert:
+        return alert
+    except OSError:
+        return None
+    return None
+
+
+def _ssl_cause(err: BaseException) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` behind ``err`` (requests wraps urllib3 wraps ssl), found by walking causes,
+    contexts, urllib3's ``reason`` and exception arguments; None when there is none."""
+    import ssl
+
+    seen: list[BaseException] = []
+    stack: list[object] = [err]
+    while stack and len(seen) < 32:
+        current = stack.pop()
+        if not isinstance(current, BaseException) or any(current is s for s in seen):
+            continue
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.append(current)
+        stack.extend([current.__cause__, current.__context__, getattr(current, "reason", None), *current.args])
+    return None
+
+
+def _cert_alert(err: BaseException) -> bool:
+    """The server sent an alert about the client certificate (OpenSSL's reason code, not free text)."""
+    cause = _ssl_cause(err)
+    reason = getattr(cause, "reason", None)
+    return isinstance(reason, str) and any(reason.endswith(name) for name in _CERT_ALERTS)
+
+
+def _tls_closed(err: BaseException) -> bool:
+    """The TLS connection ended without a TLS close (EOF in violation of the protocol)."""
+    import ssl
+
+    cause = _ssl_cause(err)
+    return isinstance(cause, ssl.SSLEOFError) or getattr(cause, "reason", None) == "UNEXPECTED_EOF_WHILE_READING"
 
 
 def _hvac_error(err: BaseException, where: str, remedy: str | None) -> BackendError:

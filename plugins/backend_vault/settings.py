@@ -1,7 +1,9 @@
-"""Settings section ``vault`` (``CLAUDE_AUTH_SYNC_VAULT__*``; ``VAULT_ADDR``/``VAULT_CACERT`` honoured)."""
+"""Settings section ``vault`` (``CLAUDE_AUTH_SYNC_VAULT__*``; ``VAULT_ADDR``/``VAULT_CACERT``/``VAULT_NAMESPACE``/
+``VAULT_CLIENT_CERT``/``VAULT_CLIENT_KEY`` honoured)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -9,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .address import parse_vault_addr
 from .paths import DEFAULT_TEMPLATE, check_template
 
-__all__ = ["VaultSettings"]
+__all__ = ["NAMESPACE_PATTERN", "VaultSettings"]
+
+NAMESPACE_PATTERN = re.compile(r"/?[A-Za-z0-9_.-]{1,128}(/[A-Za-z0-9_.-]{1,128}){0,15}/?")
 
 
 class VaultSettings(BaseModel):
@@ -29,6 +33,20 @@ class VaultSettings(BaseModel):
     token_file: Path | None = Field(None, description="default $XDG_CONFIG_HOME/claude-auth-sync/vault-token")
     timeout: float = Field(10.0, gt=0, le=120, description="seconds per Vault request")
     allow_insecure_http: bool = Field(False, description="allow plain http to a non-loopback address")
+    namespace: str | None = Field(None, description="Vault Enterprise / OpenBao namespace; default $VAULT_NAMESPACE")
+    client_cert: Path | None = Field(None, description="PEM client certificate (mTLS); default $VAULT_CLIENT_CERT; "
+                                                       "relative: under the user's config dir")
+    client_key: Path | None = Field(None, description="its PEM key, owner-only; default $VAULT_CLIENT_KEY")
+
+    @field_validator("namespace")
+    @classmethod
+    def _plain_namespace(cls, value: str | None) -> str | None:
+        """Empty (or ``/``) is the root namespace (None); else ``a/b/c`` of plain segments, no slash around."""
+        if value is None or not value.strip("/"):
+            return None
+        if not NAMESPACE_PATTERN.fullmatch(value) or any(part in (".", "..") for part in value.strip("/").split("/")):
+            raise ValueError("namespace must be names of letters, digits, '_', '-' or '.' separated by '/'")
+        return value.strip("/")
 
     @field_validator("addr")
     @classmethod

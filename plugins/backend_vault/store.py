@@ -37,11 +37,12 @@ from urllib.parse import urlparse
 from claude_auth_sync.errors import ConfigurationError, BackendConflict, BackendError, BackendRefused, BackendUnavailable
 from claude_auth_sync.model import OAuth, BackendHealth, StoredCopy
 
-from .errors import RETRY_LATER, error_text, is_vault_failure, vault_error
+from .errors import RETRY_LATER, error_text, is_vault_failure, tls_second_opinion, vault_error
 from .address import AddressRefused, Origin, display_address, parse_vault_addr, redirect_origin
 from .policy import locate
 from .settings import VaultSettings
 from .token_file import PROVISION, read_token_file, token_file_facts
+from .client_cert import client_cert_facts, client_cert_pair
 
 if TYPE_CHECKING:
     import hvac
@@ -121,7 +122,7 @@ def _no_netrc(request: Any) -> Any:
     return request
 
 
-def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Session:
+def _make_session(verify: bool | str, allow_insecure_http: bool, cert: tuple[str, str] | None = None) -> requests.Session:
     """A requests session that follows a standby's redirect only to an acceptable address."""
     import requests
 
@@ -151,6 +152,7 @@ def _make_session(verify: bool | str, allow_insecure_http: bool) -> requests.Ses
     session = _VaultSession()
     # hvac prefers a given session's own ``verify`` over its ``verify`` argument: set it here.
     session.verify = verify
+    session.cert = cert  # the client certificate (mTLS), also for a probe outside hvac (errors.tls_second_opinion)
     # An explicit (no-op) auth keeps requests from adding ~/.netrc credentials for the Vault host:
     # the token header is the only credential that goes to Vault.
     session.auth = _no_netrc
@@ -236,11 +238,13 @@ class VaultBackend:
             "addr": display_address(self.settings.addr),
             "path": f"{self.settings.mount}/{self.relative_path}",
             "token_file": {"path": str(self.token_file), **token_file_facts(self.token_file)},
+            "namespace": self.settings.namespace,
+            "client_cert": client_cert_facts(self.settings.client_cert, self.settings.client_key, uid=self.uid),
         }
         try:
             token = self._call("lookup-self", lambda c: c.auth.token.lookup_self()).get("data") or {}
         except (BackendError, ConfigurationError) as err:
-            facts["token"] = {"error": err.message, "reason": err.reason}
+            facts["token"] = {"error": err.message, "reason": err.reason, "remedy": err.remedy}
             return facts
         policies = set(token.get("policies") or []) | set(token.get("identity_policies") or [])
         facts["token"] = {
@@ -294,12 +298,14 @@ class VaultBackend:
                         remedy="point VAULT_CACERT (or vault.cacert) at the CA bundle that signed Vault's certificate",
                     )
                 verify = str(self.settings.cacert)
+            # The client certificate (mTLS) is checked like the token file (:mod:`.client_cert`).
+            cert = client_cert_pair(self.settings.client_cert, self.settings.client_key, uid=self.uid, role="agent")
             token = read_token_file(self.token_file, self.uid)
-            # token, url and verify are explicit, so hvac reads neither VAULT_TOKEN nor ~/.vault-token
-            # nor VAULT_ADDR/VAULT_CACERT itself.
+            # token, url, verify, cert and namespace are explicit, so hvac reads neither VAULT_TOKEN nor
+            # ~/.vault-token nor VAULT_ADDR/VAULT_CACERT/VAULT_CLIENT_CERT itself (an empty cert is none).
             self._client = hvac.Client(url=addr, token=token, verify=verify, timeout=self.settings.timeout,
-                                       namespace=None, allow_redirects=True,
-                                       session=_make_session(verify, self.settings.allow_insecure_http))
+                                       cert=cert or (), namespace=self.settings.namespace, allow_redirects=True,
+                                       session=_make_session(verify, self.settings.allow_insecure_http, cert))
         return self._client
 
     def _where(self, what: str) -> str:
@@ -334,7 +340,9 @@ class VaultBackend:
             if what == "write" and _is_cas_conflict(err):
                 raise BackendConflict(f"{where}: another writer stored a new version first (check-and-set)",
                                     reason="vault_cas_conflict", remedy="nothing: the next run compares again") from None
-            raise vault_error(err, where, target=self._target(err)) from None
+            err = tls_second_opinion(err, client.adapter.session, client.adapter.base_uri, self.settings.timeout)
+            raise vault_error(err, where, target=self._target(err),
+                              client_cert=self.settings.client_cert is not None) from None
         if not isinstance(answer, dict):
             # hvac hands back the raw response for anything but a JSON 200 (a 204, a 3xx without
             # Location, a proxy's HTML page): never a Vault answer we can use.

@@ -219,8 +219,10 @@ class OpenBaoServer:
     server_log: Path
     startup_seconds: float
 
-    def __init__(self, workdir: Path, *, start_timeout: float = 30.0) -> None:
+    def __init__(self, workdir: Path, *, start_timeout: float = 30.0, extra_config: str = "") -> None:
         self.workdir = Path(workdir)
+        # HCL appended to the server's config file (e.g. an extra TLS listener next to the dev one).
+        self.extra_config = extra_config
         self.root_token = secrets.token_hex(24)
         self.audit_log = self.workdir / "audit.log"
         self.server_log = self.workdir / "server.log"
@@ -258,7 +260,7 @@ class OpenBaoServer:
             "  options {\n"
             f"    file_path = {json.dumps(str(self.audit_log))}\n"
             "  }\n"
-            "}\n",
+            "}\n" + self.extra_config,
             encoding="utf-8",
         )
         binary = find_bao_binary()
