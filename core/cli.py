@@ -40,25 +40,95 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 KERNEL_COMMANDS = ("run", "diagnose", "check", "plugins")
 
+FILES_HELP = """\
+files (for the OS user running it; XDG rule: README "Paths and XDG variables"):
+  ~/.claude/.credentials.json                Claude Code's login ($CLAUDE_CONFIG_DIR honoured)
+  ~/.config/claude-auth-sync/vault-token     the Vault token, 0600 (written by t3-provision-users)
+  ~/.config/claude-auth-sync/config.toml     the user's settings (optional; $XDG_CONFIG_HOME)
+  /etc/claude-auth-sync/config.toml          the site's settings (root's; VAULT_ADDR, cacert...)
+  ~/.local/state/claude-auth-sync/sync.log   one status line per run ($XDG_STATE_HOME honoured)"""
+
+TOP_EPILOG = f"""\
+run is what the timer and the path unit start; diagnose says what is wrong and the fix; check is
+the monitoring plugin. 'claude-auth-sync COMMAND --help' for each.
+
+{FILES_HELP}
+
+examples:
+  claude-auth-sync diagnose                  what is wrong, and the command that fixes it
+  claude-auth-sync run --json                one cycle now, its result as JSON
+  systemctl start claude-auth-sync@$USER.service   the same cycle as the timer runs it
+
+exit status of run: 0 OK, 1 FAIL (log in again), 75 WARN (transient: the next run retries),
+78 FAIL (fix the configuration); diagnose: 0, 1, 78; check: 0/1/2/3 (Monitoring Plugins)."""
+
+RUN_DESCRIPTION = """\
+One health cycle for the OS user running it: a real Haiku inference through the claude CLI
+proves the login works; a working login is backed up (Vault KV v2 by default), a broken one is
+restored from the backup and probed again. One status line goes to the private log and the
+journal; with --json, the same event is printed as one JSON object."""
+
+RUN_EPILOG = f"""\
+exit status:
+  0   OK: the login works (backed up if it changed)
+  1   FAIL: the login is broken and no backup works; log in again:
+      {RELOGIN_COMMAND}
+  75  WARN: transient (API or Vault unreachable, rate limited, another run busy): the next run
+      retries
+  78  FAIL: fix the configuration (settings, Vault token, plugins); stderr names the fix
+
+{FILES_HELP}
+
+examples:
+  claude-auth-sync run                       one cycle, the status line on stdout
+  claude-auth-sync run --json --backend file one cycle against the file backend, as JSON
+  claude-auth-sync run --if-changed          the path unit's run: nothing if the login is unchanged"""
+
+DIAGNOSE_DESCRIPTION = """\
+Read-only report for the OS user running it: the local login, the environment and paths, the
+claude CLI, the backend (Vault token, backup), the timer and the last runs, each with its state
+and, for a problem, the command that fixes it. Compact by default; --verbose shows every row and
+the settings in effect with where each came from. Changes nothing (--probe runs one inference)."""
+
+DIAGNOSE_EPILOG = f"""\
+exit status: 0 nothing fails, 1 a row fails, 78 the settings or plugins cannot load.
+
+--json prints one object (schema_version 1, docs/diagnose.schema.json): ok, exit_code, generated_at,
+summary, checks (group, name, state, detail, next_step, values with seconds as integers and times as
+ISO-8601 UTC plus epoch), next_steps, settings. Keys are stable within a schema version.
+
+{FILES_HELP}
+
+examples:
+  claude-auth-sync diagnose                  problems, key facts, next steps
+  claude-auth-sync diagnose --verbose        every row, and the settings in effect
+  claude-auth-sync diagnose --json | jq '.next_steps[].step'
+  sudo claude-auth-sync diagnose --all       (root) one row per roster user"""
+
 
 def build_parser(commands: Mapping[str, CommandSpec] | None = None) -> argparse.ArgumentParser:
     """The kernel's commands plus those the plugins contribute (``cas_commands``)."""
     parser = argparse.ArgumentParser(
         prog="claude-auth-sync",
         description="Keep this user's Claude Code login alive: probe, back up, restore.",
+        epilog=TOP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"claude-auth-sync {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="one health cycle for the OS user running it")
+    run = sub.add_parser("run", help="one health cycle for the OS user running it", description=RUN_DESCRIPTION,
+                         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--json", action="store_true", help="print the status event as one JSON object")
     run.add_argument("--if-changed", action="store_true",
                      help="end at once when the login is the one verified last (set by the path unit's $TRIGGER_UNIT too)")
     run.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND for this run")
     run.add_argument("--sink", action="append", help="override CLAUDE_AUTH_SYNC_SINKS (repeatable)")
 
-    diag = sub.add_parser("diagnose", help="read-only report of this user's login, backend and settings")
-    diag.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    diag = sub.add_parser("diagnose", help="read-only report of this user's login, backend and settings",
+                          description=DIAGNOSE_DESCRIPTION, epilog=DIAGNOSE_EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    diag.add_argument("--json", action="store_true", help="one JSON object instead of a table (every row, always)")
+    diag.add_argument("-v", "--verbose", action="store_true", help="every row, and the settings in effect with their source")
     diag.add_argument("--probe", action="store_true", help="also run a real inference probe")
     diag.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND")
     diag.add_argument("--all", action="store_true", help="(root) one row per roster user: the fleet view")
@@ -174,7 +244,7 @@ def _dispatch(args: argparse.Namespace, plugins: Plugins, commands: Mapping[str,
     if args.command == "diagnose":
         from .diagnose import command_diagnose
 
-        return command_diagnose(json_output=args.json, probe=args.probe, overrides=_overrides(args))
+        return command_diagnose(json_output=args.json, probe=args.probe, overrides=_overrides(args), verbose=args.verbose)
     if args.command == "check" and args.all:
         return _plugin_command(commands, "check-all", "the host-wide check (check --all)").run(args)
     if args.command == "check":

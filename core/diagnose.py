@@ -3,14 +3,17 @@
 Checks are plain functions returning :class:`~claude_auth_sync.model.DiagnosticRow` rows (plugins add
 theirs about the backend, probe and restorer they provided through ``cas_diagnose``); each runs in isolation with a time
 bound, so one failing or hanging check never hides the others. Rows carry no secret: tokens are
-shown as fingerprints, other credential keys by name only. The same rows render as a rich table
-for people and as JSON (``schema_version``) for machines.
+shown as fingerprints, other credential keys by name only. The same rows render as a compact rich
+table for people (``--verbose``: every row and the settings) and as JSON for machines; both, and the
+JSON schema (version 1), are in :mod:`.diagnose_output`. A row's facts are in its ``values`` as
+numbers and ISO-8601 UTC times; relative times ("in 3h") exist only in the table.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,68 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from .cycle import refresh_expiry_ms
+from .diagnose_output import (JSON_SCHEMA, SCHEMA_VERSION, epoch_of_iso, iso_utc, next_steps, relative_time, render_table,
+                              summary, time_values)
 from .errors import CasError
 from .fingerprint import fingerprint, oauth_fingerprints
 from .oauth import same_oauth
 from .model import LOGIN_VARIABLES, REFRESH_WARN_S, ExitCode, RELOGIN_COMMAND, DiagnosticRow, DiagnosticState, LoginState, ProbeOutcome, UserIdentity
 from .runner import Runtime, build_runtime
-from .settings import ResolvedPaths, settings_provenance
+from .settings import ResolvedPaths, XdgChoice, settings_provenance, xdg_choices
 
-__all__ = ["SCHEMA_VERSION", "JSON_SCHEMA", "collect", "command_diagnose", "render_table", "relative_time"]
+__all__ = ["SCHEMA_VERSION", "JSON_SCHEMA", "collect", "command_diagnose", "render_table", "relative_time", "report"]
 
-SCHEMA_VERSION = 1
 CHECK_TIMEOUT_S = 15.0
-
-
-JSON_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "claude-auth-sync diagnose --json",
-    "type": "object",
-    "required": ["schema_version", "user", "ok", "checks", "settings"],
-    "additionalProperties": False,
-    "properties": {
-        "schema_version": {"const": SCHEMA_VERSION},
-        "user": {"type": "string"},
-        "ok": {"type": "boolean"},
-        "checks": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["group", "name", "state", "detail", "next_step"],
-                "additionalProperties": False,
-                "properties": {
-                    "group": {"type": "string"},
-                    "name": {"type": "string"},
-                    "state": {"enum": ["ok", "warn", "fail", "info"]},
-                    "detail": {"type": "string"},
-                    "next_step": {"type": ["string", "null"]},
-                },
-            },
-        },
-        "settings": {
-            "type": "object",
-            "additionalProperties": {
-                "type": "object", "required": ["value", "source"], "additionalProperties": False,
-                "properties": {"value": {}, "source": {"type": "string"}},
-            },
-        },
-    },
-}
-
-
-def relative_time(seconds: float) -> str:
-    """``in 3h 12m`` / ``5m ago`` style, to the two largest units."""
-    future = seconds >= 0
-    s = int(abs(seconds))
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size or (unit == "s" and not parts):
-            parts.append(f"{s // size}{unit}")
-            s %= size
-        if len(parts) == 2:
-            break
-    text = " ".join(parts)
-    return f"in {text}" if future else f"{text} ago"
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -110,20 +63,30 @@ def check_local_login(rt: Runtime) -> list[DiagnosticRow]:
         rows.append(state_rows[login.state])
     else:
         rows.append(DiagnosticRow(g, "parse", "ok", "valid JSON with claudeAiOauth"))
-        fps = oauth_fingerprints(login.oauth)
-        if login.expires_at_ms is not None:
-            delta = login.expires_at_ms / 1000 - time.time()
-            state: DiagnosticState = "ok" if delta > 0 else "info"
-            note = "" if delta > 0 else " (normal: the CLI refreshes it on next use)"
-            rows.append(DiagnosticRow(g, "access token", state, f"fp {fps['access']}, expires {relative_time(delta)}{note}"))
-        rows.append(DiagnosticRow(g, "refresh token", "ok", f"present, fp {fps['refresh']}"))
-        refresh_expiry = refresh_expiry_ms(login.oauth)
-        if refresh_expiry is not None:
-            delta = refresh_expiry / 1000 - time.time()
-            state = "ok" if delta > REFRESH_WARN_S else ("warn" if delta > 0 else "fail")
-            rows.append(DiagnosticRow(g, "refresh token expiry", state, relative_time(delta), None if state == "ok" else RELOGIN_COMMAND))
+        rows.extend(_token_rows(g, login.oauth, login.expires_at_ms))
     if login.other_keys:
-        rows.append(DiagnosticRow(g, "other keys", "info", ", ".join(login.other_keys) + " (kept untouched)"))
+        rows.append(DiagnosticRow(g, "other keys", "info", ", ".join(login.other_keys) + " (kept untouched)",
+                                  values={"keys": ",".join(login.other_keys)}))
+    return rows
+
+
+def _token_rows(g: str, oauth: Any, expires_at_ms: int | None) -> list[DiagnosticRow]:
+    """Access token (fingerprint, expiry), refresh token (fingerprint) and its expiry when known."""
+    now = time.time()
+    fps = oauth_fingerprints(oauth)
+    rows = []
+    if expires_at_ms is not None:
+        expired = expires_at_ms / 1000 <= now
+        note = " (normal: the CLI refreshes it on next use)" if expired else ""
+        rows.append(DiagnosticRow(g, "access token", "info" if expired else "ok", f"fp {fps['access']}{note}",
+                                  values={"fingerprint": fps["access"], **time_values("expires", expires_at_ms / 1000, now)}))
+    rows.append(DiagnosticRow(g, "refresh token", "ok", f"present, fp {fps['refresh']}", values={"fingerprint": fps["refresh"]}))
+    refresh_expiry = refresh_expiry_ms(oauth)
+    if refresh_expiry is not None:
+        delta = refresh_expiry / 1000 - now
+        state: DiagnosticState = "ok" if delta > REFRESH_WARN_S else ("warn" if delta > 0 else "fail")
+        rows.append(DiagnosticRow(g, "refresh token expiry", state, "", None if state == "ok" else RELOGIN_COMMAND,
+                                  values=time_values("expires", refresh_expiry / 1000, now)))
     return rows
 
 
@@ -137,18 +100,54 @@ def check_environment(rt: Runtime) -> list[DiagnosticRow]:
     else:
         rows.append(DiagnosticRow(g, "login variables", "ok", "none of " + ", ".join(LOGIN_VARIABLES)))
     config_dir = rt.environ.get("CLAUDE_CONFIG_DIR")
-    rows.append(DiagnosticRow(g, "CLAUDE_CONFIG_DIR", "info", config_dir or f"unset (using {rt.settings.claude_config_dir})"))
+    rows.append(DiagnosticRow(g, "CLAUDE_CONFIG_DIR", "info", config_dir or f"unset (using {rt.settings.claude_config_dir})",
+                              values={"claude_config_dir": str(rt.settings.claude_config_dir)}))
     return rows
+
+
+def check_paths(rt: Runtime) -> list[DiagnosticRow]:
+    """Whether this process and a run started by the unit (which has no XDG variables) use the same
+    configuration and state directories (:func:`~claude_auth_sync.settings.xdg_choice`): a row in
+    ``paths`` for each XDG variable that points elsewhere than the default, a quiet one otherwise."""
+    rows = []
+    for choice in xdg_choices(rt.user, rt.environ):
+        values = {"variable": choice.variable, "value": choice.value, "used_dir": str(choice.chosen),
+                  "default_dir": str(choice.default_dir), "rule": choice.rule}
+        if choice.rule == "default":
+            rows.append(DiagnosticRow("environment", choice.variable, "info",
+                                      f"{'unset' if choice.value is None else choice.value} (using {choice.chosen})", values=values))
+        else:
+            rows.append(_xdg_row(choice, {**values, "xdg_dir": str(choice.xdg_dir)}))
+    return rows
+
+
+def _xdg_row(choice: XdgChoice, values: dict[str, Any]) -> DiagnosticRow:
+    var, xdg, default = choice.variable, choice.xdg_dir, choice.default_dir
+    unit = f"runs started by the unit (which has no {var}) use {default}"
+    if choice.rule == "fallback":
+        return DiagnosticRow("paths", var, "info", f"using {default} (the unit's and the provisioner's): "
+                                                    f"{xdg} is absent or empty", values=values)
+    if choice.rule == "both":
+        q_xdg, q_default = shlex.quote(str(xdg)), shlex.quote(str(default))
+        fix = (f"mv -n {q_xdg}/* {q_default}/ && rm -r {q_xdg}" if var == "XDG_CONFIG_HOME"
+               else f"rm -r {q_xdg} (this shell's own runs; the unit's log stays in {default})")
+        return DiagnosticRow("paths", var, "warn", f"{var}={choice.value}: this shell uses {xdg}, but {unit}: "
+                                                    "two copies of the token, settings or log", fix, values=values)
+    nothing = " (nothing there yet)" if choice.rule == "neither" else ""
+    return DiagnosticRow("paths", var, "info", f"using {xdg}{nothing}; {unit}", values=values)
 
 
 def check_cli(rt: Runtime) -> list[DiagnosticRow]:
     info = rt.probe().describe()
     binary = info.get("binary")
     if not binary:
-        return [DiagnosticRow("claude CLI", "binary", "fail", "claude not found", "npm install -g @anthropic-ai/claude-code")]
+        return [DiagnosticRow("claude CLI", "binary", "fail", "claude not found", "npm install -g @anthropic-ai/claude-code",
+                              values={"binary": None})]
+    version = info.get("version")
     return [
-        DiagnosticRow("claude CLI", "binary", "ok", str(binary)),
-        DiagnosticRow("claude CLI", "version", "ok" if info.get("version") else "warn", str(info.get("version") or "unknown")),
+        DiagnosticRow("claude CLI", "binary", "ok", str(binary), values={"binary": str(binary)}),
+        DiagnosticRow("claude CLI", "version", "ok" if version else "warn", str(version or "unknown"),
+                      values={"version": str(version) if version else None}),
     ]
 
 
@@ -157,7 +156,8 @@ def check_backend(rt: Runtime) -> list[DiagnosticRow]:
     copy matches the local login (fingerprints only)."""
     g = "backend"
     origin = rt.plugins.origin("backend", rt.settings.backend)
-    rows = [DiagnosticRow(g, "backend", "ok", f"{rt.settings.backend} (plugin {origin})")]
+    rows = [DiagnosticRow(g, "backend", "ok", f"{rt.settings.backend} (plugin {origin})",
+                          values={"backend": rt.settings.backend, "plugin": origin})]
     try:
         backend = rt.backend()
         rows.extend(rt.plugins.diagnose(origin or "", rt.context, backend) if origin else [])
@@ -172,7 +172,8 @@ def check_backend(rt: Runtime) -> list[DiagnosticRow]:
         same = same_oauth(latest.oauth, local.oauth)
         stored_fp = fingerprint(latest.oauth.get("accessToken")) if isinstance(latest.oauth, Mapping) else None
         rows.append(DiagnosticRow(g, "matches local", "ok" if same else "info",
-                                  f"stored fp {stored_fp}" + ("" if same else " (differs: the next healthy run backs up)")))
+                                  f"stored fp {stored_fp}" + ("" if same else " (differs: the next healthy run backs up)"),
+                                  values={"stored_fingerprint": stored_fp, "matches": same}))
     return rows
 
 
@@ -185,14 +186,27 @@ def check_timer(rt: Runtime) -> list[DiagnosticRow]:
     enabled = subprocess.run([systemctl, "is-enabled", unit], capture_output=True, text=True, timeout=10)
     state = enabled.stdout.strip() or enabled.stderr.strip()
     rows = [DiagnosticRow(g, "enabled", "ok" if state == "enabled" else "warn", state or "unknown",
-                  None if state == "enabled" else f"sudo systemctl enable --now {unit}")]
+                  None if state == "enabled" else f"sudo systemctl enable --now {unit}", values={"unit": unit, "unit_state": state or None})]
     if Path("/run/systemd/system").is_dir() and state == "enabled":
-        show = subprocess.run([systemctl, "show", unit, "-p", "LastTriggerUSec", "-p", "NextElapseUSecRealtime"],
+        show = subprocess.run([systemctl, "show", unit, "--timestamp=unix", "-p", "LastTriggerUSec", "-p", "NextElapseUSecRealtime"],
                               capture_output=True, text=True, timeout=10)
-        rows.append(DiagnosticRow(g, "schedule", "info", " ".join(show.stdout.split()) or "unknown"))
+        rows.append(_schedule_row(show.stdout))
     else:
         rows.append(DiagnosticRow(g, "schedule", "info", "systemd is not running here: no last/next run"))
     return rows
+
+
+def _schedule_row(show: str) -> DiagnosticRow:
+    """``LastTriggerUSec=@1764700000`` / ``NextElapseUSecRealtime=@...`` (``--timestamp=unix``) as times."""
+    found = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    now = time.time()
+    values: dict[str, Any] = {}
+    for key, prefix in (("LastTriggerUSec", "last_run"), ("NextElapseUSecRealtime", "next_run")):
+        text = found.get(key, "").strip().removeprefix("@")
+        epoch = int(text) if text.isdigit() and int(text) > 0 else None
+        values.update(time_values(prefix, epoch, now))
+    detail = "" if values.get("next_run_at") else (" ".join(show.split()) or "unknown")
+    return DiagnosticRow("timer", "schedule", "info", detail, values=values)
 
 
 def check_log(rt: Runtime) -> list[DiagnosticRow]:
@@ -204,28 +218,33 @@ def check_log(rt: Runtime) -> list[DiagnosticRow]:
     try:
         data = read_tail(path)
     except CasError as err:
-        return [DiagnosticRow("private log", str(path), "fail", err.message, f"move {path} aside, then {start}")]
+        return [DiagnosticRow("private log", "last run", "fail", err.message, f"move {path} aside, then {start}",
+                              values={"path": str(path)})]
     if data is None:
-        return [DiagnosticRow("private log", str(path), "warn", "no run recorded yet", start)]
+        return [DiagnosticRow("private log", "last run", "warn", f"no run recorded yet in {path}", start, values={"path": str(path)})]
     lines = data.decode("utf-8", errors="replace").splitlines()[-5:]
     rows = []
+    now = time.time()
     for index, line in enumerate(lines):
-        word = line.split(" ", 2)[1] if line.count(" ") >= 1 else "?"
-        state: DiagnosticState = {"OK": "ok", "WARN": "warn", "FAIL": "fail"}.get(word, "info")
+        detail, values = _condensed(line, now)
+        state: DiagnosticState = {"OK": "ok", "WARN": "warn", "FAIL": "fail"}.get(str(values["status"]), "info")
         last = index == len(lines) - 1
-        rows.append(DiagnosticRow("private log", "last run" if last else "earlier run", state if last else "info", _condensed(line)))
-    if rows and rows[-1].state == "fail":
-        last = rows[-1]
-        fix = RELOGIN_COMMAND if "reason=auth_failed" in last.detail else "claude-auth-sync diagnose --probe"
-        rows[-1] = DiagnosticRow(last.group, last.name, last.state, last.detail, fix)
+        fix = None
+        if last and state == "fail":
+            fix = RELOGIN_COMMAND if values.get("reason") == "auth_failed" else "claude-auth-sync diagnose --probe"
+        rows.append(DiagnosticRow("private log", "last run" if last else "earlier run", state if last else "info", detail, fix,
+                                  values=values))
     return rows
 
 
-def _condensed(line: str) -> str:
-    """``<time> <STATUS> action=.. reason=..`` of a status line (the rest is in the log itself)."""
+def _condensed(line: str, now: float) -> tuple[str, dict[str, Any]]:
+    """``<time> <STATUS> action=.. reason=..`` of a status line (the rest is in the log itself), and
+    its facts: ``status``, ``action``, ``reason``, ``ran_at``/``ran_at_epoch``/``ran_in_s``."""
     parts = line.split(" ")
-    keep = [p for p in parts[2:] if p.split("=", 1)[0] in ("action", "reason")]
-    return " ".join(parts[:2] + keep)
+    fields = dict(p.split("=", 1) for p in parts[2:] if p.split("=", 1)[0] in ("action", "reason"))
+    values: dict[str, Any] = {"status": parts[1] if len(parts) > 1 else None, "action": fields.get("action"),
+                              "reason": fields.get("reason"), **time_values("ran", epoch_of_iso(parts[0]), now)}
+    return " ".join(parts[:2] + [f"{k}={v}" for k, v in fields.items()]), values
 
 
 def check_probe(rt: Runtime) -> list[DiagnosticRow]:
@@ -233,13 +252,15 @@ def check_probe(rt: Runtime) -> list[DiagnosticRow]:
     state: DiagnosticState = {"authenticated": "ok", "unavailable": "warn"}.get(str(result.outcome), "fail")
     fix = {ProbeOutcome.AUTH_FAILED: f"systemctl start claude-auth-sync@{rt.user.name}.service (restores the backup); else {RELOGIN_COMMAND}",
            ProbeOutcome.BROKEN: "npm install -g @anthropic-ai/claude-code"}.get(result.outcome)
-    detail = f"{result.outcome} ({result.reason}) in {result.duration_s:.1f}s"
-    return [DiagnosticRow("probe", "inference", state, detail, fix)]
+    detail = f"{result.outcome} ({result.reason}), {result.duration_s:.1f} s"
+    return [DiagnosticRow("probe", "inference", state, detail, fix, values={
+        "outcome": str(result.outcome), "reason": result.reason, "duration_ms": int(result.duration_s * 1000)})]
 
 
 CHECKS: list[tuple[str, Callable[[Runtime], list[DiagnosticRow]]]] = [
     ("local login", check_local_login),
     ("environment", check_environment),
+    ("paths", check_paths),
     ("claude CLI", check_cli),
     ("backend", check_backend),
     ("timer", check_timer),
@@ -276,6 +297,7 @@ def collect(rt: Runtime, *, probe: bool = False, timeout_s: float = CHECK_TIMEOU
 
 
 def report(rt: Runtime, rows: list[DiagnosticRow]) -> dict[str, Any]:
+    """The JSON document of :mod:`.diagnose_output` (schema version 1)."""
     provenance = settings_provenance(rt.settings)
     settings = json.loads(rt.settings.model_dump_json())
     flat = {}
@@ -284,47 +306,29 @@ def report(rt: Runtime, rows: list[DiagnosticRow]) -> dict[str, Any]:
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         flat[key] = {"value": value, "source": source}
+    return document(rt.user.name, rows, flat)
+
+
+def document(user: str, rows: list[DiagnosticRow], settings: dict[str, Any], *, exit_code: int | None = None) -> dict[str, Any]:
+    """The keys every ``--json`` answer has, whatever happened (``exit_code`` forces a failure's)."""
+    checks = [{**asdict(r), "values": dict(r.values)} for r in rows]
+    ok = not any(r.state == "fail" for r in rows)
+    now = int(time.time())
     return {
         "schema_version": SCHEMA_VERSION,
-        "user": rt.user.name,
-        "ok": not any(r.state == "fail" for r in rows),
-        "checks": [asdict(r) for r in rows],
-        "settings": flat,
+        "user": user,
+        "ok": ok and exit_code is None,
+        "exit_code": exit_code if exit_code is not None else (0 if ok else 1),
+        "generated_at": iso_utc(now),
+        "generated_at_epoch": now,
+        "summary": summary(checks),
+        "checks": checks,
+        "next_steps": next_steps(checks),
+        "settings": settings,
     }
 
 
-STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
-
-
-def render_table(data: dict[str, Any], console: Any) -> None:
-    """Both tables; every cell is inert text (:mod:`.terminal_text`): a log line, a path or a
-    setting value is never parsed as rich markup and carries no control character."""
-    from rich.table import Table
-
-    from .terminal_text import plain
-
-    table = Table(title=f"claude-auth-sync diagnose: {data['user']}", show_lines=False, expand=False)
-    for column in ("check", "state", "detail", "next step"):
-        table.add_column(column, overflow="fold")
-    group = None
-    for row in data["checks"]:
-        if row["group"] != group:
-            group = row["group"]
-            table.add_section()
-            table.add_row(plain(group, style="bold"), "", "", "")
-        state = row["state"]
-        table.add_row(plain(f"  {row['name']}"), plain(state.upper(), style=STYLE[state]), plain(row["detail"], 2000),
-                      plain(row["next_step"] or "", 2000))
-    console.print(table)
-    settings = Table(title="settings in effect", expand=False)
-    for column in ("setting", "value", "source"):
-        settings.add_column(column, overflow="fold")
-    for key, item in sorted(data["settings"].items()):
-        settings.add_row(plain(key), plain(json.dumps(item["value"]), 2000), plain(item["source"]))
-    console.print(settings)
-
-
-def command_diagnose(*, json_output: bool, probe: bool, overrides: Mapping[str, Any]) -> int:
+def command_diagnose(*, json_output: bool, probe: bool, overrides: Mapping[str, Any], verbose: bool = False) -> int:
     """Exit 0 when nothing fails, 1 when a row fails, 78 when settings or plugins cannot load
     (with ``--json``: still one JSON object on stdout, its one row saying why)."""
     try:
@@ -332,10 +336,8 @@ def command_diagnose(*, json_output: bool, probe: bool, overrides: Mapping[str, 
     except CasError as err:
         if not json_output:
             raise
-        row = DiagnosticRow("settings", "load", "fail", err.message, err.remedy)
-        user = UserIdentity.current().name
-        print(json.dumps({"schema_version": SCHEMA_VERSION, "user": user, "ok": False, "checks": [asdict(row)],
-                          "settings": {}}, sort_keys=True))
+        row = DiagnosticRow("settings", "load", "fail", err.message, err.remedy, values={"reason": err.reason})
+        print(json.dumps(document(UserIdentity.current().name, [row], {}, exit_code=int(err.exit_code)), sort_keys=True))
         return int(err.exit_code)
     rows = collect(rt, probe=probe)
     data = report(rt, rows)
@@ -344,5 +346,5 @@ def command_diagnose(*, json_output: bool, probe: bool, overrides: Mapping[str, 
     else:
         from rich.console import Console
 
-        render_table(data, Console(file=sys.stdout, emoji=False))
-    return 0 if data["ok"] else 1
+        render_table(data, Console(file=sys.stdout, emoji=False), verbose=verbose)
+    return int(data["exit_code"])

@@ -176,13 +176,18 @@ DiagnosticState = Literal["ok", "info", "warn", "fail"]
 @dataclass(frozen=True)
 class DiagnosticRow:
     """One row of ``diagnose``: a group (``local login``, ``backend``...), what was checked, its
-    state, a detail for people (never a secret) and, for anything but ok/info, the next step."""
+    state, a detail for people (never a secret) and, for anything but ok/info, the next step.
+
+    ``values`` carries the row's facts as numbers and stable strings for ``--json`` (seconds as
+    ints, ``*_at`` ISO-8601 UTC with ``*_at_epoch`` beside it); ``detail`` never holds a relative
+    time ("in 3h"): the table derives those from the ``*_at_epoch`` values."""
 
     group: str
     name: str
     state: DiagnosticState
     detail: str
     next_step: str | None = None
+    values: Mapping[str, str | int | float | bool | None] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

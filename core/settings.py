@@ -6,9 +6,20 @@ Precedence, lowest to highest (each layer overrides the ones before it):
 2. ``/etc/claude-auth-sync/config.toml`` (root's);
 3. ``$XDG_CONFIG_HOME/claude-auth-sync/config.toml`` (the user's; default ``~/.config/...``);
 4. the neighbouring tools' standard variables: ``CLAUDE_CONFIG_DIR``, ``XDG_STATE_HOME``,
-   ``XDG_CONFIG_HOME``, and those a plugin section declares (``VAULT_ADDR``, ``VAULT_CACERT``);
+   ``XDG_CONFIG_HOME`` (see below), and those a plugin section declares (``VAULT_ADDR``, ``VAULT_CACERT``);
 5. ``CLAUDE_AUTH_SYNC_*`` variables (nested delimiter ``__``);
 6. command-line flags.
+
+``XDG_CONFIG_HOME`` / ``XDG_STATE_HOME`` (one rule, :func:`xdg_choice`): the systemd unit runs
+without the login shell's variables and the provisioner writes the Vault token under the home from
+the password database, so both always use the defaults ``~/.config/claude-auth-sync`` and
+``~/.local/state/claude-auth-sync``. A variable pointing elsewhere is honoured, i.e.
+``$XDG_..._HOME/claude-auth-sync`` is used, whenever that directory is in use (exists and is not
+empty). When it is not in use but the default directory is, and ``HOME`` is the account's home, the
+default is used instead, so an interactive shell and the unit read the same token and the same log
+(``diagnose`` says so in its ``paths`` rows). When both are in use, the variable wins and ``diagnose``
+warns that the unit uses the other one, with the command that merges them. A process given another
+``HOME`` (a test sandbox, a container) gets exactly what its variables say.
 
 Settings are resolved once per process and passed to plugins in a ``PluginContext``; no plugin
 reads the environment itself. Invalid settings raise :class:`ConfigurationError` (exit 78).
@@ -44,9 +55,12 @@ __all__ = [
     "SYSTEM_CONFIG_FILE",
     "Settings",
     "ResolvedPaths",
+    "XdgChoice",
     "load_settings",
     "settings_provenance",
     "user_config_file",
+    "xdg_choice",
+    "xdg_choices",
 ]
 
 ENV_PREFIX = "CLAUDE_AUTH_SYNC_"
@@ -55,11 +69,82 @@ APP_DIR = "claude-auth-sync"
 MAX_SETTINGS_BYTES = 256 * 1024
 
 
-def user_config_file(user: UserIdentity, environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CONFIG_HOME/claude-auth-sync/config.toml``, default ``~/.config/claude-auth-sync/config.toml``."""
+#: The XDG variables this tool follows, and their defaults below the account's home.
+XDG_DEFAULTS: dict[str, Path] = {"XDG_CONFIG_HOME": Path(".config"), "XDG_STATE_HOME": Path(".local/state")}
+
+
+@dataclass(frozen=True)
+class XdgChoice:
+    """Which directory one XDG variable leads to, and why (``rule``):
+
+    * ``default``: the variable is unset, empty or names the default itself;
+    * ``variable``: ``$VAR/claude-auth-sync`` is in use and the default is not (or ``HOME`` is not
+      the account's): honoured;
+    * ``fallback``: ``$VAR/claude-auth-sync`` is absent or empty, the default is in use and ``HOME``
+      is the account's: the default, which the unit and the provisioner use;
+    * ``both``: both are in use: the variable's (honoured), but the unit uses ``default_dir``;
+    * ``neither``: neither is in use: the variable's (honoured).
+    """
+
+    variable: str
+    value: str | None
+    xdg_dir: Path | None
+    default_dir: Path
+    chosen: Path
+    rule: str
+
+    @property
+    def agrees_with_unit(self) -> bool:
+        """Whether a run started by the unit (no XDG variables) uses the same directory."""
+        return self.chosen == self.default_dir
+
+
+def _in_use(path: Path) -> bool:
+    """Exists and is not an empty directory (anything unreadable or not a directory counts as in use:
+    the code that opens it refuses it with its own error)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return True  # a symlink, a file...
+        with os.scandir(path) as entries:
+            return any(True for _ in entries)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return os.path.lexists(path)
+
+
+def _home_is_accounts(user: UserIdentity, environ: Mapping[str, str]) -> bool:
+    home = environ.get("HOME")
+    return not home or os.path.realpath(home) == os.path.realpath(user.home)
+
+
+def xdg_choice(variable: str, user: UserIdentity, environ: Mapping[str, str] | None = None) -> XdgChoice:
+    """The ``claude-auth-sync`` directory ``variable`` (``XDG_CONFIG_HOME``/``XDG_STATE_HOME``) leads
+    to for ``user`` in ``environ``, by the rule in this module's docstring. Never creates anything."""
     env = os.environ if environ is None else environ
-    base = env.get("XDG_CONFIG_HOME") or str(user.home / ".config")
-    return Path(base) / APP_DIR / "config.toml"
+    default_dir = user.home / XDG_DEFAULTS[variable] / APP_DIR
+    value = env.get(variable) or None
+    if value is None or Path(value) / APP_DIR == default_dir:
+        return XdgChoice(variable, value, None, default_dir, default_dir, "default")
+    xdg_dir = Path(value) / APP_DIR
+    if not xdg_dir.is_absolute():  # refused later by the settings' own validation (exit 78)
+        return XdgChoice(variable, value, xdg_dir, default_dir, xdg_dir, "variable")
+    xdg_used, default_used = _in_use(xdg_dir), _in_use(default_dir) and _home_is_accounts(user, env)
+    if default_used and not xdg_used:
+        return XdgChoice(variable, value, xdg_dir, default_dir, default_dir, "fallback")
+    rule = "both" if default_used else ("variable" if xdg_used else "neither")
+    return XdgChoice(variable, value, xdg_dir, default_dir, xdg_dir, rule)
+
+
+def xdg_choices(user: UserIdentity, environ: Mapping[str, str] | None = None) -> list[XdgChoice]:
+    """:func:`xdg_choice` for each variable in :data:`XDG_DEFAULTS`."""
+    return [xdg_choice(variable, user, environ) for variable in XDG_DEFAULTS]
+
+
+def user_config_file(user: UserIdentity, environ: Mapping[str, str] | None = None) -> Path:
+    """``config.toml`` in the configuration directory :func:`xdg_choice` picks
+    (``$XDG_CONFIG_HOME/claude-auth-sync``, default ``~/.config/claude-auth-sync``)."""
+    return xdg_choice("XDG_CONFIG_HOME", user, environ).chosen / "config.toml"
 
 
 class Settings(BaseSettings):
@@ -152,14 +237,14 @@ def _sources(
     return sources
 
 
-def _standard_env_values(sections: Sequence[SettingsSection], environ: Mapping[str, str]) -> dict[str, Any]:
+def _standard_env_values(sections: Sequence[SettingsSection], environ: Mapping[str, str], user: UserIdentity) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if environ.get("CLAUDE_CONFIG_DIR"):
         values["claude_config_dir"] = environ["CLAUDE_CONFIG_DIR"]
-    if environ.get("XDG_STATE_HOME"):
-        values["state_dir"] = str(Path(environ["XDG_STATE_HOME"]) / APP_DIR)
-    if environ.get("XDG_CONFIG_HOME"):
-        values["config_dir"] = str(Path(environ["XDG_CONFIG_HOME"]) / APP_DIR)
+    for field_name, variable in (("state_dir", "XDG_STATE_HOME"), ("config_dir", "XDG_CONFIG_HOME")):
+        choice = xdg_choice(variable, user, environ)
+        if choice.xdg_dir is not None and choice.chosen == choice.xdg_dir:  # else the default (provenance "default")
+            values[field_name] = str(choice.xdg_dir)
     for section in sections:
         for field_name, variable in section.standard_env.items():
             if environ.get(variable):
@@ -168,7 +253,8 @@ def _standard_env_values(sections: Sequence[SettingsSection], environ: Mapping[s
 
 
 def _settings_class(
-    sections: Sequence[SettingsSection], toml_files: Sequence[tuple[Path, dict[str, Any]]], environ: Mapping[str, str]
+    sections: Sequence[SettingsSection], toml_files: Sequence[tuple[Path, dict[str, Any]]], environ: Mapping[str, str],
+    user: UserIdentity,
 ) -> type[Settings]:
     seen: dict[str, SettingsSection] = {}
     fields: dict[str, Any] = {}
@@ -179,7 +265,7 @@ def _settings_class(
         fields[section.name] = (section.model, Field(default_factory=section.model))
     cls = create_model("Settings", __base__=Settings, **fields)
     cls._toml_files = tuple(toml_files)
-    cls._standard_env = _standard_env_values(sections, environ)
+    cls._standard_env = _standard_env_values(sections, environ, user)
     return cls
 
 
@@ -198,15 +284,16 @@ def load_settings(
     :raises ConfigurationError: on any invalid value, naming the field and the source files.
     """
     env = os.environ if environ is None else environ
+    user_file = user_file or user_config_file(user, env)
     files = [
         (path, data)
         for path, data in (
             (system_file, read_settings_file(system_file, owners=(0,))),
-            (user_file or user_config_file(user, env), read_settings_file(user_file or user_config_file(user, env), owners=(0, user.uid))),
+            (user_file, read_settings_file(user_file, owners=(0, user.uid))),
         )
         if data is not None
     ]
-    cls = _settings_class(sections, files, env)
+    cls = _settings_class(sections, files, env, user)
     cls._overrides = dict(overrides or {})
     where = ", ".join(str(f) for f, _ in files) or "no settings file"
     try:

@@ -1,10 +1,12 @@
-"""``claude-auth-sync diagnose``: rows, next steps, JSON schema, snapshots, a real terminal (tmux)."""
+"""``claude-auth-sync diagnose``: rows, next steps, the JSON schema (shipped in docs/), numeric JSON,
+compact and verbose tables, snapshots, a real terminal (tmux)."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -23,6 +25,9 @@ from tests.support.home import child_env
 pytestmark = pytest.mark.real
 
 SNAPSHOTS = Path(__file__).resolve().parents[1] / "snapshots"
+SHIPPED_SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "diagnose.schema.json"
+#: A relative time for people: never in --json.
+RELATIVE = re.compile(r"\b(in \d+[dhms]|\d+[dhms] ago)\b")
 ACCESS, REFRESH = "sk-ant-oat01-DIAG-secret-access", "sk-ant-ort01-DIAG-secret-refresh"
 MCP_SECRET = "mcp-DIAG-secret"
 SECRETS = (ACCESS, REFRESH, MCP_SECRET, "hvs.DIAG-vault-secret")
@@ -72,7 +77,8 @@ SCENARIOS = {"healthy": healthy, "broken_login": broken_login, "vault_outage": v
 def diagnose_json(box: Sandbox, env: dict[str, str]) -> tuple[dict, subprocess.CompletedProcess[str]]:
     result = box.run("diagnose", "--json", **env)
     data = json.loads(result.stdout)
-    jsonschema.validate(data, JSON_SCHEMA)
+    jsonschema.validate(data, json.loads(SHIPPED_SCHEMA.read_text()))
+    assert not RELATIVE.search(result.stdout), "a display string in --json"
     for secret in SECRETS:
         assert secret not in result.stdout and secret not in result.stderr
     return data, result
@@ -83,18 +89,27 @@ def rows(data: dict) -> dict[tuple[str, str], dict]:
 
 
 def normalise(data: dict, box: Sandbox) -> dict:
-    text = json.dumps(data).replace(str(box.root), "<tmp>")
+    """Paths, ports and times made stable: each ``*_at_epoch`` one hour after or before
+    ``generated_at_epoch`` as it was after or not (the table says "in 1h", "1h ago"), then every
+    absolute time replaced."""
+    now = data["generated_at_epoch"]
+    for row in data["checks"]:
+        for key, value in row["values"].items():
+            if key.endswith("_at_epoch"):
+                row["values"][key] = 1_800_000_000 + (3600 if value > now else -3600)
+    data["generated_at_epoch"] = 1_800_000_000
+    text = json.dumps(data).replace(str(box.root), "<tmp>").replace(pwd.getpwuid(os.getuid()).pw_dir + "/", "<account-home>/")
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "<time>", text)
-    text = re.sub(r"(in |)\d+[dhms]( \d+[dhms])?( ago)?", "<rel>", text)
-    text = re.sub(r"(_ms=|_s=|in )\d+(\.\d+)?", r"\1N", text)
+    text = re.sub(r"(_ms=|_s=)\d+(\.\d+)?", r"\1N", text)
+    text = re.sub(r"\d+\.\d s\b", "N s", text)
     text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", text)
     text = re.sub(r'"/[^"]*/tests/support/stub_claude\.py"', '"<repo>/tests/support/stub_claude.py"', text)
     return json.loads(text)
 
 
-def render(data: dict) -> str:
+def render(data: dict, *, width: int = 100, verbose: bool = False) -> str:
     out = io.StringIO()
-    render_table(data, Console(file=out, width=120, no_color=True, force_terminal=False, color_system=None))
+    render_table(data, Console(file=out, width=width, no_color=True, force_terminal=False, color_system=None), verbose=verbose)
     return out.getvalue()
 
 
@@ -103,11 +118,12 @@ def test_rendered_table_snapshot(tmp_path, scenario) -> None:
     box = Sandbox(tmp_path)
     env = SCENARIOS[scenario](box)
     data, _ = diagnose_json(box, env)
-    text = render(normalise(data, box))
-    snapshot = SNAPSHOTS / f"diagnose_{scenario}.txt"
-    if os.environ.get("CAS_UPDATE_SNAPSHOTS") == "1":
-        snapshot.write_text(text)
-    assert text == snapshot.read_text(), f"diagnose output changed; CAS_UPDATE_SNAPSHOTS=1 rewrites {snapshot.name}"
+    stable = normalise(data, box)
+    for suffix, text in (("", render(stable)), ("_verbose", render(stable, verbose=True))):
+        snapshot = SNAPSHOTS / f"diagnose_{scenario}{suffix}.txt"
+        if os.environ.get("CAS_UPDATE_SNAPSHOTS") == "1":
+            snapshot.write_text(text)
+        assert text == snapshot.read_text(), f"diagnose output changed; CAS_UPDATE_SNAPSHOTS=1 rewrites {snapshot.name}"
 
 
 def test_healthy_rows(tmp_path) -> None:
@@ -120,6 +136,66 @@ def test_healthy_rows(tmp_path) -> None:
     assert r[("backend", "matches local")]["state"] == "ok"
     assert r[("timer", "enabled")]["state"] == "ok"
     assert data["settings"]["backend"] == {"value": "file", "source": "environment"}
+
+
+def test_the_shipped_schema_is_the_one_the_code_documents() -> None:
+    assert json.loads(SHIPPED_SCHEMA.read_text()) == JSON_SCHEMA
+    jsonschema.Draft202012Validator.check_schema(JSON_SCHEMA)
+
+
+def test_json_carries_numbers_and_utc_times_not_display_strings(tmp_path) -> None:
+    box = Sandbox(tmp_path)
+    before = int(time.time())
+    data, _ = diagnose_json(box, healthy(box))
+    after = int(time.time())
+    assert set(data) == {"schema_version", "user", "ok", "exit_code", "generated_at", "generated_at_epoch", "summary",
+                         "checks", "next_steps", "settings"}
+    assert (data["schema_version"], data["exit_code"]) == (1, 0)
+    assert before <= data["generated_at_epoch"] <= after
+    assert data["generated_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(data["generated_at_epoch"]))
+    r = rows(data)
+    access = r[("local login", "access token")]["values"]
+    assert access["fingerprint"] == fp(ACCESS) and isinstance(access["expires_in_s"], int) and access["expires_in_s"] > 0
+    assert abs(access["expires_at_epoch"] - (data["generated_at_epoch"] + access["expires_in_s"])) <= 30  # at check time
+    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(access["expires_at_epoch"])) == access["expires_at"]
+    last = r[("private log", "last run")]["values"]
+    assert (last["status"], last["action"]) == ("OK", "backup") and -120 <= last["ran_in_s"] <= 0
+    assert sum(data["summary"].values()) == len(data["checks"]) and data["summary"]["fail"] == 0
+    by_name = {f"{row['group']}: {row['name']}": row for row in data["checks"]}
+    for step in data["next_steps"]:
+        assert all(by_name[name]["next_step"] == step["step"] for name in step["checks"])
+
+
+def test_compact_table_by_default_verbose_adds_every_row_and_the_settings(tmp_path) -> None:
+    """The real CLI at 100 columns: a healthy user's report fits a screen (issue 14: it was 93 lines)."""
+    box = Sandbox(tmp_path)
+    env = healthy(box)
+    compact = box.run("diagnose", COLUMNS="100", LINES="50", **env)
+    verbose = box.run("diagnose", "--verbose", COLUMNS="100", LINES="50", **env)
+    assert compact.returncode == verbose.returncode == 0, compact.stderr[-2000:]
+    lines = compact.stdout.splitlines()
+    print(f"diagnose at 100 columns: {len(lines)} lines compact, {len(verbose.stdout.splitlines())} verbose")
+    assert len(lines) <= 30 and max(len(line) for line in lines) <= 100
+    assert "settings in effect" not in compact.stdout and "diagnose --verbose" in compact.stdout
+    assert "access token" in compact.stdout and "expires in " in compact.stdout and "last run" in compact.stdout
+    assert "login variables" not in compact.stdout  # fine and not a key fact: --verbose only
+    assert "settings in effect" in verbose.stdout and "vault.mount" in verbose.stdout and "login variables" in verbose.stdout
+
+
+def test_broken_login_table_lists_the_next_step_once(tmp_path) -> None:
+    box = Sandbox(tmp_path)
+    table = box.run("diagnose", COLUMNS="100", **broken_login(box))
+    assert table.returncode == 1
+    assert "FAIL" in table.stdout and "next steps:" in table.stdout
+    assert table.stdout.count("1. claude auth login --claudeai --sso") == 1
+
+
+def test_settings_that_do_not_load_still_answer_the_schema(tmp_path) -> None:
+    box = Sandbox(tmp_path)
+    data, result = diagnose_json(box, {"CLAUDE_AUTH_SYNC_LOCK_WAIT_TIMEOUT": "-1"})
+    assert result.returncode == 78 and (data["ok"], data["exit_code"]) == (False, 78)
+    assert [(c["group"], c["state"]) for c in data["checks"]] == [("settings", "fail")]
+    assert data["next_steps"][0]["checks"] == ["settings: load"]
 
 
 def test_broken_login_rows_carry_the_login_command(tmp_path) -> None:
