@@ -159,3 +159,31 @@ def test_vault_folds_policy_names_to_lowercase_which_is_why_uppercase_is_refused
     listed = bao.client().sys.list_policies()["data"]["policies"]
     assert f"claude-auth-sync-cas.up{suffix}" in listed and f"claude-auth-sync-Cas.Up{suffix}" not in listed
     bao.client().sys.delete_policy(f"claude-auth-sync-cas.up{suffix}")
+
+
+def test_a_roster_name_that_is_not_its_uids_name_is_refused(
+        sandbox: Sandbox, bao: OpenBaoServer, dotted_user: tuple[str, Path]) -> None:  # noqa: F811
+    """An alias account (``useradd -o``: a second passwd line for the dotted user's uid), alone in
+    the roster: the agent would run as the uid's first name, so the alias is refused (78) with
+    both names, and no token is minted and no unit enabled for it (its roster name's policy is
+    applied like any roster user's); the uid's own name still provisions."""
+    name, _home = dotted_user
+    alias = f"cas.a{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "-o", "-u", str(pwd.getpwnam(name).pw_uid), "-g", str(pwd.getpwnam(name).pw_gid),
+                    "-M", "-d", str(_home), "--shell", "/bin/sh", alias], check=True, capture_output=True)
+    try:
+        sandbox.write_roster([alias])
+        refused_run = sandbox.run("--apply-policies", admin=True)
+        assert refused_run.rc == 78, refused_run.stdout[-2000:]
+        entry = refused_run.user(alias)
+        assert entry["account"] == "refused", entry
+        assert any(f"names uid {pwd.getpwnam(name).pw_uid} {name!r}, not {alias!r}" in n for n in entry["notes"]), entry
+        assert not unit_state(sandbox, alias)["timer"]
+        assert (entry["token"], entry["timer"]) == ("-", "-"), entry
+        assert not (_home / ".config/claude-auth-sync/vault-token").exists()
+
+        sandbox.write_roster([name])
+        fine = sandbox.run("--apply-policies", admin=True)
+        assert fine.rc == 0 and fine.user(name)["token"] == "minted", fine.stdout[-2000:]
+    finally:
+        subprocess.run(["userdel", alias], capture_output=True)
