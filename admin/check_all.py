@@ -90,14 +90,14 @@ def _measure_user(name: str, plugins: Plugins, environ: Mapping[str, str], deadl
     return Measured(name, measured.metrics, measured.findings)  # the roster's name, not the child's word
 
 
-def measure_roster(roster_path: Path, plugins: Plugins, timeout: float) -> list[Measured]:
-    """Every roster user's :class:`Measured`, read as that user within ``timeout`` seconds.
+def measure_roster(roster_path: Path, plugins: Plugins, timeout: float, deadline: float) -> list[Measured]:
+    """Every roster user's :class:`Measured`, read as that user before ``deadline`` (monotonic),
+    each child within half of ``timeout`` at most.
 
     Raises ``_OutOfTime`` when the time is spent, CasError for a missing or invalid roster."""
     from .fleet import _settings_environ
     from .roster import load_roster
 
-    deadline = time.monotonic() + timeout
     roster = load_roster(roster_path)
     environ = _settings_environ(os.environ)
     return [_measure_user(entry.os_user, plugins, environ, deadline, max(1.0, timeout / 2)) for entry in roster]
@@ -112,6 +112,7 @@ def command_check_all(*, roster: Path, warning: Sequence[str] = (), critical: Se
     from .trusted_file import check_trusted
 
     seconds = timeout or DEFAULT_TIMEOUT_S
+    deadline = time.monotonic() + seconds
     try:
         thresholds = parse_thresholds(warning, critical)
         if not 0 < seconds <= 3600:
@@ -121,7 +122,7 @@ def command_check_all(*, roster: Path, warning: Sequence[str] = (), critical: Se
                              "(sudo claude-auth-sync check --all)")
         check_trusted(SYSTEM_CONFIG_FILE)  # the settings every user's state is read with
         runtime = build_runtime(user=UserIdentity.current())
-        measured = measure_roster(roster, runtime.plugins, seconds)
+        measured = measure_roster(roster, runtime.plugins, seconds, deadline)
     except (UsageError, CasError) as err:
         sys.stdout.write(unknown_line(err.message if isinstance(err, CasError) else str(err)))
         return UNKNOWN

@@ -293,12 +293,14 @@ class _Summary(nagiosplugin.Summary):
         problems = _problems(results)
         if not self.fleet:
             return f"{_user_of(problems[0])}: " + "; ".join(dict.fromkeys(str(r.hint) for r in problems))
-        worst: dict[str, nagiosplugin.Result] = {}
-        for result in problems:
-            worst.setdefault(_user_of(result), result)
+        worst: dict[str, list[nagiosplugin.Result]] = {}
+        for result in problems:  # worst first: a user's list holds the results of their worst state
+            mine = worst.setdefault(_user_of(result), [result])
+            if mine[0] is not result and mine[0].state == result.state:
+                mine.append(result)
         groups: list[str] = []
-        for state in sorted({r.state for r in worst.values()}, key=lambda s: -_rank(s)):
-            names = [f"{user} ({r.hint})" for user, r in worst.items() if r.state == state]
+        for state in sorted({r[0].state for r in worst.values()}, key=lambda s: -_rank(s)):
+            names = [f"{user} ({'; '.join(str(x.hint) for x in r)})" for user, r in worst.items() if r[0].state == state]
             groups.append(f"{state.text}: {', '.join(names)}")
         healthy = [u for u in dict.fromkeys(_user_of(r) for r in results) if u not in worst]
         return "; ".join(groups + ([f"ok: {', '.join(healthy)}"] if healthy else []))
