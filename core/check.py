@@ -113,11 +113,17 @@ class Measured:
 
     @classmethod
     def from_json(cls, data: Any) -> Measured:
-        """Parsed back, every field checked (unknown metrics and states dropped, texts made inert)."""
-        metrics = {k: v for k, v in dict(data.get("metrics") or {}).items()
+        """Parsed back, every field checked (unknown metrics, states and shapes dropped, texts made
+        inert); a malformed answer is an UNKNOWN finding, never an exception."""
+        if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict) \
+                or not isinstance(data.get("findings", []), list):
+            return cls(str(data.get("user") if isinstance(data, dict) else "?"), {},
+                       (Finding(UNKNOWN, "the state read as the user came back malformed"),))
+        metrics = {k: v for k, v in data.get("metrics", {}).items()
                    if k in DEFAULT_THRESHOLDS and isinstance(v, int) and not isinstance(v, bool)}
-        findings = tuple(Finding(s, _inert(t)) for s, t in data.get("findings") or ()
-                         if s in (OK, WARNING, CRITICAL, UNKNOWN) and isinstance(t, str))
+        pairs = [item for item in data.get("findings", []) if isinstance(item, list) and len(item) == 2]
+        findings = tuple(Finding(s, _inert(t)) for s, t in pairs
+                         if s in (OK, WARNING, CRITICAL, UNKNOWN) and not isinstance(s, bool) and isinstance(t, str))
         return cls(str(data.get("user")), metrics, findings)
 
 

@@ -282,3 +282,11 @@ def test_fleet_summary_names_users_per_state_and_prefixes_the_perfdata() -> None
     assert "alice_last_ok_age" in perf and "john.doe_last_run_age" in perf
     assert "'john.doe_last_run_age'=60s;;43200" in out  # quoted: not a plain word
     assert json.loads(json.dumps(Measured.from_json(user("x", line("OK", 5)).to_json()).to_json()))["user"] == "x"
+
+
+@pytest.mark.parametrize("answer", [None, [], {"metrics": [1]}, {"findings": "x"}, {"findings": [[1], [9, "x"], [True, "y"]]},
+                                    {"metrics": {"vault_ttl": "5", "nope": 1, "last_ok_age": True}}])
+def test_a_malformed_answer_from_the_users_child_is_never_a_crash(answer) -> None:
+    measured = Measured.from_json(answer)
+    assert measured.metrics == {} and all(f.state == UNKNOWN for f in measured.findings)
+    assert build_check([measured], parse_thresholds()).exitcode in (OK, UNKNOWN)
