@@ -361,7 +361,8 @@ uninstall() {
     local list=() unit purge_status=0
     mapfile -t list < <(instances)
     if [ "$purge" -eq 1 ]; then
-        [ -x "$venv/bin/t3-provision-users" ] || die "--purge needs the installed package to remove users' files safely"
+        [ -x "$venv/bin/t3-provision-users" ] || die "--purge needs the installed package to remove the users' files" \
+            "safely (as each user): install it again ($0), then $0 --uninstall --purge"
         offboard_all || purge_status=$?
     fi
     local stop=("${list[@]}")
