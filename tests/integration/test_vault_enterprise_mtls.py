@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 from claude_auth_sync.testing import oauth_object
+from tests.integration.test_provisioning import Sandbox as ProvisionSandbox
+from tests.integration.test_provisioning import make_users  # noqa: F401 - fixture
 from tests.support.cli import Sandbox, current_user, fp
 from tests.support.openbao import OpenBaoServer
 from tests.support.vault_tls import Pki, make_pki, tls_openbao
@@ -180,3 +182,35 @@ def test_only_one_of_certificate_and_key_is_a_configuration_error(
     rc, event, stderr = run_json(box, env_for(addr, pki, VAULT_CLIENT_CERT=str(cert)))
     assert rc == 78 and event["reason"] == "vault_client_cert_incomplete", stderr
     assert "VAULT_CLIENT_KEY" in stderr
+
+
+# -- the root provisioner's admin client through the same listener ------------------------------
+
+
+def root_client_files(pki: Pki, directory: Path, key_mode: int = 0o600) -> dict[str, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pki.client_crt, directory / "admin.crt")
+    shutil.copy(pki.client_key, directory / "admin.key")
+    os.chmod(directory / "admin.key", key_mode)
+    return {"VAULT_CLIENT_CERT": str(directory / "admin.crt"), "VAULT_CLIENT_KEY": str(directory / "admin.key")}
+
+
+def test_the_provisioner_mints_through_the_listener_with_roots_client_certificate(
+    mtls: tuple[OpenBaoServer, str], pki: Pki, tmp_path: Path, make_users: Any  # noqa: F811
+) -> None:
+    bao, addr = mtls
+    box = ProvisionSandbox(tmp_path / "prov", bao)
+    (user,) = make_users("mtl")
+    box.write_roster([user])
+    tls = {"VAULT_ADDR": addr, "VAULT_CACERT": str(pki.ca_crt)}
+
+    without = box.run("--apply-policies", admin=True, extra_env=tls)
+    assert without.rc == 78, without.stdout + without.stderr
+    assert "vault.client_cert" in without.stdout + without.stderr
+
+    unsafe = box.run("--apply-policies", admin=True, extra_env={**tls, **root_client_files(pki, tmp_path / "bad", 0o644)})
+    assert unsafe.rc == 78 and "chmod 640" in unsafe.stdout + unsafe.stderr, unsafe.stdout + unsafe.stderr
+
+    minted = box.run("--apply-policies", admin=True, extra_env={**tls, **root_client_files(pki, tmp_path / "good", 0o640)})
+    assert minted.rc == 0, minted.stdout + minted.stderr
+    assert minted.user(user)["token"] == "minted"
