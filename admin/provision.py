@@ -65,15 +65,17 @@ from typing import TYPE_CHECKING, Any
 from claude_auth_sync.errors import ConfigurationError
 from claude_auth_sync.fingerprint import fingerprint
 from claude_auth_sync.model import PROVISION_COMMAND, ExitCode
+from claude_auth_sync.plugins.backend_vault.paths import DEFAULT_TEMPLATE
 from claude_auth_sync.terminal_text import safe_text
 
 from .accounts import refusals
 from .as_user import CHILD_TIMEOUT_S, Account, ChildFailed, Job, run_as_user
+from .provision_migrate import MigrationPhase
 from .provision_policies import PolicyPhases
 from .provision_report import UserReport, Work, duration, worst
 from .provision_tokens import TokenPhases
 from .roster import DEFAULT_ROSTER, Roster, load_roster
-from .state import DEFAULT_STATE_DIR, StateFile, provision_lock
+from .state import DEFAULT_STATE_DIR, StateFile, VaultId, provision_lock, vault_identity
 from .timers import SystemdTimers, path_unit, safe_home, timer_unit
 from .trusted_file import check_trusted
 from .user_home import job_inspect
@@ -96,6 +98,9 @@ class Options:
     json: bool = False
     apply_policies: bool = False
     prune: bool = False
+    allow_empty: bool = False
+    migrate: bool = False
+    migrate_from: str = DEFAULT_TEMPLATE
     systemd_root: Path | None = None
     systemctl: str = "systemctl"
     state_dir: Path = DEFAULT_STATE_DIR
@@ -103,7 +108,7 @@ class Options:
     deadline_s: float = RUN_DEADLINE_S
 
 
-class Provisioner(PolicyPhases, TokenPhases):
+class Provisioner(PolicyPhases, TokenPhases, MigrationPhase):
     """One run: :meth:`run` goes through the phases, then :meth:`as_json` / :meth:`render` report it.
 
     The Vault-side phases are :class:`.provision_policies.PolicyPhases`, the token phases
@@ -119,6 +124,7 @@ class Provisioner(PolicyPhases, TokenPhases):
         self.errors: list[tuple[int, str]] = []
         self.policies_applied: list[str] = []
         self.policies_pruned: list[str] = []
+        self.migration: dict[str, list[str]] = {k: [] for k in ("copied", "would_copy", "kept", "nothing", "failed")}
         self.work: dict[str, Work] = {}
         self.removed: dict[str, UserReport] = {}
         self.state = StateFile(options.state_dir)
@@ -126,6 +132,7 @@ class Provisioner(PolicyPhases, TokenPhases):
         self.vault: AdminVault | None = None
         self.settings: Any = None
         self.short_host: str | None = None  # the {host} of the paths (None: the template has none)
+        self.vault_id: VaultId = {"addr": "", "namespace": ""}  # set by run(): the Vault this run talks to
         self.roster: Roster | None = None
         self.started = time.monotonic()
         self.deadline = self.started + options.deadline_s
@@ -178,6 +185,11 @@ class Provisioner(PolicyPhases, TokenPhases):
     def run(self) -> int:
         """The whole run (under the provisioner lock unless it is a dry run); the exit status."""
         self.roster = load_roster(self.o.roster)
+        if not self.roster.names() and not self.o.allow_empty:
+            raise ConfigurationError(
+                f"the roster {self.o.roster} lists no users: this run would disable every user's timer"
+                + (" and revoke the tokens and delete the policies this host made" if self.o.prune else ""),
+                remedy="fix the roster; if no user should be left, rerun with --allow-empty")
         # The settings decide where every user's token is sent: only a file root controls counts.
         check_trusted(self.o.config)
         self.settings = self._load_settings()
@@ -188,7 +200,12 @@ class Provisioner(PolicyPhases, TokenPhases):
         self.short_host = short_host_name() if template_has_host(self.settings.path_template) else None
 
         addr = check_address(self.settings.addr, self.settings.allow_insecure_http)
+        self.vault_id = vault_identity(addr, getattr(self.settings, "namespace", None))
         self.vault = AdminVault.from_settings(addr, self.settings)  # CA, namespace, client certificate
+        if self.o.migrate and not self.admin_token:
+            raise ConfigurationError("--migrate-to-host-paths needs an admin token in VAULT_TOKEN",
+                                     remedy=f"export VAULT_TOKEN=<admin token>; {PROVISION_COMMAND} "
+                                            "--migrate-to-host-paths --apply-policies")
         if self.o.apply_policies and not self.admin_token:
             raise ConfigurationError("--apply-policies needs an admin token in VAULT_TOKEN",
                                      remedy=f"export VAULT_TOKEN=<admin token>; {PROVISION_COMMAND} --apply-policies")
@@ -209,6 +226,8 @@ class Provisioner(PolicyPhases, TokenPhases):
         if self.admin_token and not self._check_admin():
             return self.exit_code()
         local = self._accounts()
+        if self.o.migrate:
+            self._migrate(local)
         if self.o.apply_policies:
             self._apply_policies()
         elif self.admin_token:
@@ -353,6 +372,7 @@ class Provisioner(PolicyPhases, TokenPhases):
             "users": [w.report.as_json() for w in self.work.values()],
             "removed": [r.as_json() for r in self.removed.values()],
             "policies": {"applied": self.policies_applied, "pruned": self.policies_pruned},
+            **({"migration": self.migration} if self.o.migrate else {}),
             "next_steps": self.next_steps(),
             "vault_requests": dict(self.vault.requests) if self.vault else {"user": 0, "admin": 0},
             "seconds": round(time.monotonic() - self.started, 3),

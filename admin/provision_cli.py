@@ -24,6 +24,7 @@ from pathlib import Path
 from claude_auth_sync import __version__
 from claude_auth_sync.errors import CasError
 from claude_auth_sync.model import ExitCode
+from claude_auth_sync.plugins.backend_vault.paths import DEFAULT_TEMPLATE
 from claude_auth_sync.plugins.backend_vault.token_file import MalformedToken, token_from_bytes
 from claude_auth_sync.terminal_text import safe_text
 
@@ -50,7 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write every roster user's Vault policy (the Vault stack; admin token needed)")
     parser.add_argument("--prune", action="store_true",
                         help="with an admin token: revoke removed users' tokens; with --apply-policies also "
-                             "delete their policies (their secrets are kept)")
+                             "delete their policies (their secrets are kept). Only what this host's state file "
+                             "records minting or creating at this Vault: never another host's users")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="accept a roster without users (otherwise refused: it would deprovision everyone)")
+    migrate = parser.add_argument_group("moving to per-host paths (see claude_auth_sync.admin.provision_migrate)")
+    migrate.add_argument("--migrate-to-host-paths", dest="migrate", action="store_true",
+                         help="admin token: copy each local user's latest per-user secret to their empty per-host "
+                              "path (vault.path_template with {host}) as its version 1; never overwrites")
+    migrate.add_argument("--migrate-from", metavar="TEMPLATE", default=DEFAULT_TEMPLATE,
+                         help=f"the per-user template the secrets come from (default {DEFAULT_TEMPLATE})")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help=f"system settings file (default {DEFAULT_CONFIG}); VAULT_ADDR overrides its vault.addr")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
@@ -93,7 +103,8 @@ def _take_admin_token() -> tuple[str | None, str | None]:
 def _options(args: argparse.Namespace) -> Options:
     return Options(
         roster=args.roster, dry_run=args.dry_run, json=args.json, apply_policies=args.apply_policies,
-        prune=args.prune, systemd_root=args.systemd_root, systemctl=args.systemctl, state_dir=args.state_dir,
+        prune=args.prune, allow_empty=args.allow_empty, migrate=args.migrate, migrate_from=args.migrate_from,
+        systemd_root=args.systemd_root, systemctl=args.systemctl, state_dir=args.state_dir,
         config=args.config, deadline_s=args.deadline,
     )
 

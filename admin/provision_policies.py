@@ -9,8 +9,12 @@ the attributes declared below). Guarantees:
   the ends aside); without ``--apply-policies`` a missing or drifted one is flagged (78) with the
   command that applies it, never written;
 * ``--apply-policies`` first checks that the mount is a KV version 2 engine, then writes only the
-  policies that differ (nothing in a dry run); with ``--prune`` it deletes ``claude-auth-sync-<user>``
-  policies of valid user names no longer in the roster, and nothing else.
+  policies that differ (nothing in a dry run), and records in the state file each policy it
+  *created* (it was missing), with the Vault it was created at;
+* with ``--prune`` it deletes only policies this host's state file records creating at this Vault
+  (address and namespace) whose user is no longer in the roster: never a policy another host (or a
+  person) created, never one of a user still listed (after a move to a ``{host}`` template the old
+  per-user policy may still serve hosts not yet moved), never one at another Vault.
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ from typing import Any
 from claude_auth_sync.model import PROVISION_COMMAND, ExitCode
 from claude_auth_sync.plugins.backend_vault.policy import (
     POLICY_PREFIX,
-    USERNAME_PATTERN,
     SecretLocation,
     render_location,
 )
 
 from .provision_report import UserReport, Work
+from .state import StateFile, VaultId
 from .roster import Roster
 from .vault_admin import AdminVault, VaultFailure
 
@@ -45,6 +49,8 @@ class PolicyPhases:
     errors: list[tuple[int, str]]
     policies_applied: list[str]
     policies_pruned: list[str]
+    state: StateFile
+    vault_id: VaultId
     _removed_report: Callable[[str], UserReport]  # from TokenPhases
     _location: Callable[[str], SecretLocation]  # from the Provisioner: THE path and policy name of a user
 
@@ -144,25 +150,24 @@ class PolicyPhases:
         location = self._location(user)
         name = location.policy
         self._admin("put", f"sys/policies/acl/{name}", {"policy": render_location(location)})
+        if state == "missing":  # created here: the one kind of policy this host may prune later
+            from .provision_tokens import now_utc
+
+            self.state.record_policy(name, user, location.host, self.vault_id, now_utc())
         report.policy = "applied"
         report.actions.append(f"applied policy ({state})")
         report.changes.append(f"policy {name} written (was {state})")
         self.policies_applied.append(name)
 
     def _prune_policies(self) -> None:
+        """Delete the policies this host created at this Vault for users gone from the roster."""
         assert self.roster
-        try:
-            answer = self._admin("list", "sys/policies/acl")
-        except VaultFailure as err:
-            self.errors.append((err.exit_code, str(err)))
-            return
-        keep = {self._location(u).policy for u in self.roster.names()}
-        for name in sorted((answer.get("data") or {}).get("keys") or []):
-            if not name.startswith(POLICY_PREFIX) or name in keep:
+        listed = set(self.roster.names())
+        for name, record in sorted(self.state.policies.items()):
+            user = str(record.get("user") or "")
+            if user in listed or not name.startswith(POLICY_PREFIX) or not self.state.created_here(name, self.vault_id):
                 continue
-            if not USERNAME_PATTERN.fullmatch(name[len(POLICY_PREFIX):]):
-                continue
-            self._prune_policy(name, self._removed_report(name[len(POLICY_PREFIX):]))
+            self._prune_policy(name, self._removed_report(user or name))
 
     def _prune_policy(self, name: str, report: UserReport) -> None:
         if self.o.dry_run:
@@ -174,6 +179,7 @@ class PolicyPhases:
         except VaultFailure as err:
             report.flag(err.exit_code, str(err))
             return
+        del self.state.policies[name]
         report.policy = "deleted"
         report.actions.append("deleted policy")
         report.changes.append(f"policy {name} deleted")

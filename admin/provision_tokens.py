@@ -15,7 +15,13 @@ the attributes declared below). Guarantees:
   is revoked, so an accessor whose revocation fails stays in the books (``superseded``) for the
   next admin run; without an admin token nothing is minted or revoked, the need is flagged (1);
 * a user removed from the roster (or without an account) gets their timer disabled every run, and
-  their token revoked by accessor only with an admin token and ``--prune``; their secret is kept.
+  their token revoked by accessor only with an admin token and ``--prune``; their secret is kept;
+* an accessor is revoked only at the Vault the state file records it was minted at
+  (:meth:`.state.StateFile.minted_here`): a run against another Vault (address or namespace)
+  leaves it, and says so. One recorded before addresses were kept is first proved to exist at this
+  Vault (the user's own ``lookup-self``, or ``lookup-accessor`` with the admin token) and then
+  stamped with it; one that cannot be proved is never revoked (a revoke-accessor of an accessor
+  Vault does not know answers 200, so "revoked" would be a lie and the real token would live on).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from claude_auth_sync.terminal_text import safe_text
 from .as_user import Account, ChildFailed
 from .provision_report import NEEDS_ADMIN, UserReport, Work, duration
 from .roster import Roster
-from .state import StateFile
+from .state import StateFile, VaultId
 from .timers import SystemdTimers, path_unit, timer_unit
 from .user_home import job_write_token
 from .vault_admin import AdminVault, VaultFailure
@@ -77,6 +83,7 @@ def drift(user: str, data: dict[str, Any], expected: frozenset[str]) -> list[str
 class TokenPhases:
     o: Any
     host: str
+    vault_id: VaultId  # the Vault (address, namespace) this run talks to
     vault: AdminVault | None
     admin_token: str | None
     roster: Roster | None
@@ -130,6 +137,8 @@ class TokenPhases:
         next admin run."""
         report = work.report
         known = self.state.users.get(report.user) or {}
+        if work.accessor:  # its own lookup-self at this Vault proved it exists here
+            self.state.stamp(work.accessor, self.vault_id)
         if work.accessor and known.get("accessor") != work.accessor and not self.o.dry_run:
             assert work.account is not None
             self.state.users[report.user] = self._entry(
@@ -204,6 +213,9 @@ class TokenPhases:
         if created is None:
             return
         token, accessor, auth = created
+        self.state.stamp(accessor, self.vault_id)
+        if work.accessor:  # the token it replaces was looked up at this Vault
+            self.state.stamp(work.accessor, self.vault_id)
         try:
             result = self._as_user(work.account, job_write_token, token.encode("ascii"))
         except ChildFailed as err:
@@ -234,9 +246,12 @@ class TokenPhases:
     # revoking
 
     def _revoke_superseded(self, entry: dict[str, Any], report: UserReport, what: str) -> int:
-        """Revoke every superseded accessor of ``entry``; those that fail stay recorded."""
-        left = [a for a in entry.get("superseded", []) if not self._revoke(a, report, what)]
-        revoked = len(entry.get("superseded", [])) - len(left)
+        """Revoke every superseded accessor of ``entry`` minted at this Vault; those that fail, and
+        those of another (or an unproved) Vault, stay recorded."""
+        superseded = list(entry.get("superseded", []))
+        here = [a for a in superseded if self._is_here(a, report)]
+        left = [a for a in superseded if a not in here] + [a for a in here if not self._revoke(a, report, what)]
+        revoked = len(superseded) - len(left)
         if left:
             entry["superseded"] = left
         else:
@@ -247,17 +262,51 @@ class TokenPhases:
         """Tokens this host minted earlier and no longer uses: revoke them (admin), or say so."""
         for work in local:
             entry = self.state.users.get(work.report.user)
-            if not entry or not entry.get("superseded") or work.needs_mint:
+            if not entry or not self._pending_here(entry) or work.needs_mint:
                 continue
             if not self.admin_token:
                 work.report.actions.append("needs admin run")
-                work.report.flag(NEEDS_ADMIN, f"{len(entry['superseded'])} replaced token(s) may still be valid",
+                work.report.flag(NEEDS_ADMIN, f"{len(self._pending_here(entry))} replaced token(s) may still be valid",
                                  ADMIN_RUN_STEP)
             elif self.o.dry_run:
                 work.report.actions.append("would revoke replaced token(s)")
             else:
                 revoked = self._revoke_superseded(entry, work.report, "a replaced token")
                 work.report.actions.append(f"revoked {revoked} replaced token(s)")
+
+    def _pending_here(self, entry: dict[str, Any]) -> list[str]:
+        """Superseded accessors this Vault may revoke: minted here, or of unknown Vault (old records)."""
+        return [a for a in entry.get("superseded", []) if self.state.vault_of(a) in (None, self.vault_id)]
+
+    def _is_here(self, accessor: str, report: UserReport) -> bool:
+        """True when ``accessor`` may be revoked at this Vault (see the module's guarantees); a record
+        of another Vault, or an old one this Vault does not know, is noted on ``report``."""
+        vault = self.state.vault_of(accessor)
+        if vault is None and self._known_here(accessor):
+            self.state.stamp(accessor, self.vault_id)
+            vault = self.vault_id
+        if vault == self.vault_id:
+            return True
+        if vault is None:
+            report.notes.append("a token recorded before Vault addresses were kept is unknown to this Vault "
+                                "(already gone, or minted at another Vault): not revoked here, kept in the state file")
+        else:
+            where = vault["addr"] + (f" namespace {vault['namespace']}" if vault["namespace"] else "")
+            report.flag(0, f"a token minted at another Vault ({where}) is not revoked here",
+                        f"revoke it there: VAULT_ADDR={vault['addr']} {PROVISION_COMMAND} --prune")
+        return False
+
+    def _known_here(self, accessor: str) -> bool:
+        """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token; False when
+        it cannot tell, e.g. the admin token may not look accessors up)."""
+        if not self.admin_token:
+            return False
+        assert self.vault
+        try:
+            self.vault.call("admin", self.admin_token, "post", "auth/token/lookup-accessor", {"accessor": accessor})
+        except VaultFailure:
+            return False
+        return True
 
     def _revoke(self, accessor: str, report: UserReport, what: str) -> bool:
         assert self.vault and self.admin_token
@@ -321,6 +370,11 @@ class TokenPhases:
             report.timer = "disabled"
         entry = self.state.users.get(user)
         if not entry or not entry.get("accessor"):
+            return
+        if not [a for a in [entry["accessor"], *entry.get("superseded", [])]
+                if self.state.vault_of(a) in (None, self.vault_id)]:
+            report.token = "kept (minted at another Vault)"
+            report.notes.append("their token was minted at another Vault: revoke it with a run against that Vault")
             return
         if not (self.admin_token and self.o.prune):
             report.token = "revoke pending"

@@ -5,6 +5,13 @@ Guarantees:
 * :class:`StateFile` keeps, per user, the accessor and fingerprint of the token this provisioner
   minted (and accessors still to revoke): never a token. It lives in a 0700 directory owned by
   root; a file not owned by root or that does not parse is refused (exit 78), never repaired.
+* It also keeps the Vault each accessor was minted at (:func:`vault_identity`: the canonical
+  address and the namespace, ``accessor_vaults``) and the policies this host created
+  (``policies``: name, user, host, Vault). A run acts on (revokes, deletes) only what is recorded
+  at the Vault it is talking to (:meth:`StateFile.minted_here`). An accessor recorded by a version
+  that kept no addresses (state file version 1) belongs to no Vault until a run proves it exists
+  at its Vault (the provisioner asks that Vault: ``lookup-self`` of the user's token, or
+  ``lookup-accessor`` with the admin token); until then it is never revoked.
 * :meth:`StateFile.save` writes only when something changed, atomically
   (:func:`claude_auth_sync.fileio.write_atomically`: 0600 temporary file, fsync, rename, fsync of
   the directory), so a crash leaves the old or the new bookkeeping, whole.
@@ -23,26 +30,46 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from claude_auth_sync.errors import CasError, ConfigurationError
 from claude_auth_sync.fileio import flock_until, write_atomically
 from claude_auth_sync.model import ExitCode
 
-__all__ = ["Busy", "DEFAULT_STATE_DIR", "StateFile", "provision_lock"]
+__all__ = ["Busy", "DEFAULT_STATE_DIR", "StateFile", "VaultId", "provision_lock", "vault_identity"]
 
 DEFAULT_STATE_DIR = Path("/var/lib/claude-auth-sync")
 STATE_FILE = "tokens.json"
 LOCK_NAME = "provision.lock"
 LOCK_WAIT_S = 120.0
+VERSION = 2
+
+VaultId = dict[str, str]  # {"addr": canonical address, "namespace": "" or "a/b"}
+
+
+def vault_identity(addr: str, namespace: str | None = None) -> VaultId:
+    """The Vault an accessor belongs to: ``scheme://host:port[/path]`` (lower-case, default port
+    made explicit, no trailing slash) and the namespace without slashes around it ("" for none).
+    Two spellings of one address compare equal; two different names of one cluster do not (a run
+    then acts on neither's records: the conservative side)."""
+    parts = urlsplit(addr.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    host = f"[{host}]" if ":" in host else host
+    return {"addr": f"{scheme}://{host}:{port}{parts.path.rstrip('/')}", "namespace": (namespace or "").strip("/")}
 
 
 class StateFile:
-    """``<directory>/tokens.json``: ``{"version": 1, "users": {user: entry}}``."""
+    """``<directory>/tokens.json``: ``{"version": 2, "users": {user: entry}, "accessor_vaults":
+    {accessor: VaultId}, "policies": {name: {"user", "host", "vault", "created_at"}}}``."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / STATE_FILE
         self.users: dict[str, dict[str, Any]] = {}
+        self.accessor_vaults: dict[str, VaultId] = {}
+        self.policies: dict[str, dict[str, Any]] = {}
         self._loaded: str = ""
 
     def load(self) -> None:
@@ -60,14 +87,47 @@ class StateFile:
             data = json.loads(raw)
             users = data["users"]
             assert isinstance(users, dict)
-        except (ValueError, KeyError, AssertionError, TypeError):
+            assert isinstance(data.get("accessor_vaults", {}), dict) and isinstance(data.get("policies", {}), dict)
+        except (ValueError, KeyError, AssertionError, TypeError, AttributeError):
             raise ConfigurationError(f"{self.path} is damaged", remedy="inspect it; remove it to start over "
                                      "(tokens minted before can then only be revoked by hand)") from None
         self.users = {str(k): dict(v) for k, v in users.items() if isinstance(v, dict)}
+        self.accessor_vaults = {str(k): {"addr": str(v.get("addr", "")), "namespace": str(v.get("namespace", ""))}
+                                for k, v in data.get("accessor_vaults", {}).items() if isinstance(v, dict)}
+        self.policies = {str(k): dict(v) for k, v in data.get("policies", {}).items() if isinstance(v, dict)}
         self._loaded = self._dump()
 
     def _dump(self) -> str:
-        return json.dumps({"version": 1, "users": self.users}, indent=2, sort_keys=True) + "\n"
+        return json.dumps({"version": VERSION, "users": self.users, "accessor_vaults": self.accessor_vaults,
+                           "policies": self.policies}, indent=2, sort_keys=True) + "\n"
+
+    # -- which Vault ------------------------------------------------------------------------
+
+    def stamp(self, accessor: str, vault: VaultId) -> None:
+        """Record that ``accessor`` was minted at (or proved to exist at) ``vault``."""
+        self.accessor_vaults[accessor] = dict(vault)
+
+    def vault_of(self, accessor: str) -> VaultId | None:
+        """The Vault ``accessor`` belongs to; None when it was recorded before addresses were kept."""
+        return self.accessor_vaults.get(accessor)
+
+    def minted_here(self, accessor: str, vault: VaultId) -> bool:
+        """True only when ``accessor`` is recorded as belonging to ``vault``: the one test before any
+        revocation (never true for another Vault, nor for an accessor of unknown Vault)."""
+        return self.accessor_vaults.get(accessor) == vault
+
+    def record_policy(self, name: str, user: str, host: str | None, vault: VaultId, created_at: str) -> None:
+        """Record that this host created policy ``name`` at ``vault`` (only such policies are pruned)."""
+        self.policies[name] = {"user": user, "host": host, "vault": dict(vault), "created_at": created_at}
+
+    def created_here(self, name: str, vault: VaultId) -> bool:
+        """True when this host's records say it created policy ``name`` at ``vault``."""
+        return (self.policies.get(name) or {}).get("vault") == vault
+
+    def tidy(self) -> None:
+        """Forget the Vault of accessors no user entry refers to any more."""
+        used = {a for e in self.users.values() for a in [e.get("accessor"), *e.get("superseded", [])] if a}
+        self.accessor_vaults = {a: v for a, v in self.accessor_vaults.items() if a in used}
 
     @property
     def changed(self) -> bool:
@@ -85,6 +145,7 @@ class StateFile:
 
     def save(self) -> None:
         """Replace the file atomically with :attr:`users`, if they changed."""
+        self.tidy()
         if not self.changed:
             return
         self.ensure_dir()

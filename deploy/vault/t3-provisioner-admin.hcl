@@ -34,7 +34,19 @@ path "auth/token/create-orphan" {
   capabilities = ["create", "update", "sudo"]
 }
 
-# ... and revoking the ones they replace, or those of removed users, by accessor.
+# ... and revoking the ones they replace, or those of removed users, by accessor. An accessor
+# recorded by an older provisioner (no Vault address in the state file) is looked up first, so
+# one minted at another Vault is never counted as revoked here.
 path "auth/token/revoke-accessor" {
   capabilities = ["update"]
 }
+
+path "auth/token/lookup-accessor" {
+  capabilities = ["update"]
+}
+
+# --migrate-to-host-paths (once, when moving to a vault.path_template with {host}): read the
+# per-user copies, check and write the per-host paths. Uncomment for that run only.
+# path "secret/data/workstation/claude-users/*"     { capabilities = ["read"] }
+# path "secret/data/workstation/claude-hosts/*"     { capabilities = ["create", "read"] }
+# path "secret/metadata/workstation/claude-hosts/*" { capabilities = ["read"] }

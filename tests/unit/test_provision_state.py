@@ -1,0 +1,62 @@
+"""The provisioner's state file, version 2: the Vault of each accessor, the policies this host
+created, and version-1 files (no addresses) read without guessing (pure units, no server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from claude_auth_sync.admin.state import StateFile, vault_identity
+from claude_auth_sync.errors import ConfigurationError
+
+
+@pytest.mark.parametrize("spelling", ["https://Vault.Example:443", "https://vault.example/", "HTTPS://vault.example"])
+def test_one_vault_spelt_three_ways_is_one_identity(spelling: str) -> None:
+    assert vault_identity(spelling) == {"addr": "https://vault.example:443", "namespace": ""}
+
+
+def test_address_port_path_and_namespace_tell_vaults_apart() -> None:
+    base = vault_identity("https://vault.example:8200")
+    for other in (vault_identity("https://vault.example:8201"), vault_identity("https://vault.example:8200/proxy"),
+                  vault_identity("http://vault.example:8200"), vault_identity("https://vault.example:8200", "team"),
+                  vault_identity("https://vault2.example:8200")):
+        assert other != base
+    assert vault_identity("https://v:8200", "/team/a/") == {"addr": "https://v:8200", "namespace": "team/a"}
+
+
+def test_a_version_1_file_has_accessors_of_no_vault(tmp_path: Path) -> None:
+    (tmp_path / "tokens.json").write_text(json.dumps({"version": 1, "users": {"alice": {
+        "accessor": "acc1", "superseded": ["acc0"]}}}))
+    state = StateFile(tmp_path)
+    state.load()
+    here = vault_identity("https://vault.example:8200")
+    assert state.vault_of("acc1") is None and not state.minted_here("acc1", here) and not state.minted_here("acc0", here)
+    state.stamp("acc1", here)
+    assert state.minted_here("acc1", here) and not state.minted_here("acc1", vault_identity("https://other:8200"))
+    state.save()
+    saved = json.loads((tmp_path / "tokens.json").read_text())
+    assert saved["version"] == 2 and saved["accessor_vaults"] == {"acc1": here}
+
+
+def test_policies_are_recorded_per_vault_and_stale_stamps_forgotten(tmp_path: Path) -> None:
+    state = StateFile(tmp_path)
+    here, there = vault_identity("https://a:8200"), vault_identity("https://b:8200")
+    state.record_policy("claude-auth-sync-alice@ws-a", "alice", "ws-a", here, "2026-01-01T00:00:00Z")
+    assert state.created_here("claude-auth-sync-alice@ws-a", here)
+    assert not state.created_here("claude-auth-sync-alice@ws-a", there) and not state.created_here("x", here)
+    state.stamp("gone", here)
+    state.users["bob"] = {"accessor": "kept"}
+    state.stamp("kept", here)
+    state.save()
+    assert set(json.loads((tmp_path / "tokens.json").read_text())["accessor_vaults"]) == {"kept"}
+
+
+@pytest.mark.parametrize("body", ['{"users": {}, "accessor_vaults": []}', '{"users": {}, "policies": "x"}',
+                                  '{"users": []}', "[]", "\xff"])
+def test_a_damaged_file_is_refused_never_repaired(tmp_path: Path, body: str) -> None:
+    (tmp_path / "tokens.json").write_text(body, errors="surrogateescape")
+    with pytest.raises(ConfigurationError):
+        StateFile(tmp_path).load()
+    assert (tmp_path / "tokens.json").read_text(errors="surrogateescape") == body
