@@ -21,6 +21,8 @@ from claude_auth_sync.diagnose import JSON_SCHEMA, render_table
 from claude_auth_sync.testing import oauth_object
 from tests.support.cli import Sandbox, console_script, fp
 from tests.support.home import child_env
+from tests.support.openbao import OpenBaoServer
+from tests.support.vault_user import vault_box
 
 pytestmark = pytest.mark.real
 
@@ -260,3 +262,27 @@ def test_a_real_terminal_shows_the_table_in_colour(tmp_path) -> None:
             assert secret not in screen
     finally:
         subprocess.run([tmux, "-S", socket, "kill-server"], capture_output=True)
+
+
+def test_vault_rows_carry_the_token_ttl_and_the_backup_time_as_numbers(tmp_path: Path, bao: OpenBaoServer) -> None:
+    """Against the real OpenBao: the token TTL in whole seconds with its expiry time, the backup's
+    version and update time; the compact table still fits a screen with the Vault rows."""
+    box, vault_env = vault_box(bao, tmp_path)
+    box.write_credentials({"claudeAiOauth": oauth_object(ACCESS, REFRESH)})
+    env = {**vault_env, "STUB_CLAUDE_ACCEPT": fp(ACCESS), "PATH": fake_systemctl(box.root, "enabled")}
+    assert box.run("run", **env).returncode == 0
+    data, result = diagnose_json(box, env)
+    assert result.returncode == 0, result.stdout[-2000:]
+    r = rows(data)
+    ttl = r[("backend", "token TTL")]["values"]
+    assert isinstance(ttl["ttl_s"], int) and 768 * 3600 - 600 < ttl["ttl_s"] <= 768 * 3600
+    assert abs(ttl["expires_at_epoch"] - data["generated_at_epoch"] - ttl["ttl_s"]) <= 30
+    assert r[("backend", "token period")]["values"] == {"period_s": 768 * 3600, "renewable": True}
+    backup = r[("backend", "backup")]["values"]
+    assert backup["version"] == 1 and abs(backup["updated_at_epoch"] - data["generated_at_epoch"]) <= 120
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", backup["updated_at"])
+    table = box.run("diagnose", COLUMNS="100", **env)
+    lines = table.stdout.splitlines()
+    print(f"diagnose (Vault backend) at 100 columns: {len(lines)} lines compact, "
+          f"{len(box.run('diagnose', '--verbose', COLUMNS='100', **env).stdout.splitlines())} verbose")
+    assert len(lines) <= 30 and "token TTL" in table.stdout and "expires in 3" in table.stdout, table.stdout
