@@ -200,3 +200,11 @@ def test_hostile_user_names_are_refused_with_one_line(sandbox: Sandbox, name: st
     assert result.rc == 78, result.stdout + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "\x1b" not in result.stderr
     assert not (sandbox.state / "tokens.json").exists()
+
+
+@pytest.mark.parametrize("flag", ["--destroy-secret", "--force"])
+def test_offboarding_flags_without_offboard_are_refused(sandbox: Sandbox, flag: str) -> None:
+    sandbox.write_roster(["casnoaccount"])
+    result = sandbox.run(flag, admin=True)
+    assert result.rc == 78 and "go with --offboard USER" in result.stderr, result.stdout + result.stderr
+    assert not (sandbox.state / "tokens.json").exists()  # no provisioning run happened

@@ -44,7 +44,8 @@ UPGRADE = "sudo scripts/workstation/setup-devvm.sh --upgrade"
 OFFBOARD = f"{SUDO} /usr/local/bin/t3-provision-users --offboard"
 UNINSTALL = "sudo scripts/workstation/setup-devvm.sh --uninstall"
 PURGE = f"{SUDO} scripts/workstation/setup-devvm.sh --uninstall --purge"
-README_COMMANDS = (INSTALL, f"{INSTALL} --dry-run", UPGRADE, f"{OFFBOARD} <user>", UNINSTALL, PURGE)
+README_COMMANDS = (INSTALL, f"{INSTALL} --dry-run", UPGRADE, f"{OFFBOARD} <user> --dry-run", f"{OFFBOARD} <user>\n",
+                   UNINSTALL, PURGE)
 
 #: What a dry run must leave exactly as it was (file trees; plus the test users' homes and the
 #: units' states). Not all of /etc and /home: the overlay's lower layer is the live host, where
@@ -185,6 +186,28 @@ def test_install_with_the_readme_command(site: Site) -> None:
     assert site.prop("t3-provision-users.service", "Result") == "success"
 
 
+def hourly_run(site: Site) -> tuple[str, str]:
+    """Start t3-provision-users.service once: (its Result, what it printed to the journal)."""
+    site.box.systemctl("start", "t3-provision-users.service", check=False)
+    invocation = site.prop("t3-provision-users.service", "InvocationID")
+    lines = site.box.journal("t3-provision-users", matches={"_SYSTEMD_INVOCATION_ID": invocation})
+    return site.prop("t3-provision-users.service", "Result"), "\n".join(str(e.get("MESSAGE")) for e in lines)
+
+
+def test_the_services_read_etc_default_but_never_an_admin_token_from_it(site: Site) -> None:
+    env_file = "/etc/default/claude-auth-sync"
+    # Read: VAULT_ADDR there overrides config.toml (a dead port: Vault unreachable, 75).
+    site.box.write(env_file, "VAULT_ADDR=http://127.0.0.1:9\n")
+    result, _ = hourly_run(site)
+    assert result == "exit-code" and site.prop("t3-provision-users.service", "ExecMainStatus") == "75"
+    # An admin token put there is still unset for the hourly run (UnsetEnvironment= comes last).
+    site.box.write(env_file, f"VAULT_TOKEN={site.bao.root_token}\n", mode=0o600)
+    result, printed = hourly_run(site)
+    assert result == "success" and "(no admin token)" in printed and "with admin token" not in printed, printed
+    assert site.bao.root_token not in printed
+    site.box.run(["rm", "-f", env_file])
+
+
 def test_dry_runs_of_every_mode_change_nothing(site: Site) -> None:
     before = site.snapshot()
     for command, admin in ((f"{INSTALL} --dry-run", True), (f"{UPGRADE} --dry-run", False),
@@ -253,6 +276,10 @@ def test_offboarding_with_the_readme_commands(site: Site) -> None:
     # 1: "removed from the roster; their token is not revoked yet" (the offboarding revokes it).
     assert out.returncode == 1 and "not revoked yet" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
     assert site.prop(f"claude-auth-sync@{leaves}.timer", "ActiveState") == "inactive"
+    before = site.snapshot()
+    plan = site.sh(f"{OFFBOARD} {leaves} --dry-run", admin=True)
+    assert plan.returncode == 0 and "would" in plan.stdout, plan.stdout + plan.stderr
+    assert changes(before, site.snapshot()) == []
     done = site.sh(f"{OFFBOARD} {leaves} --destroy-secret", admin=True)
     assert done.returncode == 0, done.stdout + done.stderr
     for kind in ("timer", "path"):
