@@ -233,3 +233,26 @@ def test_a_connection_closed_mid_request_names_both_suspects() -> None:
     without = vault_error(closed, "Vault renew-self", target="x")
     assert without.reason == "vault_tls_closed" and "vault.client_cert" in str(without) and "proxy" in str(without)
     assert vault_error(closed, "Vault renew-self", target="x", client_cert=True).reason == "vault_client_cert_refused"
+
+
+# -- the shipped /etc/default/claude-auth-sync example ---------------------------------------------
+
+
+def test_every_variable_of_the_shipped_environment_file_is_one_the_code_reads() -> None:
+    """deploy/default/claude-auth-sync documents only variables that do something, in systemd's syntax."""
+    import re
+
+    from claude_auth_sync.plugins.probe_inference.probe import is_passed_to_probe
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "default" / "claude-auth-sync"
+    text = example.read_text(encoding="ascii")
+    assignments = re.findall(r"^#?([A-Z][A-Z0-9_]*)=(\S*)$", text, re.MULTILINE)
+    names = {name for name, _value in assignments}
+    (section,) = backend_vault.cas_settings_sections()
+    vault_variables = set(section.standard_env.values())
+    assert names >= {"HTTPS_PROXY", "NO_PROXY", "VAULT_NAMESPACE", "VAULT_CLIENT_CERT", "VAULT_CLIENT_KEY"}
+    for name in names:
+        assert name in vault_variables or is_passed_to_probe(name), name
+        assert "TOKEN" not in name
+    for line in text.splitlines():  # systemd's syntax: comments on their own line, no "export"
+        assert not line.strip() or line.startswith("#") or re.fullmatch(r"[A-Z][A-Z0-9_]*=\S*", line), line
