@@ -111,9 +111,12 @@ KEY_ROWS = frozenset({
 
 
 def relative_time(seconds: float) -> str:
-    """``in 3h 12m`` / ``5m ago`` style, to the two largest units (for the table only)."""
+    """``in 3h 12m`` / ``5m ago`` style, to the two largest units (for the table only); ``just now``
+    within a second."""
     future = seconds >= 0
     s = int(abs(seconds))
+    if s == 0:
+        return "just now"
     parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if s >= size or (unit == "s" and not parts):
