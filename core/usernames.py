@@ -17,12 +17,18 @@ stores policy names lowercased, so ``John`` and ``john`` would share one policy)
 (:data:`QUALIFIED_REASON`).
 
 Why no escaping is needed for systemd (observed with systemd 252, tests/integration/
-test_units_real_systemd.py): every accepted character is valid verbatim in a unit name, the
+test_units_directory_names.py): every accepted character is valid verbatim in a unit name, the
 instance is everything between the first ``@`` and the suffix (``claude-auth-sync@john.doe.service``
 has the instance ``john.doe``), and ``User=%i`` passes it through unchanged. ``%I`` would not:
 it undoes systemd's escaping, which maps ``-`` to ``/`` (``j_doe-2`` becomes ``j_doe/2``). And
 ``systemd-escape`` must not be applied to a name: it writes ``-`` as ``\\x2d`` and ``@`` as
 ``\\x40``, which ``%i`` keeps literally (the unit then fails with 217/USER).
+
+``name@domain`` is refused by decision, not because systemd cannot carry it (systemd 252 takes a
+raw ``@`` in an instance: ``%i`` is ``john.doe@corp.example``): the two spellings an
+administrator may type (raw, or systemd-escape's ``\\x40``) would name two units of which only
+one works, the per-host policy names (``claude-auth-sync-<user>@<host>``) rely on ``@`` never
+being in a user name, and SSSD gives the short name by default.
 """
 
 from __future__ import annotations
@@ -37,9 +43,9 @@ USERNAME_PATTERN = re.compile(r"\A(?=[a-z0-9_.-]{1,32}\Z)[a-z_][a-z0-9_-]*(?:\.[
 USERNAME_RULE = ("1-32 characters: lowercase letters, digits, '_', '-' and single dots between them, "
                  "starting with a letter or '_'")
 QUALIFIED_REASON = ("fully-qualified names (name@domain) are not supported: the name becomes a Vault path, a "
-                    "policy name and a systemd instance name, and systemd-escape writes '@' as '\\x40', which "
-                    "User=%i does not undo; use the short login name (SSSD: use_fully_qualified_names = False, "
-                    "its default)")
+                    "policy name ('@' separates user and host in per-host policies) and a systemd instance name "
+                    "(systemd-escape writes '@' as '\\x40', which User=%i does not undo); use the short login "
+                    "name (SSSD: use_fully_qualified_names = False, its default)")
 
 
 def username_problem(user: str) -> str | None:
