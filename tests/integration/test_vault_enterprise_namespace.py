@@ -179,3 +179,22 @@ def rows_named(document: Any, name: str) -> list[dict[str, Any]]:
     if isinstance(document, list):
         return [row for item in document for row in rows_named(item, name)]
     return []
+
+
+def test_the_least_privilege_admin_token_of_the_namespace_is_enough(
+    sandbox: Sandbox, bao: OpenBaoServer, make_users: Any  # noqa: F811
+) -> None:
+    """deploy/vault/t3-provisioner-admin.hcl applied in the namespace, its token minted there."""
+    namespace = make_namespace(bao)
+    (user,) = make_users("nsa")
+    ns_client = in_namespace(bao, namespace)
+    hcl = (Path(__file__).resolve().parents[2] / "deploy/vault/t3-provisioner-admin.hcl").read_text()
+    ns_client.sys.create_or_update_policy(name="t3-provisioner-admin", policy=hcl)
+    admin = ns_client.auth.token.create_orphan(policies=["t3-provisioner-admin"], period="1h",
+                                               no_default_policy=True)["auth"]["client_token"]
+    sandbox.write_roster([user])
+    result = sandbox.run("--apply-policies", admin=admin, extra_env={"VAULT_NAMESPACE": namespace})
+    assert result.rc == 0, result.stdout + result.stderr
+    assert result.user(user)["token"] == "minted" and result.user(user)["policy"] == "applied"
+    assert bao.client(read_token(user)).auth.token.lookup_self()["data"]["namespace_path"] == f"{namespace}/"
+    assert admin not in result.stdout + result.stderr
