@@ -111,7 +111,7 @@ def command_check_all(*, roster: Path, warning: Sequence[str] = (), critical: Se
 
     from .trusted_file import check_trusted
 
-    seconds = timeout or DEFAULT_TIMEOUT_S
+    seconds = DEFAULT_TIMEOUT_S if timeout is None else timeout
     deadline = time.monotonic() + seconds
     try:
         thresholds = parse_thresholds(warning, critical)

@@ -30,6 +30,9 @@ def _run_fleet(args: argparse.Namespace) -> int:
 
 
 def _add_check_all_arguments(parser: argparse.ArgumentParser) -> None:
+    from claude_auth_sync.cli import unknown_on_usage_error
+
+    unknown_on_usage_error(parser)
     parser.add_argument("-w", "--warning", action="append", default=[], metavar="METRIC=RANGE",
                         help="warning range of one metric (repeatable; see claude-auth-sync check --help)")
     parser.add_argument("-c", "--critical", action="append", default=[], metavar="METRIC=RANGE",

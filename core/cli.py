@@ -170,12 +170,11 @@ def _check_usage_error(message: str) -> None:
     sys.exit(3)
 
 
-def _add_check_parser(sub: Any) -> None:
-    check = sub.add_parser("check", help="monitoring-plugin check from state only (exit 0/1/2/3)",
-                           epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # A bad or unknown option of a monitoring plugin is UNKNOWN (3); argparse would exit 2 (CRITICAL).
-    check.error = _check_usage_error  # type: ignore[method-assign]
-    parse_known = check.parse_known_args
+def unknown_on_usage_error(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` (a monitoring-plugin subcommand: ``check``, ``check-all``) end UNKNOWN (3)
+    with one line on stdout for a bad or unknown option; argparse would exit 2 (CRITICAL)."""
+    parser.error = _check_usage_error  # type: ignore[method-assign]
+    parse_known = parser.parse_known_args
 
     def strict_parse(args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
         parsed, extra = parse_known(args, namespace)
@@ -183,7 +182,13 @@ def _add_check_parser(sub: Any) -> None:
             _check_usage_error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed, extra
 
-    check.parse_known_args = strict_parse  # type: ignore[method-assign]
+    parser.parse_known_args = strict_parse  # type: ignore[method-assign]
+
+
+def _add_check_parser(sub: Any) -> None:
+    check = sub.add_parser("check", help="monitoring-plugin check from state only (exit 0/1/2/3)",
+                           epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    unknown_on_usage_error(check)
     check.add_argument("-V", "--version", action="version", version=f"claude-auth-sync check {__version__}")
     check.add_argument("-w", "--warning", action="append", default=[], metavar="METRIC=RANGE",
                        help="warning range of one metric (repeatable; see below)")

@@ -201,3 +201,7 @@ def test_check_all_refuses_a_non_root_caller_and_a_bad_roster_as_unknown(tmp_pat
     assert missing.returncode == 3 and missing.stdout.startswith("CLAUDE-AUTH-SYNC UNKNOWN - "), missing.stdout
     usage, _ = check_all(tmp_path, bad, "-w", "nope=1")
     assert usage.returncode == 3 and "-w 'nope=1'" in usage.stdout
+    for args in (["-t", "0"], ["-t"], ["--bogus"]):
+        direct = subprocess.run([cli(), "check-all", "--roster", str(bad), *args], capture_output=True, text=True,
+                                timeout=60, cwd="/", env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+        assert direct.returncode == 3 and direct.stdout.startswith("CLAUDE-AUTH-SYNC UNKNOWN - "), (args, direct)
