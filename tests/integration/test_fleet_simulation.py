@@ -1,0 +1,285 @@
+"""Issue 15 item 5: a simulated fleet against one three-node OpenBao Raft cluster.
+
+Two workstations, ``ws-a`` and ``ws-b``, are throw-away nspawn containers booting this machine's
+root under a real systemd, each with its own host name (``socket.gethostname()`` inside is
+``ws-a`` / ``ws-b``), the shipped units and ``vault.path_template =
+"workstation/{host}/claude-users/{user}"``. They share the host's network, so both reach the
+cluster (tests/support/openbao_raft.py) on loopback; ws-a's config names one follower, ws-b's the
+other, and one user of ws-a (carol) is sent to the leader by a drop-in. Every user is created
+inside its container and provisioned by the real ``t3-provision-users --apply-policies`` run as
+root there (each host its own state file). Runs are started by ``systemctl`` and by the path unit
+(a login written into place), and read back from the containers' journals.
+
+* alice exists on both hosts with a different login on each; dave too; bob only on ws-b.
+* Logins name their host and user (``sk-ant-oat01-ws-a-alice-0``), so any credentials file or
+  journal fingerprint coming from the other host shows.
+
+The module shares one cluster and one pair of containers (~30 s of set-up); the tests run in
+file order and each starts from what the fixture established, the last one (pruning) changing
+ws-a's roster.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac.exceptions
+import pytest
+
+from tests.support.cli import fp
+from tests.support.fleet import BLANKED, ROTATIONS, FleetUser, Workstation, fleet_of, summary
+from tests.support.openbao_raft import RaftCluster, RaftNode
+
+SUFFIX = secrets.token_hex(2)
+ALICE, BOB, CAROL, DAVE = (f"{name}{SUFFIX}" for name in ("alice", "bob", "carol", "dave"))
+ROSTERS = {"ws-a": [ALICE, CAROL, DAVE], "ws-b": [ALICE, BOB, DAVE]}
+
+
+@dataclass
+class Fleet:
+    cluster: RaftCluster
+    hosts: dict[str, Workstation]
+    first_leader: RaftNode
+
+    @property
+    def a(self) -> Workstation:
+        return self.hosts["ws-a"]
+
+    @property
+    def b(self) -> Workstation:
+        return self.hosts["ws-b"]
+
+    def users(self) -> list[FleetUser]:
+        return [user for station in self.hosts.values() for user in station.users.values()]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """The cluster, both workstations, every user provisioned and backed up once (login 0)."""
+    began = time.monotonic()
+    with RaftCluster(tmp_path_factory.mktemp("raft")) as cluster:
+        leader = cluster.leader()
+        followers = [node for node in cluster.nodes if node is not leader]
+        with fleet_of(cluster, {"ws-a": followers[0], "ws-b": followers[1]}) as hosts:
+            fleet = Fleet(cluster, hosts, leader)
+            for host, roster in ROSTERS.items():
+                for name in roster:
+                    hosts[host].add_user(name).login(0)  # before the path unit watches: no run yet
+            hosts["ws-a"].user(CAROL).point_at(leader)
+            for host, roster in ROSTERS.items():
+                report = hosts[host].provision(roster)
+                assert report["rc"] == 0, json.dumps(report, indent=1)[-3000:]
+            for user in fleet.users():
+                entry = user.run_once()
+                assert (entry["CAS_STATUS"], entry["CAS_ACTION"]) == ("OK", "backup"), (user, summary([entry]))
+            print(f"\nfleet set-up: {time.monotonic() - began:.1f} s (cluster {cluster.startup_seconds:.1f} s)")
+            yield fleet
+
+
+def own_fingerprints(user: FleetUser) -> set[str]:
+    return {fp(user.token_n(n)) for n in range(ROTATIONS)}
+
+
+def assert_only_own_logins(fleet: Fleet) -> None:
+    """Every journal entry of every user carries one of that (host, user)'s own logins, and every
+    credentials file and Vault copy holds one: nothing ever came from the other host."""
+    for user in fleet.users():
+        foreign = [e for e in user.entries() if e.get("CAS_ACCESS_FP") and e["CAS_ACCESS_FP"] not in own_fingerprints(user)]
+        assert foreign == [], (user, summary(foreign))
+        assert user.access_token() in {user.token_n(n) for n in range(ROTATIONS)}, user
+        assert user.vault_copy()["data"]["claudeAiOauth"]["accessToken"].startswith(f"sk-ant-oat01-{user.station.host}-")
+
+
+# -------------------------------------------------------------------------------------- 1. per-host paths
+
+
+def test_the_same_user_on_two_hosts_keeps_two_logins_at_two_paths_under_two_policies(fleet: Fleet) -> None:
+    alice_a, alice_b = fleet.a.user(ALICE), fleet.b.user(ALICE)
+    root = fleet.cluster.client()
+
+    assert alice_a.secret_path == f"workstation/ws-a/claude-users/{ALICE}"
+    assert alice_a.vault_copy()["data"] == {"claudeAiOauth": alice_a.oauth_n(0)}
+    assert alice_b.vault_copy()["data"] == {"claudeAiOauth": alice_b.oauth_n(0)}
+    with pytest.raises(hvac.exceptions.InvalidPath):  # the per-user path of the runbook is unused
+        root.secrets.kv.v2.read_secret_version(path=f"workstation/claude-users/{ALICE}", mount_point="secret",
+                                               raise_on_deleted_version=True)
+    # A policy per (host, user); each token carries exactly its host's.
+    policies = set(root.sys.list_policies()["data"]["policies"])
+    for host, roster in ROSTERS.items():
+        assert {f"claude-auth-sync-{name}@{host}" for name in roster} <= policies
+    assert f"claude-auth-sync-{ALICE}" not in policies
+    assert alice_a.client().auth.token.lookup_self()["data"]["policies"] == [f"claude-auth-sync-{ALICE}@ws-a"]
+    assert alice_b.client().auth.token.lookup_self()["data"]["policies"] == [f"claude-auth-sync-{ALICE}@ws-b"]
+
+    # ws-a's token reads its own path and is refused ws-b's: real 403s, in the audit log too.
+    mark = fleet.cluster.audit_log.stat().st_size
+    token_a = alice_a.client()
+    assert token_a.secrets.kv.v2.read_secret_version(path=alice_a.secret_path, mount_point="secret",
+                                                     raise_on_deleted_version=True)["data"]["data"]
+    with pytest.raises(hvac.exceptions.Forbidden):
+        token_a.secrets.kv.v2.read_secret_version(path=alice_b.secret_path, mount_point="secret",
+                                                  raise_on_deleted_version=True)
+    with pytest.raises(hvac.exceptions.Forbidden):
+        token_a.secrets.kv.v2.create_or_update_secret(path=alice_b.secret_path, mount_point="secret",
+                                                      secret={"claudeAiOauth": alice_a.oauth_n(0)})
+    with pytest.raises(hvac.exceptions.Forbidden):
+        token_a.secrets.kv.v2.read_secret_metadata(path=alice_b.secret_path, mount_point="secret")
+    denied = [e for e in audit_entries(fleet.cluster, mark)
+              if e["type"] == "response" and e["request"]["path"].endswith(alice_b.secret_path)]
+    assert len(denied) == 3 and all("permission denied" in e.get("error", "") for e in denied), denied
+    assert alice_b.vault_copy()["data"] == {"claudeAiOauth": alice_b.oauth_n(0)}  # the write was refused
+
+    # Each host's state file records only what that host created, under its own name.
+    for station in (fleet.a, fleet.b):
+        state = station.state_file()
+        assert set(state["users"]) == set(ROSTERS[station.host])
+        assert {p["host"] for p in state["policies"].values()} == {station.host}
+        assert set(state["policies"]) == {f"claude-auth-sync-{n}@{station.host}" for n in ROSTERS[station.host]}
+    assert_only_own_logins(fleet)
+
+
+# -------------------------------------------------------------------------------------- 2. restores
+
+
+def test_a_restore_installs_this_hosts_copy_never_the_other_hosts(fleet: Fleet) -> None:
+    """ws-b's alice backs up after ws-a's (with one shared path hers would be the latest copy);
+    then alice's login on ws-a is blanked: the path unit's run restores ws-a's own copy."""
+    alice_a, alice_b = fleet.a.user(ALICE), fleet.b.user(ALICE)
+    alice_b.login(1)
+    alice_b.settle()
+    assert alice_b.vault_copy()["data"]["claudeAiOauth"]["accessToken"] == alice_b.token_n(1)
+    before = len(alice_a.entries())
+
+    alice_a.write_credentials({"claudeAiOauth": BLANKED})  # the path unit starts the run
+    entries = alice_a.settle()[before:]
+
+    restores = [e for e in entries if e["CAS_ACTION"] == "restore"]
+    assert [(e["CAS_STATUS"], e["CAS_ACCESS_FP"]) for e in restores] == [("OK", fp(alice_a.token_n(0)))], \
+        summary(entries)
+    assert "FAIL" not in {e["CAS_STATUS"] for e in entries}
+    assert alice_a.access_token() == alice_a.token_n(0)
+    assert fp(alice_a.access_token()) != fp(alice_b.token_n(1))
+    assert alice_b.access_token() == alice_b.token_n(1)  # ws-b untouched
+    assert alice_b.vault_copy()["data"]["claudeAiOauth"]["accessToken"] == alice_b.token_n(1)
+    assert_only_own_logins(fleet)
+
+
+# -------------------------------------------------------------------------------------- 3. a leader dies
+
+
+def test_a_leader_killed_mid_fleet_changes_no_login(fleet: Fleet) -> None:
+    """Every user rotates its login three times (the path unit runs the agent each time); the
+    Raft leader is SIGKILLed while the first runs are in flight. ws-a and ws-b talk to the two
+    followers, carol (ws-a) to the leader itself. No run FAILs, none restores, every credentials
+    file holds its last login; carol is WARN while her node is dead; after the re-election every
+    other user's next run is OK with its last login backed up, and carol's once her node is back."""
+    cluster, leader = fleet.cluster, fleet.first_leader
+    assert cluster.leader() is leader
+    users = fleet.users()
+    carol = fleet.a.user(CAROL)
+    before = {repr(u): len(u.entries()) for u in users}
+
+    for user in users:
+        user.login(2)
+    in_flight = fleet.a.running() + fleet.b.running()
+    leader.kill()
+    killed_at = time.monotonic()
+    time.sleep(1.0)
+    for user in users:
+        user.login(3)
+    time.sleep(2.0)
+    for user in users:
+        user.login(4)
+    new_leader = wait_for_leader(cluster, exclude=leader)
+    elected_s = time.monotonic() - killed_at
+    during = {repr(u): u.settle()[before[repr(u)]:] for u in users}
+
+    for user in users:
+        runs = during[repr(user)]
+        assert runs, f"{user}: the path unit started no run"
+        assert {e["CAS_STATUS"] for e in runs} <= {"OK", "WARN"}, (user, summary(runs))
+        assert "restore" not in {e["CAS_ACTION"] for e in runs}, (user, summary(runs))
+        assert user.access_token() == user.token_n(4), user  # unchanged: the last login written
+    carol_runs = during[repr(carol)]
+    assert carol_runs[-1]["CAS_STATUS"] == "WARN", summary(carol_runs)
+    assert carol_runs[-1]["CAS_REASON"].startswith("vault"), summary(carol_runs)
+    assert_only_own_logins(fleet)
+
+    # After the re-election: OK, and the last login is what each (host, user) path holds.
+    for user in users:
+        if user is carol:
+            continue
+        entry = user.run_once()
+        assert entry["CAS_STATUS"] == "OK", (user, summary([entry]))
+        assert user.vault_copy()["data"]["claudeAiOauth"] == user.oauth_n(4), user
+    assert carol.run_once()["CAS_STATUS"] == "WARN"  # her node is still down
+    cluster.restart(leader)
+    entry = carol.run_once()
+    assert (entry["CAS_STATUS"], entry["CAS_ACTION"]) == ("OK", "backup"), summary([entry])
+    assert carol.vault_copy()["data"]["claudeAiOauth"] == carol.oauth_n(4)
+    warned = sum(e["CAS_STATUS"] == "WARN" for runs in during.values() for e in runs)
+    print(f"\nleader {leader.node_id} killed with {len(in_flight)} runs in flight ({sorted(in_flight)}); "
+          f"{new_leader.node_id} active {elected_s:.1f} s later; "
+          f"{sum(len(r) for r in during.values())} runs meanwhile, {warned} WARN, 0 FAIL, 0 restore")
+
+
+def wait_for_leader(cluster: RaftCluster, exclude: RaftNode, timeout: float = 30.0) -> RaftNode:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            node = cluster.leader()
+            if node is not exclude:
+                return node
+        except Exception:  # noqa: BLE001 - still electing
+            pass
+        assert time.monotonic() < deadline, "no new Raft leader"
+        time.sleep(0.25)
+
+
+# -------------------------------------------------------------------------------------- 4. pruning
+
+
+def test_pruning_on_one_host_leaves_the_other_hosts_users_working(fleet: Fleet) -> None:
+    """ws-a drops dave from its roster and prunes: ws-a's dave loses his policy and token; ws-b's
+    dave (same name), alice (same name) and bob (another name) keep theirs and back up OK."""
+    root = fleet.cluster.client()
+    dave_a_token = fleet.a.user(DAVE).vault_token()
+    b_tokens = {name: fleet.b.user(name).vault_token() for name in ROSTERS["ws-b"]}
+    policies_before = set(root.sys.list_policies()["data"]["policies"])
+
+    report = fleet.a.provision([ALICE, CAROL], "--prune")
+
+    assert report["rc"] == 0, json.dumps(report, indent=1)[-3000:]
+    assert report["policies"]["pruned"] == [f"claude-auth-sync-{DAVE}@ws-a"], report["policies"]
+    policies_after = set(root.sys.list_policies()["data"]["policies"])
+    assert policies_before - policies_after == {f"claude-auth-sync-{DAVE}@ws-a"}
+    with pytest.raises(hvac.exceptions.Forbidden):  # ws-a's dave: revoked
+        fleet.cluster.client(dave_a_token).auth.token.lookup_self()
+    for name, token in b_tokens.items():
+        assert fleet.cluster.client(token).auth.token.lookup_self()["data"]["policies"] == \
+            [f"claude-auth-sync-{name}@ws-b"], name
+    for name in ROSTERS["ws-b"]:
+        user = fleet.b.user(name)
+        user.login(5)
+        runs = user.settle()
+        assert (runs[-1]["CAS_STATUS"], runs[-1]["CAS_ACTION"]) == ("OK", "backup"), (user, summary(runs[-3:]))
+        assert user.vault_copy()["data"]["claudeAiOauth"] == user.oauth_n(5), user
+    # ws-b's own provisioner still finds nothing to do (no re-mint: its tokens were never touched).
+    again = fleet.b.provision(ROSTERS["ws-b"])
+    assert again["rc"] == 0 and [u["token"] for u in again["users"]] == ["ok"] * 3, json.dumps(again)[-2000:]
+    for name in (ALICE, CAROL):  # ws-a's remaining users are unaffected too
+        assert fleet.a.user(name).run_once()["CAS_STATUS"] == "OK"
+
+
+def audit_entries(cluster: RaftCluster, mark: int) -> list[dict[str, Any]]:
+    """Audit log entries (requests and responses) written after byte offset ``mark``."""
+    with open(Path(cluster.audit_log), "rb") as handle:
+        handle.seek(mark)
+        complete = handle.read().rpartition(b"\n")[0]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
