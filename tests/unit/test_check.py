@@ -290,3 +290,12 @@ def test_a_malformed_answer_from_the_users_child_is_never_a_crash(answer) -> Non
     measured = Measured.from_json(answer)
     assert measured.metrics == {} and all(f.state == UNKNOWN for f in measured.findings)
     assert build_check([measured], parse_thresholds()).exitcode in (OK, UNKNOWN)
+
+
+def test_a_user_awaiting_the_first_login_is_a_warning_never_critical(box: Sandbox) -> None:
+    """The agent's own WARN reason (issue 14 item 2), written by a real run, read by the real check."""
+    run = box.run("run")
+    assert run.returncode == 75 and "reason=awaiting_first_login" in box.log_file.read_text(), run.stderr
+    result = box.run("check")
+    assert result.returncode == WARNING, result.stdout
+    assert "last run WARN (awaiting_first_login)" in result.stdout and "CRITICAL" not in result.stdout
