@@ -188,24 +188,27 @@ def check_timer(rt: Runtime) -> list[DiagnosticRow]:
     rows = [DiagnosticRow(g, "enabled", "ok" if state == "enabled" else "warn", state or "unknown",
                   None if state == "enabled" else f"sudo systemctl enable --now {unit}", values={"unit": unit, "unit_state": state or None})]
     if Path("/run/systemd/system").is_dir() and state == "enabled":
-        show = subprocess.run([systemctl, "show", unit, "--timestamp=unix", "-p", "LastTriggerUSec", "-p", "NextElapseUSecRealtime"],
-                              capture_output=True, text=True, timeout=10)
-        rows.append(_schedule_row(show.stdout))
+        listed = subprocess.run([systemctl, "list-timers", "--all", "--no-pager", "--output=json", unit],
+                                capture_output=True, text=True, timeout=10)
+        rows.append(_schedule_row(listed.stdout, unit))
     else:
         rows.append(DiagnosticRow(g, "schedule", "info", "systemd is not running here: no last/next run"))
     return rows
 
 
-def _schedule_row(show: str) -> DiagnosticRow:
-    """``LastTriggerUSec=@1764700000`` / ``NextElapseUSecRealtime=@...`` (``--timestamp=unix``) as times."""
-    found = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+def _schedule_row(listed: str, unit: str) -> DiagnosticRow:
+    """The timer's last and next run from ``systemctl list-timers --output=json`` (microseconds
+    since the epoch; ``systemctl show`` prints them only as local-time text in systemd 252)."""
     now = time.time()
+    try:
+        entry = next((t for t in json.loads(listed) if isinstance(t, dict) and t.get("unit") == unit), {})
+    except ValueError:
+        entry = {}
     values: dict[str, Any] = {}
-    for key, prefix in (("LastTriggerUSec", "last_run"), ("NextElapseUSecRealtime", "next_run")):
-        text = found.get(key, "").strip().removeprefix("@")
-        epoch = int(text) if text.isdigit() and int(text) > 0 else None
-        values.update(time_values(prefix, epoch, now))
-    detail = "" if values.get("next_run_at") else (" ".join(show.split()) or "unknown")
+    for key, prefix in (("last", "last_run"), ("next", "next_run")):
+        usec = entry.get(key)
+        values.update(time_values(prefix, usec / 1e6 if isinstance(usec, int) and usec > 0 else None, now))
+    detail = "" if entry else "systemctl list-timers does not list it"
     return DiagnosticRow("timer", "schedule", "info", detail, values=values)
 
 
