@@ -58,6 +58,12 @@ def fires(tmp_path: Path, rules_text: str, series: list[dict[str, str]], alertna
           interval: str = "5m") -> bool:
     """Does ``alertname`` fire at ``eval_time``? Asked of the real promtool as a test expecting no
     alert: it passes when none fires and fails, naming the alert, when one does."""
+    return _ask(tmp_path, rules_text, series, alertname, eval_time, interval) is not None
+
+
+def _ask(tmp_path: Path, rules_text: str, series: list[dict[str, str]], alertname: str, eval_time: str,
+         interval: str) -> str | None:
+    """promtool's report of the alerts that fired (None: none did)."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(rules_text)
     tests = {"rule_files": [str(rules)], "evaluation_interval": interval, "tests": [{
@@ -68,9 +74,9 @@ def fires(tmp_path: Path, rules_text: str, series: list[dict[str, str]], alertna
     path.write_text(yaml.safe_dump(tests, sort_keys=False))
     res = promtool("test", "rules", str(path), cwd=tmp_path)
     if res.returncode == 0:
-        return False
+        return None
     assert f"alertname: {alertname}" in res.stdout + res.stderr and "got:" in res.stdout + res.stderr, res.stdout + res.stderr
-    return True
+    return (res.stdout + res.stderr).split("got:", 1)[1]
 
 
 def series(metric: str, user: str, values: str, **labels: str) -> dict[str, str]:
@@ -182,3 +188,50 @@ def test_the_annotations_point_at_a_readme_section_that_exists() -> None:
         text = " ".join(rule["annotations"].values())
         if "t3-provision-users" in text:
             assert "README, Administrator's guide, step 2" in text and CONFIG in text, rule["alert"]
+
+
+def _sink_series(tmp_path: Path, user: str, *events: tuple[str, str, dict[str, Any]]) -> list[dict[str, str]]:
+    """The series the REAL metrics sink writes for ``events`` ((time, status, details)), as promtool
+    input (constant over the test, as node_exporter keeps exporting the last file)."""
+    from claude_auth_sync.model import Action, ExitCode, Status, StatusEvent
+    from claude_auth_sync.plugins.sink_metrics import MetricsSink
+
+    codes = {"OK": ExitCode.OK, "WARN": ExitCode.TEMPFAIL, "FAIL": ExitCode.FAIL}
+    directory = tmp_path / f"textfile-{user}"
+    directory.mkdir()
+    sink = MetricsSink(directory)
+    for at, status, details in events:
+        sink.emit(StatusEvent(timestamp=f"1970-01-01T{at}Z", status=Status(status), exit_code=codes[status], user=user,
+                              action=Action.NONE, reason=None if status == "OK" else "r", details=details))
+    out = []
+    for line in (directory / f"claude_auth_sync_{user}.prom").read_text().splitlines():
+        if not line.startswith("#"):
+            name_labels, number = line.rsplit(" ", 1)
+            name, labels = name_labels[:-1].split("{", 1)
+            out.append({"series": f'{name}{{{labels},instance="ws1:9100",job="node"}}', "values": f"{number}x800"})
+    return out
+
+
+def firing_users(tmp_path: Path, rules_text: str, input_series: list[dict[str, str]], alertname: str,
+                 eval_time: str) -> set[str]:
+    """The ``user`` labels of ``alertname``'s alerts at ``eval_time``, from the real promtool's
+    report of a test that expected none."""
+    got = _ask(tmp_path, rules_text, input_series, alertname, eval_time, "15m")
+    if got is None:
+        return set()
+    return set(re.findall(r'Labels:\{alertname="' + alertname + r'"[^}]*\buser="([^"]+)"', got))
+
+
+def test_the_new_alerts_read_the_metrics_sinks_own_series(tmp_path: Path) -> None:
+    rules = PROM_RULES.read_text()
+    series_ = [
+        *_sink_series(tmp_path, "dave", ("00:00:00", "WARN", {"awaiting_first_login_since": 0, "store_ttl_s": 60 * DAY})),
+        *_sink_series(tmp_path, "frank", ("00:00:00", "WARN", {"store_ttl_s": 60 * DAY}),
+                      ("06:00:00", "WARN", {})),  # a run that did not renew: the expiry is carried over
+        *_sink_series(tmp_path, "henry", ("00:00:00", "OK", {"store_ttl_s": 10 * DAY})),
+    ]
+    for alertname in (AWAITING, STUCK, VAULT_TTL):
+        assert firing_users(tmp_path, rules, series_, alertname, "2d") == set(), alertname
+    assert firing_users(tmp_path, rules, series_, AWAITING, "7d15m") == {"dave"}
+    assert firing_users(tmp_path, rules, series_, STUCK, "7d15m") == {"frank"}  # dave has his own alert
+    assert firing_users(tmp_path, rules, series_, VAULT_TTL, "7d15m") == {"henry"}
