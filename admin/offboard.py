@@ -353,7 +353,7 @@ class Offboarding:
 
             settings = self.settings()
             addr = check_address(settings.addr, settings.allow_insecure_http)
-            self._vault = AdminVault(addr, settings.cacert, settings.timeout)
+            self._vault = AdminVault.from_settings(addr, settings)  # CA, namespace, client certificate
         return self._vault
 
     # -- output ----------------------------------------------------------------------------

@@ -198,3 +198,25 @@ def test_the_least_privilege_admin_token_of_the_namespace_is_enough(
     assert result.user(user)["token"] == "minted" and result.user(user)["policy"] == "applied"
     assert bao.client(read_token(user)).auth.token.lookup_self()["data"]["namespace_path"] == f"{namespace}/"
     assert admin not in result.stdout + result.stderr
+
+
+def test_offboarding_in_the_namespace_revokes_there_and_destroys_only_its_secret(
+    sandbox: Sandbox, bao: OpenBaoServer, make_users: Any  # noqa: F811
+) -> None:
+    namespace = make_namespace(bao)
+    (user,) = make_users("nso")
+    root_ns, ns_client = bao.client(), in_namespace(bao, namespace)
+    root_ns.secrets.kv.v2.create_or_update_secret(path=f"{KV}/{user}", secret=SENTINEL, mount_point="secret")
+    sandbox.write_roster([user])
+    ns = {"VAULT_NAMESPACE": namespace}
+    assert sandbox.run("--apply-policies", admin=True, extra_env=ns).rc == 0
+    token = read_token(user)
+    ns_client.secrets.kv.v2.create_or_update_secret(path=f"{KV}/{user}", secret={"claudeAiOauth": {"a": 1}},
+                                                    mount_point="secret")
+    sandbox.roster.write_text("users: []\n")
+    done = sandbox.run("--offboard", user, "--destroy-secret", admin=True, extra_env=ns)
+    assert done.rc == 0, done.stdout + done.stderr
+    with pytest.raises(hvac.exceptions.Forbidden):
+        bao.client(token).auth.token.lookup_self()
+    assert read_secret(ns_client, user) is None
+    assert read_secret(root_ns, user) == (1, SENTINEL)  # the same path outside the namespace: untouched
