@@ -286,14 +286,16 @@ def _problems(results: Iterable[nagiosplugin.Result]) -> list[nagiosplugin.Resul
 
 
 class _Summary(nagiosplugin.Summary):
-    """One user: ``alice: <problems>``. ``--all``: users named per state, worst first."""
+    """One user: ``alice: <problems>``. ``--all``: users named per state, worst first; a state with
+    more than :data:`DETAILED_USERS` users lists names only, at most :data:`NAMED_USERS` (``-v``
+    lists every problem), so the status line stays short for NRPE."""
 
     def __init__(self, fleet: bool) -> None:
         self.fleet = fleet
 
     def ok(self, results: nagiosplugin.Results) -> str:
         users = list(dict.fromkeys(_user_of(r) for r in results))
-        return f"ok: {', '.join(users)}" if self.fleet else f"{users[0]}: last run OK"
+        return _group("ok", [(u, "") for u in users]) if self.fleet else f"{users[0]}: last run OK"
 
     def problem(self, results: nagiosplugin.Results) -> str:
         problems = _problems(results)
@@ -306,16 +308,29 @@ class _Summary(nagiosplugin.Summary):
                 mine.append(result)
         groups: list[str] = []
         for state in sorted({r[0].state for r in worst.values()}, key=lambda s: -_rank(s)):
-            names = [f"{user} ({'; '.join(str(x.hint) for x in r)})" for user, r in worst.items() if r[0].state == state]
-            groups.append(f"{state.text}: {', '.join(names)}")
-        healthy = [u for u in dict.fromkeys(_user_of(r) for r in results) if u not in worst]
-        return "; ".join(groups + ([f"ok: {', '.join(healthy)}"] if healthy else []))
+            users = [(user, "; ".join(str(x.hint) for x in r)) for user, r in worst.items() if r[0].state == state]
+            groups.append(_group(state.text, users))
+        healthy = [(u, "") for u in dict.fromkeys(_user_of(r) for r in results) if u not in worst]
+        return "; ".join(groups + ([_group("ok", healthy)] if healthy else []))
 
     def verbose(self, results: nagiosplugin.Results) -> list[str]:
         return [f"{r.state.text.upper()} {_user_of(r)}: {r.hint}" for r in _problems(results)]
 
     def empty(self) -> str:
         return "no user to check"
+
+
+DETAILED_USERS = 5
+NAMED_USERS = 20
+
+
+def _group(state: str, users: list[tuple[str, str]]) -> str:
+    """``warning: bob (why), carol (why)``; past DETAILED_USERS names only, past NAMED_USERS a count."""
+    if len(users) <= DETAILED_USERS:
+        return f"{state}: " + ", ".join(f"{u} ({why})" if why else u for u, why in users)
+    names = ", ".join(u for u, _ in users[:NAMED_USERS])
+    more = f" and {len(users) - NAMED_USERS} more" if len(users) > NAMED_USERS else ""
+    return f"{state}: {len(users)} users: {names}{more}"
 
 
 def build_check(measured: Sequence[Measured], thresholds: Mapping[str, tuple[str, str]], *, fleet: bool = False,

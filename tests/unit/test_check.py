@@ -299,3 +299,16 @@ def test_a_user_awaiting_the_first_login_is_a_warning_never_critical(box: Sandbo
     result = box.run("check")
     assert result.returncode == WARNING, result.stdout
     assert "last run WARN (awaiting_first_login)" in result.stdout and "CRITICAL" not in result.stdout
+
+
+def test_fleet_summary_stays_short_for_a_large_roster() -> None:
+    fine = [measure(f"u{i:03d}", records(line("OK", 60)), LoginState.HEALTHY, OAUTH, NOW) for i in range(300)]
+    bad = [measure(f"w{i}", records(line("WARN", 60, reason="http_529")), LoginState.HEALTHY, OAUTH, NOW)
+           for i in range(7)]
+    check = build_check(bad + fine, parse_thresholds(), fleet=True)
+    status = render(check).split(" | ")[0]
+    assert check.exitcode == WARNING and len(status) < 400, status
+    assert "warning: 7 users: w0, w1, w2, w3, w4, w5, w6; ok: 300 users: u000," in status
+    assert status.endswith("u019 and 280 more")
+    verbose = render(check, verbose=1).splitlines()
+    assert sum(x.startswith("WARNING w") for x in verbose) == 7
