@@ -129,10 +129,12 @@ def _xdg_row(choice: XdgChoice, values: dict[str, Any]) -> DiagnosticRow:
                                                     f"{xdg} is absent or empty", values=values)
     if choice.rule == "both":
         q_xdg, q_default = shlex.quote(str(xdg)), shlex.quote(str(default))
-        fix = (f"mv -n {q_xdg}/* {q_default}/ && rm -r {q_xdg}" if var == "XDG_CONFIG_HOME"
-               else f"rm -r {q_xdg} (this shell's own runs; the unit's log stays in {default})")
-        return DiagnosticRow("paths", var, "warn", f"{var}={choice.value}: this shell uses {xdg}, but {unit}: "
-                                                    "two copies of the token, settings or log", fix, values=values)
+        if var == "XDG_CONFIG_HOME":  # the default's files (the provisioner's token) win over same-named ones
+            fix, what = f"mv -n {q_xdg}/* {q_default}/ && rm -r {q_xdg}", "two places for the token and settings"
+        else:  # the state is the agent's own: the shell's copy holds only the shell's runs
+            fix, what = f"rm -r {q_xdg}", f"two logs (the shell's copy holds only its own runs; the unit's is in {default})"
+        return DiagnosticRow("paths", var, "warn", f"{var}={choice.value}: this shell uses {xdg}, but {unit}: {what}",
+                             fix, values=values)
     nothing = " (nothing there yet)" if choice.rule == "neither" else ""
     return DiagnosticRow("paths", var, "info", f"using {xdg}{nothing}; {unit}", values=values)
 

@@ -77,3 +77,39 @@ def test_settings_and_the_user_file_follow_the_rule(user: UserIdentity, tmp_path
     put(tmp_path / "xs/claude-auth-sync")
     s = load_settings(get_plugin_manager().settings_sections(), user, system_file=tmp_path / "none.toml", environ=environ)
     assert s.state_dir == tmp_path / "xs/claude-auth-sync"
+
+
+def test_the_merge_command_of_diagnose_is_safe_for_hostile_directory_names(user: UserIdentity, tmp_path: Path) -> None:
+    """An XDG directory named with spaces, quotes and ``$(...)``: the next step diagnose prints, run
+    by a real ``sh``, moves the files and executes nothing from the name."""
+    import subprocess
+
+    from claude_auth_sync.diagnose import _xdg_row
+
+    hostile = tmp_path / "dot files'\"$(touch PWNED)`touch PWNED2`"
+    put(user.home / ".config/claude-auth-sync", "vault-token")
+    put(hostile / "claude-auth-sync", "config.toml")
+    choice = xdg_choice("XDG_CONFIG_HOME", user, {"HOME": str(user.home), "XDG_CONFIG_HOME": str(hostile)})
+    assert choice.rule == "both"
+    row = _xdg_row(choice, {})
+    assert row.state == "warn" and row.next_step
+    done = subprocess.run(["/bin/sh", "-c", row.next_step], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+    assert (user.home / ".config/claude-auth-sync/config.toml").exists() and not (hostile / "claude-auth-sync").exists()
+    assert xdg_choice("XDG_CONFIG_HOME", user, {"HOME": str(user.home), "XDG_CONFIG_HOME": str(hostile)}).rule == "fallback"
+
+
+def test_two_state_directories_get_a_command_that_leaves_the_units_log(user: UserIdentity, tmp_path: Path) -> None:
+    import subprocess
+
+    from claude_auth_sync.diagnose import _xdg_row
+
+    put(user.home / ".local/state/claude-auth-sync")
+    put(tmp_path / "xs/claude-auth-sync")
+    choice = xdg_choice("XDG_STATE_HOME", user, env(user, tmp_path))
+    row = _xdg_row(choice, {})
+    assert choice.rule == "both" and row.state == "warn" and row.next_step
+    assert subprocess.run(["/bin/sh", "-c", row.next_step], capture_output=True, check=False).returncode == 0
+    assert (user.home / ".local/state/claude-auth-sync/sync.log").exists()
+    assert xdg_choice("XDG_STATE_HOME", user, env(user, tmp_path)).rule == "fallback"
