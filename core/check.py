@@ -146,13 +146,14 @@ def measure(user: str, records: list[LogRecord], login_state: LoginState | None,
         findings.append(Finding(UNKNOWN, "no run recorded in the private log"))
         return Measured(user, metrics, tuple(findings))
     last = records[-1]
-    metrics["last_run_age"] = int(now - last.when.timestamp())
+    # Ages are never negative: a line stamped in the future (a clock set back) counts as "just now".
+    metrics["last_run_age"] = max(0, int(now - last.when.timestamp()))
     ttl = last.fields.get("store_ttl_s") or ""
     if _TTL_DIGITS.fullmatch(ttl):
         metrics["vault_ttl"] = int(ttl) - metrics["last_run_age"]
     oks = [r for r in records if r.status == "OK"]
     if oks:
-        metrics["last_ok_age"] = int(now - oks[-1].when.timestamp())
+        metrics["last_ok_age"] = max(0, int(now - oks[-1].when.timestamp()))
     if last.status in ("FAIL", "WARN"):  # any WARN reason is a WARNING (awaiting_first_login included)
         reason = _inert(last.fields.get("reason") or "?", 80)
         findings.append(Finding(CRITICAL if last.status == "FAIL" else WARNING, f"last run {last.status} ({reason})"))

@@ -236,6 +236,7 @@ def evaluate(lines: list[str], login: LoginState | None, oauth=OAUTH, **threshol
         ([line("WARN", 60, reason="not_logged_in")], LoginState.NO_OAUTH, WARNING, "not logged in"),
         ([line("OK", 25 * 3600), line("WARN", 60)], LoginState.HEALTHY, CRITICAL, "no OK for 1d 1h"),
         ([line("OK", 13 * 3600), line("WARN", 60)], LoginState.HEALTHY, WARNING, "no OK for 13h"),
+        ([line("OK", -3600)], LoginState.HEALTHY, OK, "last run OK"),  # stamped in the future: a clock set back
     ],
 )
 def test_states(lines, login, expected, words) -> None:
