@@ -23,11 +23,13 @@ def test_render_table_shows_user_text_literally_and_without_control_characters()
     data = {"user": "alice", "settings": {"vault.addr": {"value": HOSTILE, "source": "user file"}},
             "checks": [{"group": "private log", "name": "last run", "state": "fail", "detail": HOSTILE,
                         "next_step": HOSTILE}]}
-    out = io.StringIO()
-    render_table(data, Console(file=out, width=400, force_terminal=False, emoji=False))
-    text = out.getvalue()
-    assert "[/bold][red]x" in text
-    assert not any(c in text for c in CONTROLS)
+    data["checks"][0]["values"] = {"reason": HOSTILE, "ran_at_epoch": 10**30}  # absurd numbers render too
+    for verbose in (False, True):  # the settings table (verbose) shows the hostile setting value
+        out = io.StringIO()
+        render_table(data, Console(file=out, width=400, force_terminal=False, emoji=False), verbose=verbose)
+        text = out.getvalue()
+        assert text.count("[/bold][red]x") == (3 if verbose else 2)  # detail, next step (, setting)
+        assert not any(c in text for c in CONTROLS)
 
 
 def stamp() -> str:
