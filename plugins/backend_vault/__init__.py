@@ -45,7 +45,11 @@ def _run_policy(args: argparse.Namespace) -> int:
     from .policy import render_policy
 
     runtime = build_runtime()
-    sys.stdout.write(render_policy(args.user, runtime.settings.section("vault"), args.host))
+    section: VaultSettings = runtime.settings.section("vault")
+    if section.namespace:  # the paths are relative to the namespace: say where the policy belongs
+        sys.stdout.write(f"# Vault namespace {section.namespace}: apply it there "
+                         f"(VAULT_NAMESPACE={section.namespace} vault policy write NAME -)\n")
+    sys.stdout.write(render_policy(args.user, section, args.host))
     return 0
 
 

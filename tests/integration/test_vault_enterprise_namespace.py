@@ -220,3 +220,23 @@ def test_offboarding_in_the_namespace_revokes_there_and_destroys_only_its_secret
         bao.client(token).auth.token.lookup_self()
     assert read_secret(ns_client, user) is None
     assert read_secret(root_ns, user) == (1, SENTINEL)  # the same path outside the namespace: untouched
+
+
+def test_the_policy_printed_for_a_namespace_says_where_it_belongs_and_applies_there(
+    bao: OpenBaoServer, tmp_path: Path  # noqa: F811
+) -> None:
+    """``claude-auth-sync policy USER`` with VAULT_NAMESPACE: a first comment line naming the
+    namespace, then the same HCL, which the real ``bao policy write`` accepts in that namespace."""
+    from tests.support.cli import Sandbox as CliSandbox
+
+    namespace = make_namespace(bao)
+    box = CliSandbox(tmp_path)
+    plain = box.run("policy", "alice")
+    scoped = box.run("policy", "alice", VAULT_NAMESPACE=namespace)
+    assert plain.returncode == 0 and scoped.returncode == 0, scoped.stderr
+    first, _, rest = scoped.stdout.partition("\n")
+    assert first.startswith(f"# Vault namespace {namespace}:") and rest == plain.stdout
+    policy_file = tmp_path / "policy.hcl"
+    policy_file.write_text(scoped.stdout)
+    bao_cli(bao, "policy", "write", f"-namespace={namespace}", "claude-auth-sync-alice", str(policy_file))
+    assert "claude-auth-sync-alice" in in_namespace(bao, namespace).sys.list_policies()["data"]["policies"]
