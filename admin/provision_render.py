@@ -30,6 +30,7 @@ class _Run(Protocol):
     admin_token: str | None
     errors: list[tuple[int, str]]
     policies_pruned: list[str]
+    migration: dict[str, list[str]]
     vault: Any
     o: Any
 
@@ -69,6 +70,9 @@ def render_report(run: _Run, stream: Any, duration: Any) -> None:
         console.print(plain("error: ", style="red") + plain(msg, 2000))
     if run.policies_pruned:
         console.print(plain(f"pruned policies: {', '.join(run.policies_pruned)}", 4000))
+    if run.o.migrate:
+        counts = ", ".join(f"{what.replace('_', ' ')} {len(users)}" for what, users in run.migration.items())
+        console.print(plain(f"migration to per-host paths: {counts}", 1000))
     for step in run.next_steps():
         console.print(plain(f"next step: {step}", 1000))
     req = run.vault.requests if run.vault else {"user": 0, "admin": 0}

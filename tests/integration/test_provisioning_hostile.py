@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pwd
 import random
+import re
 import socket
 import subprocess
 import threading
@@ -303,7 +304,8 @@ def test_a_user_who_stalls_their_children_cannot_hold_the_run_past_its_deadline(
     result = box["r"]
     assert elapsed < 15, f"the run took {elapsed:.0f}s (30s per stalled child before the fix)"
     assert result.rc == 75, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "did not finish in 5s" in " ".join(result.user(stall)["notes"]), result.user(stall)
+    # The child gets what is left of the 5 s deadline (less on a loaded machine, never more).
+    assert re.search(r"did not finish in [1-5]s", " ".join(result.user(stall)["notes"])), result.user(stall)
     assert "deadline" in " ".join(result.user(later)["notes"]), result.user(later)
 
 

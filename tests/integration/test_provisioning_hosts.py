@@ -47,11 +47,11 @@ def on_host(host: str, argv: list[str]) -> list[str]:
 
 
 def provision(sb: Sandbox, host: str, *args: str, state: Path | None = None, admin: bool = True,
-              addr: str | None = None, template: str | None = HOSTED) -> Result:
+              addr: str | None = None, template: str | None = HOSTED, json_output: bool = True) -> Result:
     """t3-provision-users on ``host`` (with its own state directory), as Sandbox.run runs it."""
     argv = [sys.executable, "-m", "claude_auth_sync.admin.provision", "--roster", str(sb.roster),
             "--systemd-root", str(sb.sysroot), "--state-dir", str(state or sb.state), "--config", str(sb.config),
-            "--json", *args]
+            *(["--json"] if json_output else []), *args]
     env = passthrough_env({"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8",
                            "VAULT_ADDR": addr or sb.bao.addr})
     if template:
@@ -60,7 +60,7 @@ def provision(sb: Sandbox, host: str, *args: str, state: Path | None = None, adm
         env["VAULT_TOKEN"] = sb.bao.root_token
     proc = subprocess.run(on_host(host, argv), env=env, capture_output=True, text=True, timeout=120, cwd="/")
     assert sb.bao.root_token not in proc.stdout + proc.stderr
-    data = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    data = json.loads(proc.stdout) if json_output and proc.stdout.strip() else {}
     return Result(proc.returncode, proc.stdout, proc.stderr, data)
 
 
@@ -308,6 +308,9 @@ def test_migration_makes_the_latest_per_user_copy_the_host_paths_first_version(
     again = provision(sandbox, "ws-a", "--migrate-to-host-paths", "--apply-policies")  # idempotent
     assert again.rc == 0 and again.data["migration"]["copied"] == [] and again.data["migration"]["kept"] == [alice, bob]
     assert kv_latest(bao, f"workstation/claude-hosts/ws-a/{alice}") == (GOOD, 1)
+    table = provision(sandbox, "ws-a", "--migrate-to-host-paths", "--dry-run", json_output=False)
+    assert "migration to per-host paths: copied 0, would copy 0, kept 2, nothing 1, failed 0" in table.stdout
+    no_secret(table.stdout, table.stderr)
 
 
 def test_migration_refuses_without_a_host_template_or_an_admin_token(sandbox: Sandbox, make_users: Any) -> None:
@@ -376,3 +379,14 @@ def test_an_old_state_file_without_addresses_is_revoked_only_where_proved(
     assert at_1.user(bob)["token"] == "revoked", at_1.stdout
     assert not token_is_valid(bao, bob_token)
     assert bob not in state_of(sandbox.state)["users"]
+
+
+@pytest.mark.parametrize("host", ["ws_a", "ws a", "ws\x1b[2J"])
+def test_an_odd_host_name_stops_the_provisioner_before_any_request(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any, host: str) -> None:
+    (alice,) = make_users("alice")
+    sandbox.write_roster([alice])
+    mark = bao.audit_mark()
+    result = provision(sandbox, host, "--apply-policies")
+    assert result.rc == 78 and "host name" in result.stderr and "\x1b" not in result.stderr, result.stderr
+    assert bao.requests_since(mark) == [] and not (home(alice) / ".config/claude-auth-sync").exists()
