@@ -390,3 +390,23 @@ def test_an_odd_host_name_stops_the_provisioner_before_any_request(
     result = provision(sandbox, host, "--apply-policies")
     assert result.rc == 78 and "host name" in result.stderr and "\x1b" not in result.stderr, result.stderr
     assert bao.requests_since(mark) == [] and not (home(alice) / ".config/claude-auth-sync").exists()
+
+
+def test_the_fleet_view_looks_at_this_hosts_path_with_this_hosts_token(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any, tmp_path: Path) -> None:
+    (alice,) = make_users("alice")
+    sandbox.write_roster([alice])
+    assert provision(sandbox, "ws-a", "--apply-policies").rc == 0
+    cli = str(Path(os.environ.get("CAS_TEST_VENV", "/opt/claude-auth-sync-test/venv")) / "bin/claude-auth-sync")
+    env = passthrough_env({"PATH": os.environ["PATH"], "VAULT_ADDR": bao.addr, "HOME": str(tmp_path), **HOSTED_ENV})
+    argv = [cli, "diagnose", "--all", "--json", "--roster", str(sandbox.roster), "--systemd-root", str(sandbox.sysroot)]
+    rows = {}
+    for host in ("ws-a", "ws-b"):
+        proc = subprocess.run(on_host(host, argv), env=env, capture_output=True, text=True, timeout=120)
+        assert proc.stdout.strip(), proc.stderr
+        rows[host] = json.loads(proc.stdout)["users"][0]
+    assert rows["ws-a"]["vault_path"] == f"secret/workstation/claude-hosts/ws-a/{alice}"
+    assert rows["ws-a"]["vault_ttl_s"] > 768 * 3600 - 600 and not any("t3-provision" in n for n in rows["ws-a"]["needs"])
+    # On another host the same token is another host's: the view says an admin run is needed.
+    assert rows["ws-b"]["vault_path"] == f"secret/workstation/claude-hosts/ws-b/{alice}"
+    assert any("t3-provision-users" in need for need in rows["ws-b"]["needs"]), rows["ws-b"]
