@@ -5,8 +5,10 @@ For every roster user with an OS account on this host (one without is reported a
 * ``~/.config/claude-auth-sync`` and ``~/.local/state/claude-auth-sync`` exist, 0700, owned by
   the user;
 * the user's Vault token (``~/.config/claude-auth-sync/vault-token``) is checked *with that
-  token* (``lookup-self``): valid, policies exactly ``{claude-auth-sync-<user>}``, period 768h,
-  orphan, TTL not about to run out;
+  token* (``lookup-self``): valid, policies exactly the user's policy (``claude-auth-sync-<user>``,
+  or ``claude-auth-sync-<user>@<host>`` when ``vault.path_template`` carries ``{host}``: see
+  :func:`claude_auth_sync.plugins.backend_vault.policy.locate`), period 768h, orphan, TTL not about
+  to run out;
 * ``claude-auth-sync@<user>.timer`` is enabled (the ``timers.target.wants`` symlink).
 
 With an admin token (``VAULT_TOKEN``; the address from ``VAULT_ADDR`` or the settings) it also
@@ -14,8 +16,11 @@ confirms each user's policy exists and is exactly what :func:`render_policy` ren
 otherwise: "apply the Vault stack first"), mints a periodic orphan token for users whose token is
 missing, unreadable, expired, expiring or drifted, writes it to the user's token file and revokes
 the token it replaces. ``--apply-policies`` writes the policies of every roster user (read,
-compare, write only what differs); with ``--prune`` it also deletes ``claude-auth-sync-*``
-policies of users no longer in the roster and revokes their tokens.
+compare, write only what differs); with ``--prune`` it also deletes the policies of users no
+longer in the roster and revokes their tokens: only those this host's state file records creating
+or minting, at the Vault this run talks to (:mod:`.provision_policies`, :mod:`.provision_tokens`).
+A roster without users is refused unless ``--allow-empty``. ``--migrate-to-host-paths`` copies each
+user's per-user secret to their empty per-host path first (:mod:`.provision_migrate`).
 
 Without an admin token (the hourly timer) it never mints: users needing an admin run are reported
 and the exit status is non-zero. A run with nothing to do changes nothing.
@@ -36,7 +41,7 @@ Security design
   at most a fingerprint (first 8 hex digits of SHA-256).
 * Deprovisioning bookkeeping: the accessor of every token this provisioner minted is kept in the
   root-only state file ``/var/lib/claude-auth-sync/tokens.json`` (0600 in a 0700 directory; no
-  token, only accessors and fingerprints). A re-mint revokes the previous token by accessor even
+  token, only accessors, fingerprints and the Vault each accessor belongs to). A re-mint revokes the previous token by accessor even
   when the user destroyed or replaced their token file; an accessor whose revocation failed, or
   that a valid hand-made token superseded, stays listed as ``superseded`` until an admin run
   revokes it. A user removed from the roster gets their timer disabled (every run) and, with an

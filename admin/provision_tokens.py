@@ -4,7 +4,7 @@
 the attributes declared below). Guarantees:
 
 * a user's token is looked up with that token only (``lookup-self``); it is re-minted when it is
-  invalid or expired, drifted (policies not exactly ``{claude-auth-sync-<user>}``, the root policy,
+  invalid or expired, drifted (policies not exactly the user's location's policy set, the root policy,
   another period, not an orphan, minted for someone else) or has less than
   :data:`claude_auth_sync.model.STORE_TTL_WARN_S` left;
 * a token is minted only with the admin token and only when the user's policy is ``ok`` (or was
