@@ -18,6 +18,8 @@ Guarantees:
   problem only, so a password in a refused address reaches no log, journal, JSON or diagnose.
 * :func:`display_address` returns the address itself only when it is acceptable, else a
   redacted placeholder.
+* :func:`proxy_for` names the proxy requests would take from the environment for an address as
+  ``scheme://host:port`` only: a proxy's user name and password never reach a message.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urljoin, urlsplit
 
-__all__ = ["AddressRefused", "Origin", "display_address", "parse_redirect_target", "parse_vault_addr", "redirect_origin"]
+__all__ = ["AddressRefused", "Origin", "display_address", "parse_redirect_target", "parse_vault_addr", "proxy_for",
+           "redirect_origin"]
 
 REFUSED_PLACEHOLDER = "(refused Vault address, not shown)"
 _SCHEMES = ("http", "https")
@@ -176,3 +179,32 @@ def _urllib3_origin(url: str) -> Origin | None:
         return None
     host = parsed.host[1:-1] if parsed.host.startswith("[") and parsed.host.endswith("]") else parsed.host
     return Origin(parsed.scheme.lower(), host.lower(), parsed.port)
+
+
+def proxy_for(addr: str | None, environ_proxies: dict[str, str] | None = None) -> str | None:
+    """The proxy requests picks for ``addr`` from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` (and
+    ``NO_PROXY``), as ``scheme://host:port`` without credentials, or None when ``addr`` is reached
+    directly: no proxy set, bypassed by ``NO_PROXY``, or plain http to loopback (never proxied)."""
+    import requests.utils
+
+    if not addr:
+        return None
+    try:
+        origin = parse_vault_addr(addr)
+    except AddressRefused:
+        return None
+    if origin.scheme == "http" and origin.is_loopback:
+        return None
+    proxies = requests.utils.get_environ_proxies(addr) if environ_proxies is None else environ_proxies
+    proxy = requests.utils.select_proxy(addr, proxies)
+    if not proxy:
+        return None
+    try:
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "(a proxy whose address cannot be read)"
+    if not host or not host.isascii() or not host.isprintable():
+        return "(a proxy whose address cannot be read)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")

@@ -41,10 +41,13 @@ def vault_rows(facts: Mapping[str, Any], user: UserIdentity) -> list[DiagnosticR
 
 
 def _enterprise_rows(facts: Mapping[str, Any]) -> list[DiagnosticRow]:
-    """The namespace (when one is set) and the client certificate (when one is configured)."""
+    """The namespace (when one is set), the proxy (when one is used) and the client certificate
+    (when one is configured)."""
     rows: list[DiagnosticRow] = []
     if facts.get("namespace"):
         rows.append(DiagnosticRow(GROUP, "namespace", "info", str(facts["namespace"])))
+    if facts.get("proxy"):
+        rows.append(DiagnosticRow(GROUP, "proxy", "info", f"via {facts['proxy']} (from HTTPS_PROXY/ALL_PROXY; NO_PROXY bypasses)"))
     cert = facts.get("client_cert")
     if isinstance(cert, Mapping) and cert.get("configured"):
         if "error" in cert:

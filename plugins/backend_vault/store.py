@@ -38,7 +38,7 @@ from claude_auth_sync.errors import ConfigurationError, BackendConflict, Backend
 from claude_auth_sync.model import OAuth, BackendHealth, StoredCopy
 
 from .errors import RETRY_LATER, error_text, is_vault_failure, tls_second_opinion, vault_error
-from .address import AddressRefused, Origin, display_address, parse_vault_addr, redirect_origin
+from .address import AddressRefused, Origin, display_address, parse_vault_addr, proxy_for, redirect_origin
 from .policy import locate
 from .settings import VaultSettings
 from .token_file import PROVISION, read_token_file, token_file_facts
@@ -239,6 +239,7 @@ class VaultBackend:
             "path": f"{self.settings.mount}/{self.relative_path}",
             "token_file": {"path": str(self.token_file), **token_file_facts(self.token_file)},
             "namespace": self.settings.namespace,
+            "proxy": proxy_for(self.settings.addr),
             "client_cert": client_cert_facts(self.settings.client_cert, self.settings.client_key, uid=self.uid),
         }
         try:

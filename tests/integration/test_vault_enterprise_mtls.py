@@ -23,6 +23,7 @@ import pytest
 from claude_auth_sync.testing import oauth_object
 from tests.integration.test_provisioning import Sandbox as ProvisionSandbox
 from tests.integration.test_provisioning import make_users  # noqa: F401 - fixture
+from tests.integration.test_vault_enterprise_namespace import rows_named
 from tests.support.cli import Sandbox, current_user, fp
 from tests.support.openbao import OpenBaoServer
 from tests.support.vault_tls import Pki, make_pki, tls_openbao
@@ -141,6 +142,9 @@ def test_a_client_key_readable_by_others_is_refused_before_any_connection(
     assert f"chmod 600 {key}" in stderr and f"{mode:04o}" in stderr
     assert bao.requests_since(mark) == []
     assert stored(bao) is None or stored(bao)["claudeAiOauth"]["accessToken"] == GOOD["accessToken"]
+    diagnose = box.run("diagnose", "--json", **env_for(addr, pki, VAULT_CLIENT_CERT=str(cert), VAULT_CLIENT_KEY=str(key)))
+    rows = rows_named(json.loads(diagnose.stdout), "client cert")
+    assert [(r["state"], r["next_step"]) for r in rows] == [("fail", f"chmod 600 {key}")], diagnose.stdout
 
 
 def test_a_symlinked_client_key_is_refused(mtls: tuple[OpenBaoServer, str], pki: Pki, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 from claude_auth_sync.testing import oauth_object
 from tests.integration.test_provisioning import Sandbox as ProvisionSandbox
 from tests.integration.test_provisioning import make_users, read_token  # noqa: F401 - fixture
+from tests.integration.test_vault_enterprise_namespace import rows_named
 from tests.support.cli import Sandbox, current_user, fp
 from tests.support.openbao import OpenBaoServer
 from tests.support.vault_tls import Pki, RecordingProxy, make_pki, recording_proxy, tls_openbao
@@ -129,3 +130,21 @@ def test_the_provisioner_goes_through_the_proxy_with_no_token_in_clear(
     for head in proxy.heads:
         assert head.startswith(b"CONNECT ")
         assert bao.root_token.encode() not in head and minted not in head and user.encode() not in head
+
+
+def test_diagnose_names_the_proxy_in_use_without_its_password(
+    tls_bao: tuple[OpenBaoServer, str], pki: Pki, proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    bao, addr = tls_bao
+    box, result = agent_run(bao, addr, pki, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    password = "Proxy-PW-3f9a"
+    env = {"CLAUDE_AUTH_SYNC_BACKEND": "vault", "VAULT_ADDR": addr, "VAULT_CACERT": str(pki.ca_crt),
+           "STUB_CLAUDE_ACCEPT": fp(GOOD["accessToken"])}
+    proxied = box.run("diagnose", "--json", **env, **proxy_env(HTTPS_PROXY=f"http://agent:{password}@127.0.0.1:{proxy.port}"))
+    rows = rows_named(json.loads(proxied.stdout), "proxy")
+    assert [row["detail"].split(" (")[0] for row in rows] == [f"via http://127.0.0.1:{proxy.port}"], proxied.stdout
+    assert password not in proxied.stdout + proxied.stderr
+    assert any(b"Proxy-Authorization" in head for head in proxy.heads)  # the proxy's own credential went to it only
+    bypassed = box.run("diagnose", "--json", **env, **proxy_env(HTTPS_PROXY=proxy.url, NO_PROXY="127.0.0.1"))
+    assert rows_named(json.loads(bypassed.stdout), "proxy") == []

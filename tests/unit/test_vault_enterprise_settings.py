@@ -256,3 +256,23 @@ def test_every_variable_of_the_shipped_environment_file_is_one_the_code_reads() 
         assert "TOKEN" not in name
     for line in text.splitlines():  # systemd's syntax: comments on their own line, no "export"
         assert not line.strip() or line.startswith("#") or re.fullmatch(r"[A-Z][A-Z0-9_]*=\S*", line), line
+
+
+# -- the proxy diagnose names ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("addr", "proxies", "shown"), [
+    ("https://vault.example:8200", {"https": "http://proxy.example:3128"}, "http://proxy.example:3128"),
+    ("https://vault.example:8200", {"all": "socks5://proxy.example:1080"}, "socks5://proxy.example:1080"),
+    ("https://vault.example:8200", {"https": "http://user:S3cret-pw@proxy.example:3128"}, "http://proxy.example:3128"),
+    ("https://vault.example:8200", {"https": "http://[fd00::1]:3128"}, "http://[fd00::1]:3128"),
+    ("https://vault.example:8200", {"http": "http://proxy.example:3128"}, None),  # not for https
+    ("https://vault.example:8200", {}, None),
+    ("http://127.0.0.1:8200", {"http": "http://proxy.example:3128", "all": "http://p:1"}, None),  # loopback http: never
+    ("https://user:pw@vault.example", {"https": "http://proxy.example:3128"}, None),  # refused address: no lookup
+    ("https://vault.example:8200", {"https": "http://\x1b[31mevil:3128"}, "(a proxy whose address cannot be read)"),
+])
+def test_the_proxy_is_named_without_credentials(addr: str, proxies: dict[str, str], shown: str | None) -> None:
+    from claude_auth_sync.plugins.backend_vault.address import proxy_for
+
+    assert proxy_for(addr, proxies) == shown
