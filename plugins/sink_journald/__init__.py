@@ -8,7 +8,9 @@ sender: no libsystemd headers or binary wheels needed) to ``journald.socket`` (d
 * ``SYSLOG_IDENTIFIER=claude-auth-sync`` (so ``journalctl -t claude-auth-sync`` finds it);
 * ``PRIORITY``: 6 for OK, 4 for WARN, 3 for FAIL;
 * ``CAS_STATUS``, ``CAS_USER``, ``CAS_ACTION``, ``CAS_REASON`` and every other event field as
-  ``CAS_<NAME>`` (timings, fingerprints, CLI version, ...).
+  ``CAS_<NAME>`` (timings, fingerprints, CLI version, ...). A user who never logged in has
+  ``CAS_REASON=awaiting_first_login`` and ``CAS_AWAITING_FIRST_LOGIN_SINCE`` (epoch seconds: how
+  long the waiting has lasted); a logout has ``CAS_REASON=not_logged_in`` and no such field.
 
 No journal (a container, a laptop): the sink raises :class:`JournalUnavailable`, which the core
 reports once on stderr; the cycle's outcome and exit code are unchanged.
