@@ -167,6 +167,8 @@ try:
     load_roster(Path(sys.argv[1]), trusted_only=False)  # the checkout; installed below as root:root 0644
 except RosterError as err:
     sys.exit(f"setup-devvm: {err}")
+except Exception as err:  # e.g. yaml.ReaderError for a control character: one line, never a traceback
+    sys.exit(f"setup-devvm: {sys.argv[1]} is not a valid roster ({type(err).__name__}): fix it, then rerun")
 PY
 }
 
@@ -189,7 +191,9 @@ install_roster() {
         record_roster
         return
     fi
-    diff -u --label "$roster (installed)" --label "$shipped (checkout)" -- "$roster" "$shipped" >&2 || true
+    # cat -v: a control character in either file is shown, never sent to the terminal as is
+    { diff -u --label "$roster (installed)" --label "$shipped (checkout)" -- "$roster" "$shipped" || true; } \
+        | cat -v >&2
     if [ "$(cat -- "$roster_sum" 2>/dev/null || true)" = "$(sha "$roster")" ]; then
         # Unchanged since this script installed it: the checkout's edit (runbook step 1) is taken.
         do_ "keep the previous roster as $roster.old" cp -p -- "$roster" "$roster.old"
@@ -410,8 +414,22 @@ uninstall() {
     return "$purge_status"
 }
 
+# Before anything changes: what would stop the install half-way.
+preflight() {
+    local file
+    for file in "$roster" "$config"; do
+        if [ -L "$file" ] || { [ -e "$file" ] && [ ! -f "$file" ]; }; then
+            die "$file is a symlink or not a regular file: inspect it, remove it and rerun"
+        fi
+    done
+    if [ ! -e "$config" ] && [ -n "${VAULT_CACERT:-}" ] && { [[ $VAULT_CACERT != /* ]] || [ ! -f "$VAULT_CACERT" ]; }; then
+        die "VAULT_CACERT '$VAULT_CACERT' is not an absolute path to a file: the timers read it later, from any directory"
+    fi
+}
+
 case $mode in
     install)
+        preflight
         install_package
         install_dir 0755 "$etc_dir"
         validate_roster
