@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from claude_auth_sync.errors import BackendError
 from claude_auth_sync.model import ExitCode
 from claude_auth_sync.plugins.backend_vault.client_cert import client_cert_pair, resolve_path
-from claude_auth_sync.plugins.backend_vault.errors import is_vault_failure, tls_second_opinion, vault_error
+from claude_auth_sync.plugins.backend_vault.errors import is_vault_failure, vault_error
+from claude_auth_sync.plugins.backend_vault.tls_probe import tls_second_opinion
 from claude_auth_sync.plugins.backend_vault.store import is_plain_http_to_loopback
 
 if TYPE_CHECKING:

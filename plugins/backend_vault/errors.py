@@ -18,7 +18,7 @@ Guarantees of :func:`vault_error`:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from claude_auth_sync.errors import BackendError, BackendRefused, BackendUnavailable
 
@@ -27,7 +27,7 @@ from .token_file import PROVISION
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["RETRY_LATER", "client_cert_refusal", "error_text", "is_vault_failure", "tls_second_opinion", "vault_error"]
+__all__ = ["RETRY_LATER", "cert_alert", "client_cert_refusal", "error_text", "is_vault_failure", "tls_closed", "vault_error"]
 
 RETRY_LATER = "nothing now: the next run retries; check Vault's health"
 
@@ -88,12 +88,12 @@ def client_cert_refusal(err: BaseException, where: str, client_cert: bool) -> Ba
     A client-certificate alert from the server: without a configured certificate
     ``vault_client_cert_required`` (set one), with one ``vault_client_cert_refused`` (renew it). A
     connection closed mid-request (EOF: Go's TLS 1.3 server often closes before the client reads
-    its alert, even after :func:`tls_second_opinion`) is ``vault_client_cert_refused`` when a
+    its alert, even after :func:`.tls_probe.tls_second_opinion`) is ``vault_client_cert_refused`` when a
     certificate was presented, else ``vault_tls_closed`` whose fix names both suspects. Only the
     OpenSSL reason code of the ``ssl.SSLError`` behind ``err`` is looked at (never a URL or a
     server's text), and nothing of it is repeated.
     """
-    alert, closed = _cert_alert(err), _tls_closed(err)
+    alert, closed = cert_alert(err), tls_closed(err)
     if not alert and not closed:
         return None
     if client_cert:
@@ -110,73 +110,6 @@ def client_cert_refusal(err: BaseException, where: str, client_cert: bool) -> Ba
     return BackendRefused(f"{where}: Vault (or a proxy in between) closed the TLS connection without an answer",
                           reason="vault_tls_closed",
                           remedy=f"if the Vault listener requires client certificates, {set_cert}; else check the proxy")
-
-
-def tls_second_opinion(err: BaseException, session: Any, base_url: str, timeout: float) -> BaseException:
-    """``err``, or a clearer exception for the same TLS failure.
-
-    A TLS 1.3 server checks the client certificate after the handshake, so a request with a body
-    (renew-self, create-orphan) usually sees only "EOF occurred in violation of protocol" instead of
-    the server's alert. For such an EOF this asks again without a token: one ``GET sys/health`` on
-    the same ``session`` (same CA, client certificate and proxies); if that too ends in EOF and the
-    address is reached directly (no proxy), one bare TLS handshake that only listens, which always
-    reads the alert. A client-certificate alert found so is returned, else ``err`` itself.
-    """
-    import requests
-
-    if not isinstance(err, requests.exceptions.SSLError) or not _tls_closed(err):
-        return err
-    url = base_url.rstrip("/")
-    try:
-        session.get(f"{url}/v1/sys/health", timeout=timeout, allow_redirects=False)
-    except requests.exceptions.RequestException as probe:
-        if _cert_alert(probe):
-            return probe
-    if _proxied(session, url):
-        return err
-    alert = _handshake_alert(url, session.verify, session.cert, timeout)
-    return requests.exceptions.SSLError(alert) if alert is not None and _cert_alert(alert) else err
-
-
-def _proxied(session: Any, url: str) -> bool:
-    import requests.utils
-
-    proxies = dict(session.proxies or {})
-    if session.trust_env and not proxies:
-        proxies = requests.utils.get_environ_proxies(url)
-    return bool(requests.utils.select_proxy(url, proxies))
-
-
-def _handshake_alert(url: str, verify: Any, cert: Any, timeout: float) -> ssl.SSLError | None:
-    """The TLS error of a handshake to ``url`` followed by listening (sending nothing) for a few
-    seconds, or None (no error, or not a TLS one)."""
-    import os
-    import socket
-    import ssl
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        return None
-    context = ssl.create_default_context()
-    if isinstance(verify, str):
-        context = ssl.create_default_context(**({"capath": verify} if os.path.isdir(verify) else {"cafile": verify}))
-    elif verify is False:
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    try:
-        if isinstance(cert, tuple):
-            context.load_cert_chain(*cert)
-        elif cert:
-            context.load_cert_chain(cert)
-        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout) as raw:
-            with context.wrap_socket(raw, server_hostname=parts.hostname) as tls:
-                tls.settimeout(min(timeout, 3.0))
-                tls.recv(1)
-    except ssl.SSLError as alert:
-        return alert
-    except OSError:
-        return None
-    return None
 
 
 def _ssl_cause(err: BaseException) -> ssl.SSLError | None:
@@ -197,14 +130,14 @@ def _ssl_cause(err: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def _cert_alert(err: BaseException) -> bool:
+def cert_alert(err: BaseException) -> bool:
     """The server sent an alert about the client certificate (OpenSSL's reason code, not free text)."""
     cause = _ssl_cause(err)
     reason = getattr(cause, "reason", None)
     return isinstance(reason, str) and any(reason.endswith(name) for name in _CERT_ALERTS)
 
 
-def _tls_closed(err: BaseException) -> bool:
+def tls_closed(err: BaseException) -> bool:
     """The TLS connection ended without a TLS close (EOF in violation of the protocol)."""
     import ssl
 

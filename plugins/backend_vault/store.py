@@ -37,7 +37,8 @@ from urllib.parse import urlparse
 from claude_auth_sync.errors import ConfigurationError, BackendConflict, BackendError, BackendRefused, BackendUnavailable
 from claude_auth_sync.model import OAuth, BackendHealth, StoredCopy
 
-from .errors import RETRY_LATER, error_text, is_vault_failure, tls_second_opinion, vault_error
+from .errors import RETRY_LATER, error_text, is_vault_failure, vault_error
+from .tls_probe import tls_second_opinion
 from .address import AddressRefused, Origin, display_address, parse_vault_addr, proxy_for, redirect_origin
 from .policy import locate
 from .settings import VaultSettings
@@ -152,7 +153,7 @@ def _make_session(verify: bool | str, allow_insecure_http: bool, cert: tuple[str
     session = _VaultSession()
     # hvac prefers a given session's own ``verify`` over its ``verify`` argument: set it here.
     session.verify = verify
-    session.cert = cert  # the client certificate (mTLS), also for a probe outside hvac (errors.tls_second_opinion)
+    session.cert = cert  # the client certificate (mTLS), also for a probe outside hvac (tls_probe)
     # An explicit (no-op) auth keeps requests from adding ~/.netrc credentials for the Vault host:
     # the token header is the only credential that goes to Vault.
     session.auth = _no_netrc

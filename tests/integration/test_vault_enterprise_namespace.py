@@ -33,6 +33,7 @@ from tests.integration.test_provisioning import (  # noqa: F401 - fixtures
     user_venv,
 )
 from tests.support.cli import STUB_CLAUDE, fp
+from tests.support.diagnose_rows import rows_named
 from tests.support.openbao import OpenBaoServer, find_bao_binary
 
 pytestmark = pytest.mark.real
@@ -169,16 +170,6 @@ def test_diagnose_names_the_namespace(
                               env=env, capture_output=True, text=True, timeout=120, cwd="/")
     rows = rows_named(json.loads(diagnose.stdout), "namespace")
     assert [(r["group"], r["state"], r["detail"]) for r in rows] == [("backend", "info", namespace)], diagnose.stdout[-3000:]
-
-
-def rows_named(document: Any, name: str) -> list[dict[str, Any]]:
-    """Every diagnose row (an object with group, name, state) called ``name``, wherever the JSON keeps it."""
-    if isinstance(document, dict):
-        found = [document] if document.get("name") == name and "group" in document and "state" in document else []
-        return found + [row for value in document.values() for row in rows_named(value, name)]
-    if isinstance(document, list):
-        return [row for item in document for row in rows_named(item, name)]
-    return []
 
 
 def test_the_least_privilege_admin_token_of_the_namespace_is_enough(

@@ -20,8 +20,8 @@ import pytest
 from claude_auth_sync.testing import oauth_object
 from tests.integration.test_provisioning import Sandbox as ProvisionSandbox
 from tests.integration.test_provisioning import make_users, read_token  # noqa: F401 - fixture
-from tests.integration.test_vault_enterprise_namespace import rows_named
 from tests.support.cli import Sandbox, current_user, fp
+from tests.support.diagnose_rows import rows_named
 from tests.support.openbao import OpenBaoServer
 from tests.support.vault_tls import Pki, RecordingProxy, make_pki, recording_proxy, tls_openbao
 from tests.support.vault_user import provision_token_file

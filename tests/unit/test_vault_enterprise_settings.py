@@ -276,3 +276,38 @@ def test_the_proxy_is_named_without_credentials(addr: str, proxies: dict[str, st
     from claude_auth_sync.plugins.backend_vault.address import proxy_for
 
     assert proxy_for(addr, proxies) == shown
+
+
+# -- the second opinion after a TLS EOF --------------------------------------------------------------
+
+
+class _RecordingSession:
+    """Stands in for the client's requests session: records what the probe sends, fails like a
+    listener that requires a certificate (the alert is read this time)."""
+
+    def __init__(self, answer: BaseException | None, proxies: dict[str, str]) -> None:
+        self.answer, self.proxies, self.trust_env = answer, proxies, False
+        self.verify, self.cert = True, None
+        self.calls: list[tuple[str, dict[str, object]]] = []
+
+    def get(self, url: str, **kwargs: object) -> None:
+        self.calls.append((url, kwargs))
+        if self.answer is not None:
+            raise self.answer
+
+
+def test_the_second_opinion_is_one_tokenless_health_read_and_only_after_an_eof(pki: Pki) -> None:
+    from claude_auth_sync.plugins.backend_vault.tls_probe import tls_second_opinion
+
+    alert = as_requests_error(handshake_error(pki, None))
+    eof = as_requests_error(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"))
+    proxied = {"https": "http://proxy.example:3128"}  # no bare handshake to a proxied address
+    session = _RecordingSession(alert, proxied)
+    assert tls_second_opinion(eof, session, "https://vault.example:8200/", 5.0) is alert
+    assert session.calls == [("https://vault.example:8200/v1/sys/health", {"timeout": 5.0, "allow_redirects": False})]
+    quiet = _RecordingSession(None, proxied)
+    assert tls_second_opinion(eof, quiet, "https://vault.example:8200", 5.0) is eof  # nothing better: the first error
+    untouched = _RecordingSession(alert, proxied)
+    verify_failed = as_requests_error(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+    assert tls_second_opinion(verify_failed, untouched, "https://vault.example:8200", 5.0) is verify_failed
+    assert untouched.calls == []
