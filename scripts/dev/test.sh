@@ -13,7 +13,7 @@ need_apt=()
 for pair in shellcheck:shellcheck promtool:prometheus strace:strace tmux:tmux journalctl:systemd \
             systemd-analyze:systemd prometheus-node-exporter:prometheus-node-exporter node:nodejs npm:npm runuser:util-linux useradd:passwd ps:procps \
             systemd-nspawn:systemd-container nsenter:util-linux unshare:util-linux dbus-daemon:dbus sudo:sudo \
-            amtool:prometheus-alertmanager; do
+            amtool:prometheus-alertmanager openssl:openssl; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
