@@ -203,9 +203,10 @@ def _schedule_row(listed: str, unit: str) -> DiagnosticRow:
     since the epoch; ``systemctl show`` prints them only as local-time text in systemd 252)."""
     now = time.time()
     try:
-        entry = next((t for t in json.loads(listed) if isinstance(t, dict) and t.get("unit") == unit), {})
+        timers = json.loads(listed)
     except ValueError:
-        entry = {}
+        timers = []
+    entry = next((t for t in timers if isinstance(t, dict) and t.get("unit") == unit), {}) if isinstance(timers, list) else {}
     values: dict[str, Any] = {}
     for key, prefix in (("last", "last_run"), ("next", "next_run")):
         usec = entry.get(key)

@@ -90,7 +90,7 @@ JSON_SCHEMA: dict[str, Any] = {
                 "values": {
                     "type": "object",
                     "patternProperties": {
-                        "_at_epoch$": {"type": "integer"},
+                        "_at_epoch$": {"type": ["integer", "null"]},
                         "_(s|ms)$": {"type": ["integer", "null"]},
                         "_at$": {"type": ["string", "null"], "pattern": ISO_PATTERN},
                     },
@@ -148,10 +148,11 @@ def epoch_of_iso(text: object) -> int | None:
 
 
 def time_values(prefix: str, epoch: float | None, now: float) -> dict[str, str | int | None]:
-    """``{prefix}_at``, ``{prefix}_at_epoch`` and ``{prefix}_in_s`` (negative: past) of one time
-    (``_at`` is null for a time no calendar can show, e.g. an absurd expiry; never raises)."""
+    """``{prefix}_at``, ``{prefix}_at_epoch`` and ``{prefix}_in_s`` (negative: past) of one time, all
+    three always present (null when the time is unknown; ``_at`` alone is null for a time no calendar
+    can show, e.g. an absurd expiry). Never raises."""
     if epoch is None or not math.isfinite(epoch):
-        return {f"{prefix}_at": None, f"{prefix}_in_s": None}
+        return {f"{prefix}_at": None, f"{prefix}_at_epoch": None, f"{prefix}_in_s": None}
     try:
         at: str | None = iso_utc(epoch)
     except (OverflowError, ValueError, OSError):  # an absurd expiry: the numbers stay, the calendar date cannot

@@ -97,7 +97,7 @@ def normalise(data: dict, box: Sandbox) -> dict:
     now = data["generated_at_epoch"]
     for row in data["checks"]:
         for key, value in row["values"].items():
-            if key.endswith("_at_epoch"):
+            if key.endswith("_at_epoch") and isinstance(value, int):
                 row["values"][key] = 1_800_000_000 + (3600 if value > now else -3600)
     data["generated_at_epoch"] = 1_800_000_000
     text = json.dumps(data).replace(str(box.root), "<tmp>").replace(pwd.getpwuid(os.getuid()).pw_dir + "/", "<account-home>/")
