@@ -13,8 +13,12 @@ do:
 3. **token**: every accessor the provisioner recorded for the user (:class:`.state.StateFile`:
    the current one and superseded ones), plus the token in the user's token file when it is the
    agent's (exactly the user's policy), revoked by accessor with the admin token from
-   ``VAULT_TOKEN``; the user's entry then leaves the state file. Without an admin token nothing is
-   revoked: the step is *pending* (exit 1) and the token file is kept as the handle;
+   ``VAULT_TOKEN``; the user's entry then leaves the state file. Only at the Vault the state file
+   records for an accessor (issue 14, item 7): one recorded at another Vault is kept and flagged
+   (78, with the command for that Vault); an old record without a Vault is revoked once
+   ``lookup-accessor`` finds it here, else forgotten (nothing renews it once the units are off, so
+   it expires within its period). Without an admin token nothing is revoked: the step is
+   *pending* (exit 1) and the token file is kept as the handle;
 4. **home**: as the user (a forked child, :mod:`.offboard_home`): the token file (once its token
    is revoked or dead), interrupted writes' temporary files, the state directory. Never the
    credentials file. A user without an account on this host has no home to clean (said);
@@ -48,7 +52,7 @@ from .offboard_home import job_offboard_home, offboard_payload
 from .provision_report import NEEDS_ADMIN, worst
 from .provision_tokens import drift
 from .roster import load_roster
-from .state import StateFile, provision_lock
+from .state import StateFile, provision_lock, vault_identity
 from .timers import SYSTEMCTL_ENV, SystemdTimers, dropins, path_unit, timer_unit
 from .trusted_file import check_trusted
 from .user_home import job_inspect
@@ -213,8 +217,9 @@ class Offboarding:
             step.fail(NEEDS_ADMIN, f"{len(accessors)} token(s) to revoke: needs an admin token", state="pending")
             self._next(f"export VAULT_TOKEN=<admin token>; {OFFBOARD_COMMAND} {self.user}")
             return False
-        elsewhere = self._minted_elsewhere([a for a in accessors if a != file_accessor], step)
-        here = [a for a in accessors if a not in elsewhere]
+        here, elsewhere, unknown = self._sort_accessors([a for a in accessors if a != file_accessor], step)
+        if file_accessor:
+            here.append(file_accessor)  # proved here: looked up with itself
         if self.o.dry_run:
             if here:
                 step.did(f"revoke {len(here)} token(s) by accessor", True)
@@ -225,31 +230,55 @@ class Offboarding:
         if left:  # the state file keeps every accessor; a rerun revokes again (revoking twice is harmless)
             self._next(f"rerun {OFFBOARD_COMMAND} {self.user} once Vault answers")
             return False
+        if unknown:
+            step.details.append(f"forgot {len(unknown)} old record(s) this Vault does not know (revoked or expired "
+                                "already, or minted at another Vault: nothing renews them now, so they expire)")
         if elsewhere:
-            entry["accessor"] = elsewhere[0]
-            entry["superseded"] = elsewhere[1:]
-            if not entry["superseded"]:
-                entry.pop("superseded")
+            entry["accessor"], rest = elsewhere[0], elsewhere[1:]
+            entry.pop("superseded", None)
+            if rest:
+                entry["superseded"] = rest
         else:
             self.state.users.pop(self.user, None)
         return True
 
-    def _minted_elsewhere(self, recorded: list[str], step: Step) -> list[str]:
-        """The recorded accessors the state file says belong to another Vault than this run's: never
-        revoked here (item 7 of issue 14); flagged (78) with the command for their Vault. With a
-        state file that keeps no addresses (an older :mod:`.state`) every accessor counts as here."""
-        vault_of = getattr(self.state, "vault_of", None)
-        if vault_of is None or not recorded:
-            return []
-        from .state import vault_identity  # type: ignore[attr-defined]
+    def _sort_accessors(self, recorded: list[str], step: Step) -> tuple[list[str], list[str], list[str]]:
+        """(revocable here, recorded at another Vault, old records this Vault does not know).
 
+        As the provisioner (issue 14, item 7): an accessor is revoked only at the Vault the state
+        file records for it; one recorded at another Vault is kept and flagged (78) with the command
+        for that Vault; an old record without a Vault counts as here once ``lookup-accessor`` finds
+        it (then stamped), and is otherwise forgotten (nothing renews it once the units are off)."""
+        if not recorded:
+            return [], [], []
         settings = self.settings()
-        here = vault_identity(settings.addr, getattr(settings, "namespace", None))
-        others = [a for a in recorded if vault_of(a) not in (None, here)]
-        for addr in sorted({vault_of(a)["addr"] for a in others}):
-            step.fail(ExitCode.CONFIG, f"token(s) minted at {safe_text(addr, 200)} are not revoked from this Vault")
-            self._next(f"VAULT_ADDR={safe_text(addr, 200)} {OFFBOARD_COMMAND} {self.user}")
-        return others
+        vault_id = vault_identity(settings.addr, getattr(settings, "namespace", None))
+        here: list[str] = []
+        elsewhere: list[str] = []
+        unknown: list[str] = []
+        for accessor in recorded:
+            vault = self.state.vault_of(accessor)
+            if vault is None and self._known_here(accessor):
+                self.state.stamp(accessor, vault_id)
+                vault = vault_id
+            if vault == vault_id:
+                here.append(accessor)
+            elif vault is None:
+                unknown.append(accessor)
+            else:
+                elsewhere.append(accessor)
+                where = vault["addr"] + (f" namespace {vault['namespace']}" if vault["namespace"] else "")
+                step.fail(ExitCode.CONFIG, f"a token minted at another Vault ({safe_text(where, 200)}) is not revoked here")
+                self._next(f"VAULT_ADDR={safe_text(vault['addr'], 200)} {OFFBOARD_COMMAND} {self.user}")
+        return here, elsewhere, unknown
+
+    def _known_here(self, accessor: str) -> bool:
+        """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token)."""
+        try:
+            self.vault().call("admin", str(self.admin_token), "post", "auth/token/lookup-accessor", {"accessor": accessor})
+        except VaultFailure:
+            return False
+        return True
 
     def _file_token(self, step: Step) -> tuple[str | None, bool]:
         """(accessor of the agent's token in the user's file, whether it is still valid)."""

@@ -208,3 +208,29 @@ def test_offboarding_flags_without_offboard_are_refused(sandbox: Sandbox, flag: 
     result = sandbox.run(flag, admin=True)
     assert result.rc == 78 and "go with --offboard USER" in result.stderr, result.stdout + result.stderr
     assert not (sandbox.state / "tokens.json").exists()  # no provisioning run happened
+
+
+def test_offboarding_revokes_only_at_the_vault_that_minted(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any) -> None:
+    """Issue 14, item 7: an accessor the state file records at another Vault is never revoked here
+    (kept, 78, the command for its Vault); an old record without a Vault is revoked once this Vault
+    knows it (lookup-accessor), and forgotten when it does not."""
+    gail, = make_users("gail")
+    token = provisioned(sandbox, bao, gail)
+    other = bao.client().auth.token.create(policies=["default"], ttl="1h")["auth"]
+    legacy = bao.client().auth.token.create(policies=["default"], ttl="1h")["auth"]
+    state_path = sandbox.state / "tokens.json"
+    state = json.loads(state_path.read_text())
+    state["users"][gail]["superseded"] = sorted([other["accessor"], legacy["accessor"], "bogus-accessor"])
+    state["accessor_vaults"][other["accessor"]] = {"addr": "https://vault.other.example:8200", "namespace": ""}
+    state_path.write_text(json.dumps(state))
+    sandbox.write_roster(["casnoaccount"])
+
+    done = offboard(sandbox, gail, admin=True)
+    assert done.rc == 78, done.stdout + done.stderr
+    assert not token_is_valid(bao, token) and not token_is_valid(bao, legacy["client_token"])
+    assert token_is_valid(bao, other["client_token"])  # minted "elsewhere": never revoked here
+    assert any("VAULT_ADDR=https://vault.other.example:8200" in s for s in done.data["next_steps"])
+    kept = json.loads(state_path.read_text())["users"][gail]
+    assert [kept["accessor"], *kept.get("superseded", [])] == [other["accessor"]]
+    assert not (home(gail) / TOKEN_REL).exists()
