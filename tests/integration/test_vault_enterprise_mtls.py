@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +146,19 @@ def test_a_client_key_readable_by_others_is_refused_before_any_connection(
     diagnose = box.run("diagnose", "--json", **env_for(addr, pki, VAULT_CLIENT_CERT=str(cert), VAULT_CLIENT_KEY=str(key)))
     rows = rows_named(json.loads(diagnose.stdout), "client cert")
     assert [(r["state"], r["next_step"]) for r in rows] == [("fail", f"chmod 600 {key}")], diagnose.stdout
+
+
+def test_a_client_key_owned_by_another_account_is_refused(
+    mtls: tuple[OpenBaoServer, str], pki: Pki, tmp_path: Path
+) -> None:
+    bao, addr = mtls
+    box = box_with_token(bao, tmp_path)
+    cert, key = install_client_files(box, pki.client_crt, pki.client_key)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chown(key, nobody, -1)
+    rc, event, text = run_json(box, env_for(addr, pki, VAULT_CLIENT_CERT=str(cert), VAULT_CLIENT_KEY=str(key)))
+    assert rc == 78 and event["reason"] == "vault_client_key_unsafe", text
+    assert f"owned by uid {nobody}" in text
 
 
 def test_a_symlinked_client_key_is_refused(mtls: tuple[OpenBaoServer, str], pki: Pki, tmp_path: Path) -> None:
