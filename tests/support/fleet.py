@@ -47,11 +47,11 @@ ROSTER = "/etc/claude-auth-sync/roster.yaml"
 CONFIG = "/etc/claude-auth-sync/config.toml"
 STATE_DIR = "/var/lib/claude-auth-sync"
 #: The per-host template the fleet uses (vault.path_template).
-TEMPLATE = "workstation/{host}/claude-users/{user}"
+TEMPLATE = "workstation/claude-hosts/{host}/{user}"  # as the README recommends
 #: Logins per user the stub accepts (token_n(0) .. token_n(ROTATIONS - 1)).
 ROTATIONS = 8
 
-__all__ = ["FleetUser", "TEMPLATE", "Workstation", "fleet_of", "oauth"]
+__all__ = ["TEMPLATE", "FleetUser", "Workstation", "fleet_of", "oauth"]
 
 
 def oauth(access: str, refresh: str) -> dict[str, Any]:
@@ -97,15 +97,20 @@ class Workstation:
     def user(self, name: str) -> FleetUser:
         return self.users[name]
 
-    def provision(self, roster: list[str], *extra: str) -> dict[str, Any]:
-        """``t3-provision-users --json --apply-policies [extra]`` as root inside, the roster naming
-        ``roster``; the admin (root) token on stdin. Its JSON report with ``rc`` and ``stderr``."""
+    def write_roster(self, roster: list[str]) -> None:
         self.box.write(ROSTER, "users:\n" + "".join(f"  - os_user: {u}\n    email: {u}@example.com\n" for u in roster)
                        if roster else "users: []\n")
-        script = 'IFS= read -r VAULT_TOKEN; export VAULT_TOKEN; exec "$@"'
-        result = self.box.run(["sh", "-c", script, "t3-provision-users", str(PROVISIONER), "--json", "--apply-policies",
+
+    def provision(self, roster: list[str], *extra: str, admin: bool = True) -> dict[str, Any]:
+        """``t3-provision-users --json [--apply-policies] [extra]`` as root inside, the roster naming
+        ``roster``; with ``admin`` the admin (root) token on stdin and ``--apply-policies``, without
+        it the hourly run's check. Its JSON report with ``rc`` and ``stderr``."""
+        self.write_roster(roster)
+        script = 'IFS= read -r VAULT_TOKEN; [ -n "$VAULT_TOKEN" ] && export VAULT_TOKEN; exec "$@"'
+        apply = ["--apply-policies"] if admin else []
+        result = self.box.run(["sh", "-c", script, "t3-provision-users", str(PROVISIONER), "--json", *apply,
                                *extra, "--roster", ROSTER, "--config", CONFIG, "--state-dir", STATE_DIR],
-                              input=self.cluster.root_token + "\n", check=False, timeout=300)
+                              input=(self.cluster.root_token if admin else "") + "\n", check=False, timeout=1800)
         assert self.cluster.root_token not in result.stdout + result.stderr
         try:
             report: dict[str, Any] = json.loads(result.stdout)

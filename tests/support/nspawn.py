@@ -76,6 +76,14 @@ _INSIDE_ENV = {
 _MOUNT_SCRIPT = r"""
 set -eu
 d=$1; shift
+# A cgroup of its own (see _CGROUP_HIERARCHIES): nspawn puts the container's tree below the cgroup
+# it is started in, so two containers started from one cgroup would share payload/system.slice.
+for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified; do
+    if [ -d "$h" ] && [ -w "$h" ]; then
+        mkdir "$h/cas-nspawn-${d##*/}"
+        echo $$ > "$h/cas-nspawn-${d##*/}/cgroup.procs"
+    fi
+done
 mount -t tmpfs -o mode=0755 cas-nspawn-upper "$d/upper"
 mkdir "$d/upper/u" "$d/upper/w"
 mount -t overlay cas-nspawn-root -o "lowerdir=/,upperdir=$d/upper/u,workdir=$d/upper/w" "$d/merged"
@@ -83,6 +91,17 @@ mkdir -p /run/systemd/nspawn
 mount -t tmpfs -o mode=0755 cas-nspawn-run /run/systemd/nspawn
 exec "$@"
 """
+
+
+#: Where each container gets a cgroup of its own, ``<hierarchy>/cas-nspawn-<temp dir name>``. On a
+#: host without systemd as PID 1 every process sits in the root cgroup, and ``nspawn --keep-unit``
+#: builds the container's tree (``payload/``, ``supervisor/``) below the cgroup it runs in: two
+#: containers started from one cgroup shared ``payload/system.slice``, so a second nspawn exited
+#: 255 while the first ran, and two booted together had one cgroup per unit name between them (a
+#: unit of one container failed with 219/CGROUP when the other's same-named unit ended: seen in the
+#: fleet simulation, where both hosts run ``claude-auth-sync@alice.service``). Removed by
+#: :meth:`Container.close`, deepest first, once empty.
+_CGROUP_HIERARCHIES = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
 
 
 class ContainerError(RuntimeError):
@@ -127,6 +146,23 @@ def _uid_of(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _remove_cgroups(name: str) -> list[str]:
+    """Remove the container's own cgroups (:data:`_CGROUP_HIERARCHIES`), deepest first; problems."""
+    problems = []
+    for hierarchy in _CGROUP_HIERARCHIES:
+        top = hierarchy / f"cas-nspawn-{name}"
+        if not top.is_dir():
+            continue
+        for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        try:
+            top.rmdir()
+        except OSError as err:
+            problems.append(f"cgroup {top} left behind: {err.strerror}")
+    return problems
 
 
 def _pids_in_ns(kind: str, ident: str) -> list[int]:
@@ -279,6 +315,7 @@ class Container:
             if str(self.dir) in mounts:
                 problems.append(f"mounts left behind on the host: {self.dir}")
             else:
+                problems += _remove_cgroups(self.dir.name)
                 tail = self.console_tail() if problems else ""
                 shutil.rmtree(self.dir, ignore_errors=True)
                 if self.dir.exists():
