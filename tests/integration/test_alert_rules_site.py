@@ -29,6 +29,9 @@ pytestmark = pytest.mark.real
 
 REPO = Path(__file__).resolve().parents[2]
 SITE_GROUP = "claude-auth-sync-site"
+# promtool evaluates rule groups in random order unless told: the constants first, as in a running
+# Prometheus where the site group is evaluated every minute (interval: 1m) and so is never stale.
+GROUP_ORDER = [SITE_GROUP, "claude-auth-sync"]
 AWAITING = "WorkstationClaudeAuthAwaitingFirstLogin"
 STUCK = "WorkstationClaudeAuthStuckInWarn"
 VAULT_TTL = "WorkstationClaudeAuthVaultTokenExpiring"
@@ -66,7 +69,7 @@ def _ask(tmp_path: Path, rules_text: str, series: list[dict[str, str]], alertnam
     """promtool's report of the alerts that fired (None: none did)."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(rules_text)
-    tests = {"rule_files": [str(rules)], "evaluation_interval": interval, "tests": [{
+    tests = {"rule_files": [str(rules)], "evaluation_interval": interval, "group_eval_order": GROUP_ORDER, "tests": [{
         "interval": interval, "input_series": series,
         "alert_rule_test": [{"eval_time": eval_time, "alertname": alertname, "exp_alerts": []}],
     }]}
@@ -134,6 +137,14 @@ def test_the_committed_promtool_tests_pin_each_constant(tmp_path: Path, constant
     (tmp_path / test_file.name).write_text(test_file.read_text())
     res = promtool("test", "rules", test_file.name, cwd=tmp_path)
     assert res.returncode != 0 and f"alertname: {alertname}" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def test_the_site_group_is_evaluated_every_minute_and_first_in_the_committed_tests() -> None:
+    document = yaml.safe_load(PROM_RULES.read_text())
+    assert [g["name"] for g in document["groups"]] == GROUP_ORDER
+    assert document["groups"][0]["interval"] == "1m"
+    for test_file in (PROM_TESTS, PROM_DAY_TESTS):
+        assert yaml.safe_load(test_file.read_text())["group_eval_order"] == GROUP_ORDER
 
 
 def test_thresholds_are_only_in_the_site_group() -> None:
