@@ -180,6 +180,17 @@ class FleetUser:
         document: dict[str, Any] = json.loads(self.box.read(self.credentials))
         return str(document["claudeAiOauth"]["accessToken"])
 
+    def access_fp(self) -> str:
+        """The fingerprint of the credentials file's access token (what assertions compare)."""
+        return fp(self.access_token())
+
+    def fp_n(self, n: int) -> str:
+        return fp(self.token_n(n))
+
+    def vault_fp(self) -> str:
+        """The fingerprint of the access token at this user's per-host path."""
+        return fp(str(self.vault_copy()["data"]["claudeAiOauth"]["accessToken"]))
+
     def vault_token(self) -> str:
         """The agent's Vault token from the container (in memory only; never print it)."""
         return self.box.read(self.token_file).decode().strip()
