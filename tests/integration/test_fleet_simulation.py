@@ -1,16 +1,17 @@
 """Issue 15 item 5: a simulated fleet against one three-node OpenBao Raft cluster.
 
-Two workstations, ``ws-a`` and ``ws-b``, are throw-away nspawn containers booting this machine's
+Three workstations, ``ws-a``, ``ws-b`` and ``ws-c``, are throw-away nspawn containers booting this machine's
 root under a real systemd, each with its own host name (``socket.gethostname()`` inside is
-``ws-a`` / ``ws-b``), the shipped units and ``vault.path_template =
+``ws-a`` / ``ws-b`` / ``ws-c``), the shipped units and ``vault.path_template =
 "workstation/claude-hosts/{host}/{user}"`` (the README's). They share the host's network, so both reach the
-cluster (tests/support/openbao_raft.py) on loopback; ws-a's config names one follower, ws-b's the
-other, and one user of ws-a (carol) is sent to the leader by a drop-in. Every user is created
+cluster (tests/support/openbao_raft.py) on loopback; ws-a's and ws-c's configs name one follower,
+ws-b's the other, and one user of ws-a (carol) is sent to the leader by a drop-in. Every user is created
 inside its container and provisioned by the real ``t3-provision-users --apply-policies`` run as
 root there (each host its own state file). Runs are started by ``systemctl`` and by the path unit
 (a login written into place), and read back from the containers' journals.
 
-* alice exists on both hosts with a different login on each; dave too; bob only on ws-b.
+* alice exists on all three hosts with a different login on each; dave on ws-a and ws-b; bob on
+  ws-b and ws-c; carol only on ws-a.
 * Logins name their host and user (``sk-ant-oat01-ws-a-alice-0``), so any credentials file or
   journal fingerprint coming from the other host shows.
 
@@ -50,7 +51,7 @@ from tests.support.openbao_raft import RaftCluster, RaftNode
 
 SUFFIX = secrets.token_hex(2)
 ALICE, BOB, CAROL, DAVE = (f"{name}{SUFFIX}" for name in ("alice", "bob", "carol", "dave"))
-ROSTERS = {"ws-a": [ALICE, CAROL, DAVE], "ws-b": [ALICE, BOB, DAVE]}
+ROSTERS = {"ws-a": [ALICE, CAROL, DAVE], "ws-b": [ALICE, BOB, DAVE], "ws-c": [ALICE, BOB]}
 
 
 @dataclass
@@ -67,6 +68,10 @@ class Fleet:
     def b(self) -> Workstation:
         return self.hosts["ws-b"]
 
+    @property
+    def c(self) -> Workstation:
+        return self.hosts["ws-c"]
+
     def users(self) -> list[FleetUser]:
         return [user for station in self.hosts.values() for user in station.users.values()]
 
@@ -78,7 +83,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     with RaftCluster(tmp_path_factory.mktemp("raft")) as cluster:
         leader = cluster.leader()
         followers = [node for node in cluster.nodes if node is not leader]
-        with fleet_of(cluster, {"ws-a": followers[0], "ws-b": followers[1]}) as hosts:
+        nodes = {"ws-a": followers[0], "ws-b": followers[1], "ws-c": followers[0]}
+        with fleet_of(cluster, nodes) as hosts:
             fleet = Fleet(cluster, hosts, leader)
             for host, roster in ROSTERS.items():
                 for name in roster:
@@ -153,7 +159,7 @@ def test_the_same_user_on_two_hosts_keeps_two_logins_at_two_paths_under_two_poli
     assert digest(alice_b.vault_copy()["data"]) == digest({"claudeAiOauth": alice_b.oauth_n(0)})  # refused
 
     # Each host's state file records only what that host created, under its own name.
-    for station in (fleet.a, fleet.b):
+    for station in fleet.hosts.values():
         state = station.state_file()
         assert set(state["users"]) == set(ROSTERS[station.host])
         assert {p["host"] for p in state["policies"].values()} == {station.host}
@@ -165,12 +171,13 @@ def test_the_same_user_on_two_hosts_keeps_two_logins_at_two_paths_under_two_poli
 
 
 def test_a_restore_installs_this_hosts_copy_never_the_other_hosts(fleet: Fleet) -> None:
-    """ws-b's alice backs up after ws-a's (with one shared path hers would be the latest copy);
-    then alice's login on ws-a is blanked: the path unit's run restores ws-a's own copy."""
-    alice_a, alice_b = fleet.a.user(ALICE), fleet.b.user(ALICE)
-    alice_b.login(1)
-    alice_b.settle()
-    assert alice_b.vault_fp() == alice_b.fp_n(1)
+    """ws-b's and then ws-c's alice back up after ws-a's (with one shared path ws-c's would be the
+    latest copy); then alice's login on ws-a is blanked: the path unit's run restores ws-a's own."""
+    alice_a, alice_b, alice_c = (station.user(ALICE) for station in (fleet.a, fleet.b, fleet.c))
+    for other in (alice_b, alice_c):
+        other.login(1)
+        other.settle()
+        assert other.vault_fp() == other.fp_n(1)
     before = len(alice_a.entries())
 
     alice_a.write_credentials({"claudeAiOauth": BLANKED})  # the path unit starts the run
@@ -180,9 +187,9 @@ def test_a_restore_installs_this_hosts_copy_never_the_other_hosts(fleet: Fleet) 
     assert [(e["CAS_STATUS"], e["CAS_ACCESS_FP"]) for e in restores] == [("OK", alice_a.fp_n(0))], \
         summary(entries)
     assert "FAIL" not in {e["CAS_STATUS"] for e in entries}
-    assert alice_a.access_fp() == alice_a.fp_n(0) != alice_b.fp_n(1)
-    assert alice_b.access_fp() == alice_b.fp_n(1)  # ws-b untouched
-    assert alice_b.vault_fp() == alice_b.fp_n(1)
+    assert alice_a.access_fp() == alice_a.fp_n(0) not in (alice_b.fp_n(1), alice_c.fp_n(1))
+    for other in (alice_b, alice_c):  # the other hosts untouched
+        assert other.access_fp() == other.vault_fp() == other.fp_n(1), other
     assert_only_own_logins(fleet)
 
 
@@ -191,7 +198,7 @@ def test_a_restore_installs_this_hosts_copy_never_the_other_hosts(fleet: Fleet) 
 
 def test_a_leader_killed_mid_fleet_changes_no_login(fleet: Fleet) -> None:
     """Every user rotates its login three times (the path unit runs the agent each time); the
-    Raft leader is SIGKILLed while the first runs are in flight. ws-a and ws-b talk to the two
+    Raft leader is SIGKILLed while the first runs are in flight. ws-a (and ws-c) and ws-b talk to the two
     followers, carol (ws-a) to the leader itself. No run FAILs, none restores, every credentials
     file holds its last login; carol is WARN while her node is dead; after the re-election every
     other user's next run is OK with its last login backed up, and carol's once her node is back."""
@@ -203,7 +210,7 @@ def test_a_leader_killed_mid_fleet_changes_no_login(fleet: Fleet) -> None:
 
     for user in users:
         user.login(2)
-    in_flight = fleet.a.running() + fleet.b.running()
+    in_flight = [user for station in fleet.hosts.values() for user in station.running()]
     leader.kill()
     killed_at = time.monotonic()
     time.sleep(1.0)
@@ -280,10 +287,12 @@ def wait_for_leader(cluster: RaftCluster, exclude: RaftNode, timeout: float = 30
 
 def test_pruning_on_one_host_leaves_the_other_hosts_users_working(fleet: Fleet) -> None:
     """ws-a drops dave from its roster and prunes: ws-a's dave loses his policy and token; ws-b's
-    dave (same name), alice (same name) and bob (another name) keep theirs and back up OK."""
+    dave (same name), alice (same name) and bob (another name), and ws-c's alice and bob, keep
+    theirs and back up OK."""
     root = fleet.cluster.client()
     dave_a_token = fleet.a.user(DAVE).vault_token()
-    b_tokens = {name: fleet.b.user(name).vault_token() for name in ROSTERS["ws-b"]}
+    others = [user for station in (fleet.b, fleet.c) for user in station.users.values()]
+    other_tokens = {repr(user): user.vault_token() for user in others}
     policies_before = set(root.sys.list_policies()["data"]["policies"])
 
     report = fleet.a.provision([ALICE, CAROL], "--prune")
@@ -295,11 +304,10 @@ def test_pruning_on_one_host_leaves_the_other_hosts_users_working(fleet: Fleet) 
     with pytest.raises(hvac.exceptions.Forbidden):  # ws-a's dave: revoked
         fleet.cluster.client(dave_a_token).auth.token.lookup_self()
     # (the tokens stay out of assertion expressions: pytest would print a call's arguments)
-    b_policies = {name: fleet.cluster.client(token).auth.token.lookup_self()["data"]["policies"]
-                  for name, token in b_tokens.items()}
-    assert b_policies == {name: [f"claude-auth-sync-{name}@ws-b"] for name in ROSTERS["ws-b"]}
-    for name in ROSTERS["ws-b"]:
-        user = fleet.b.user(name)
+    other_policies = {who: fleet.cluster.client(token).auth.token.lookup_self()["data"]["policies"]
+                      for who, token in other_tokens.items()}
+    assert other_policies == {repr(u): [f"claude-auth-sync-{u.name}@{u.station.host}"] for u in others}
+    for user in others:
         user.login(5)
         runs = user.settle()
         assert (runs[-1]["CAS_STATUS"], runs[-1]["CAS_ACTION"]) == ("OK", "backup"), (user, summary(runs[-3:]))
