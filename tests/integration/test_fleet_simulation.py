@@ -122,9 +122,11 @@ def assert_only_own_logins(fleet: Fleet) -> None:
 # -------------------------------------------------------------------------------------- 1. per-host paths
 
 
-def test_the_same_user_on_two_hosts_keeps_two_logins_at_two_paths_under_two_policies(fleet: Fleet) -> None:
+def test_the_same_user_on_three_hosts_keeps_three_logins_at_three_paths_under_three_policies(fleet: Fleet) -> None:
     alice_a, alice_b = fleet.a.user(ALICE), fleet.b.user(ALICE)
     root = fleet.cluster.client()
+    assert len({station.user(ALICE).secret_path for station in fleet.hosts.values()}) == 3
+    assert len({station.user(ALICE).vault_fp() for station in fleet.hosts.values()}) == 3
 
     assert alice_a.secret_path == f"workstation/claude-hosts/ws-a/{ALICE}"
     assert digest(alice_a.vault_copy()["data"]) == digest({"claudeAiOauth": alice_a.oauth_n(0)})
