@@ -179,7 +179,10 @@ def parse_roster(text: str, source: str = "roster.yaml") -> Roster:
     Anchors and aliases are refused at the first one, before any expansion.
     """
     problems: list[tuple[int | None, str]] = []
-    loader = _NoAliasLoader(text)
+    try:
+        loader = _NoAliasLoader(text)  # its reader refuses control characters already here
+    except yaml.YAMLError as err:
+        raise RosterError(source, [(None, f"not valid YAML: {err}")]) from None
     try:
         root = loader.get_single_node()
         if root is None:

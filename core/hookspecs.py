@@ -284,5 +284,5 @@ def cas_diagnose(ctx: PluginContext, component: object) -> Sequence[DiagnosticRo
         def cas_diagnose(ctx, component):
             if not isinstance(component, VaultBackend):
                 return []
-            return [DiagnosticRow("backend", "token TTL", "ok", "in 31d 23h")]
+            return [DiagnosticRow("backend", "token TTL", "ok", "", values={"ttl_s": 2761200})]
     """

@@ -53,7 +53,7 @@ LOGIN_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_OAUTH_REFRESH_TOKEN",
 RELOGIN_COMMAND = "claude auth login --claudeai --sso --email <enterprise-email>"
 """The runbook's fix when both the local and the stored login fail."""
 
-PROVISION_COMMAND = "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users"
+PROVISION_COMMAND = "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN,VAULT_CACERT /usr/local/bin/t3-provision-users"
 """The runbook's fix for a missing, expired or drifted Vault token (an administrator runs it)."""
 
 

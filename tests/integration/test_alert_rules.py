@@ -219,7 +219,7 @@ def test_loki_and_prometheus_rules_carry_the_same_labels_and_fix_commands() -> N
         assert RELOGIN == "claude auth login --claudeai --sso --email <enterprise-email>"
         assert RELOGIN in rules[INVALID]["annotations"]["fix"]
         # ... or, for an expired/drifted Vault token, the root provisioner with an admin token.
-        assert "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN /usr/local/bin/t3-provision-users" in rules[INVALID]["annotations"]["fix_config"]
+        assert "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN,VAULT_CACERT /usr/local/bin/t3-provision-users" in rules[INVALID]["annotations"]["fix_config"]
         # Silent agent: the runbook's verification commands.
         fix = rules[SILENT]["annotations"]["fix"]
         assert "systemctl list-timers 'claude-auth-sync@*'" in fix

@@ -261,3 +261,14 @@ def test_a_roster_someone_else_could_write_is_refused(tmp_path: Path) -> None:
     assert load_roster(good).names() == ["alice"]
     # setup-devvm.sh validates a checkout (any owner) before installing it as root:root 0644.
     assert load_roster(owned, trusted_only=False).names() == ["alice"]
+
+
+@pytest.mark.parametrize("char", ["\x1b", "\x00", "\x07", "\ufffe"])
+def test_a_control_character_in_the_roster_is_a_roster_error_not_an_internal_error(char: str) -> None:
+    """PyYAML's reader refuses these when the loader is built; that used to escape as ReaderError
+    (an "internal error" line) instead of a roster problem."""
+    with pytest.raises(RosterError) as caught:
+        parse_roster(f"users:\n  - name: alice{char}\n    email: a@example.com\n", "roster.yaml")
+    assert "not valid YAML" in str(caught.value)
+    assert char not in str(caught.value)
+    assert caught.value.exit_code == ExitCode.CONFIG
