@@ -52,7 +52,7 @@ from .offboard_home import job_offboard_home, offboard_payload
 from .provision_report import NEEDS_ADMIN, worst
 from .provision_tokens import drift
 from .roster import load_roster
-from .state import StateFile, provision_lock, vault_identity
+from .state import StateFile, provision_lock, vault_identity, vault_label
 from .timers import SYSTEMCTL_ENV, SystemdTimers, dropins, path_unit, timer_unit
 from .trusted_file import check_trusted
 from .user_home import job_inspect
@@ -252,7 +252,7 @@ class Offboarding:
         if not recorded:
             return [], [], []
         settings = self.settings()
-        vault_id = vault_identity(settings.addr, getattr(settings, "namespace", None))
+        vault_id = vault_identity(settings.addr, getattr(settings, "namespace", None), self.vault().cluster_id())
         here: list[str] = []
         elsewhere: list[str] = []
         unknown: list[str] = []
@@ -261,14 +261,13 @@ class Offboarding:
             if vault is None and self._known_here(accessor):
                 self.state.stamp(accessor, vault_id)
                 vault = vault_id
-            if vault == vault_id:
+            if self.state.minted_here(accessor, vault_id):
                 here.append(accessor)
             elif vault is None:
                 unknown.append(accessor)
             else:
                 elsewhere.append(accessor)
-                where = vault["addr"] + (f" namespace {vault['namespace']}" if vault["namespace"] else "")
-                step.fail(ExitCode.CONFIG, f"a token minted at another Vault ({safe_text(where, 200)}) is not revoked here")
+                step.fail(ExitCode.CONFIG, f"a token minted at another Vault ({vault_label(vault)}) is not revoked here")
                 self._next(f"VAULT_ADDR={safe_text(vault['addr'], 200)} {OFFBOARD_COMMAND} {self.user}")
         return here, elsewhere, unknown
 

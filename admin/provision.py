@@ -205,8 +205,9 @@ class Provisioner(PolicyPhases, TokenPhases, MigrationPhase):
         self.short_host = short_host_name() if template_has_host(self.settings.path_template) else None
 
         addr = check_address(self.settings.addr, self.settings.allow_insecure_http)
-        self.vault_id = vault_identity(addr, getattr(self.settings, "namespace", None))
         self.vault = AdminVault.from_settings(addr, self.settings)  # CA, namespace, client certificate
+        # Any node of one cluster is one Vault: the cluster_id goes next to the address.
+        self.vault_id = vault_identity(addr, getattr(self.settings, "namespace", None), self.vault.cluster_id())
         if self.o.migrate and not self.admin_token:
             raise ConfigurationError("--migrate-to-host-paths needs an admin token in VAULT_TOKEN",
                                      remedy=f"export VAULT_TOKEN=<admin token>; {PROVISION_COMMAND} "

@@ -39,7 +39,7 @@ from claude_auth_sync.terminal_text import safe_text
 from .as_user import Account, ChildFailed
 from .provision_report import NEEDS_ADMIN, UserReport, Work, duration
 from .roster import Roster
-from .state import StateFile, VaultId
+from .state import StateFile, VaultId, vault_label
 from .timers import SystemdTimers, path_unit, timer_unit
 from .user_home import job_write_token
 from .vault_admin import AdminVault, VaultFailure
@@ -276,7 +276,11 @@ class TokenPhases:
 
     def _pending_here(self, entry: dict[str, Any]) -> list[str]:
         """Superseded accessors this Vault may revoke: minted here, or of unknown Vault (old records)."""
-        return [a for a in entry.get("superseded", []) if self.state.vault_of(a) in (None, self.vault_id)]
+        return [a for a in entry.get("superseded", []) if self._maybe_here(a)]
+
+    def _maybe_here(self, accessor: str) -> bool:
+        """Recorded at this Vault, or at no Vault yet (an old record: :meth:`_is_here` decides)."""
+        return self.state.vault_of(accessor) is None or self.state.minted_here(accessor, self.vault_id)
 
     def _is_here(self, accessor: str, report: UserReport) -> bool:
         """True when ``accessor`` may be revoked at this Vault (see the module's guarantees); a record
@@ -285,14 +289,13 @@ class TokenPhases:
         if vault is None and self._known_here(accessor):
             self.state.stamp(accessor, self.vault_id)
             vault = self.vault_id
-        if vault == self.vault_id:
+        if self.state.minted_here(accessor, self.vault_id):
             return True
         if vault is None:
             report.notes.append("a token recorded before Vault addresses were kept is unknown to this Vault "
                                 "(already gone, or minted at another Vault): not revoked here, kept in the state file")
         else:
-            where = vault["addr"] + (f" namespace {vault['namespace']}" if vault["namespace"] else "")
-            report.flag(0, f"a token minted at another Vault ({where}) is not revoked here",
+            report.flag(NEEDS_ADMIN, f"a token minted at another Vault ({vault_label(vault)}) is not revoked here",
                         f"revoke it there: VAULT_ADDR={vault['addr']} {PROVISION_COMMAND} --prune")
         return False
 
@@ -371,10 +374,12 @@ class TokenPhases:
         entry = self.state.users.get(user)
         if not entry or not entry.get("accessor"):
             return
-        if not [a for a in [entry["accessor"], *entry.get("superseded", [])]
-                if self.state.vault_of(a) in (None, self.vault_id)]:
+        recorded = [entry["accessor"], *entry.get("superseded", [])]
+        if not [a for a in recorded if self._maybe_here(a)]:
             report.token = "kept (minted at another Vault)"
-            report.notes.append("their token was minted at another Vault: revoke it with a run against that Vault")
+            for vault in {vault_label(v): v for a in recorded if (v := self.state.vault_of(a))}.values():
+                report.flag(NEEDS_ADMIN, f"their token was minted at another Vault ({vault_label(vault)}): not revoked here",
+                            f"revoke it there: VAULT_ADDR={vault['addr']} {PROVISION_COMMAND} --prune")
             return
         if not (self.admin_token and self.o.prune):
             report.token = "revoke pending"

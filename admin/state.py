@@ -6,9 +6,11 @@ Guarantees:
   minted (and accessors still to revoke): never a token. It lives in a 0700 directory owned by
   root; a file not owned by root or that does not parse is refused (exit 78), never repaired.
 * It also keeps the Vault each accessor was minted at (:func:`vault_identity`: the canonical
-  address and the namespace, ``accessor_vaults``) and the policies this host created
-  (``policies``: name, user, host, Vault). A run acts on (revokes, deletes) only what is recorded
-  at the Vault it is talking to (:meth:`StateFile.minted_here`). An accessor recorded by a version
+  address, the namespace and, when Vault told it, the cluster's ``cluster_id``; ``accessor_vaults``)
+  and the policies this host created (``policies``: name, user, host, Vault). A run acts on (revokes, deletes) only what is recorded
+  at the Vault it is talking to (:meth:`StateFile.minted_here`, :func:`same_vault`: two nodes of one
+  cluster are one Vault when both records carry its ``cluster_id``; a record without one is matched
+  by address, the conservative side). An accessor recorded by a version
   that kept no addresses (state file version 1) belongs to no Vault until a run proves it exists
   at its Vault (the provisioner asks that Vault: ``lookup-self`` of the user's token, or
   ``lookup-accessor`` with the admin token); until then it is never revoked.
@@ -35,8 +37,10 @@ from urllib.parse import urlsplit
 from claude_auth_sync.errors import CasError, ConfigurationError
 from claude_auth_sync.fileio import flock_until, write_atomically
 from claude_auth_sync.model import ExitCode
+from claude_auth_sync.terminal_text import safe_text
 
-__all__ = ["Busy", "DEFAULT_STATE_DIR", "StateFile", "VaultId", "provision_lock", "vault_identity"]
+__all__ = ["Busy", "DEFAULT_STATE_DIR", "StateFile", "VaultId", "provision_lock", "same_vault", "vault_identity",
+           "vault_label"]
 
 DEFAULT_STATE_DIR = Path("/var/lib/claude-auth-sync")
 STATE_FILE = "tokens.json"
@@ -44,10 +48,10 @@ LOCK_NAME = "provision.lock"
 LOCK_WAIT_S = 120.0
 VERSION = 2
 
-VaultId = dict[str, str]  # {"addr": canonical address, "namespace": "" or "a/b"}
+VaultId = dict[str, str]  # {"addr": canonical address, "namespace": "" or "a/b"[, "cluster_id": id]}
 
 
-def vault_identity(addr: str, namespace: str | None = None) -> VaultId:
+def vault_identity(addr: str, namespace: str | None = None, cluster_id: str | None = None) -> VaultId:
     """The Vault an accessor belongs to: ``scheme://host:port[/path]`` (lower-case, default port
     made explicit, no trailing slash) and the namespace without slashes around it ("" for none).
     Two spellings of one address compare equal; two different names of one cluster do not (a run
@@ -57,7 +61,26 @@ def vault_identity(addr: str, namespace: str | None = None) -> VaultId:
     host = (parts.hostname or "").lower()
     port = parts.port or (443 if scheme == "https" else 80)
     host = f"[{host}]" if ":" in host else host
-    return {"addr": f"{scheme}://{host}:{port}{parts.path.rstrip('/')}", "namespace": (namespace or "").strip("/")}
+    vault = {"addr": f"{scheme}://{host}:{port}{parts.path.rstrip('/')}", "namespace": (namespace or "").strip("/")}
+    if cluster_id:
+        vault["cluster_id"] = cluster_id
+    return vault
+
+
+def same_vault(recorded: VaultId | None, current: VaultId) -> bool:
+    """True when ``recorded`` names the Vault (and namespace) ``current`` is: by ``cluster_id`` when
+    both carry one (any node of one cluster), else by canonical address (old records, or a Vault
+    that did not tell its cluster: two names of one cluster then stay two Vaults)."""
+    if recorded is None or recorded.get("namespace", "") != current.get("namespace", ""):
+        return False
+    if recorded.get("cluster_id") and current.get("cluster_id"):
+        return recorded["cluster_id"] == current["cluster_id"]
+    return recorded.get("addr") == current.get("addr")
+
+
+def vault_label(vault: VaultId) -> str:
+    """``addr[ namespace ns]``: how a report names a Vault (never a token)."""
+    return safe_text(vault.get("addr", "") + (f" namespace {vault['namespace']}" if vault.get("namespace") else ""), 200)
 
 
 class StateFile:
@@ -92,8 +115,8 @@ class StateFile:
             raise ConfigurationError(f"{self.path} is damaged", remedy="inspect it; remove it to start over "
                                      "(tokens minted before can then only be revoked by hand)") from None
         self.users = {str(k): dict(v) for k, v in users.items() if isinstance(v, dict)}
-        self.accessor_vaults = {str(k): {"addr": str(v.get("addr", "")), "namespace": str(v.get("namespace", ""))}
-                                for k, v in data.get("accessor_vaults", {}).items() if isinstance(v, dict)}
+        self.accessor_vaults = {str(k): _vault_record(v) for k, v in data.get("accessor_vaults", {}).items()
+                                if isinstance(v, dict)}
         self.policies = {str(k): dict(v) for k, v in data.get("policies", {}).items() if isinstance(v, dict)}
         self._loaded = self._dump()
 
@@ -114,7 +137,7 @@ class StateFile:
     def minted_here(self, accessor: str, vault: VaultId) -> bool:
         """True only when ``accessor`` is recorded as belonging to ``vault``: the one test before any
         revocation (never true for another Vault, nor for an accessor of unknown Vault)."""
-        return self.accessor_vaults.get(accessor) == vault
+        return same_vault(self.accessor_vaults.get(accessor), vault)
 
     def record_policy(self, name: str, user: str, host: str | None, vault: VaultId, created_at: str) -> None:
         """Record that this host created policy ``name`` at ``vault`` (only such policies are pruned)."""
@@ -122,7 +145,8 @@ class StateFile:
 
     def created_here(self, name: str, vault: VaultId) -> bool:
         """True when this host's records say it created policy ``name`` at ``vault``."""
-        return (self.policies.get(name) or {}).get("vault") == vault
+        recorded = (self.policies.get(name) or {}).get("vault")
+        return isinstance(recorded, dict) and same_vault(_vault_record(recorded), vault)
 
     def tidy(self) -> None:
         """Forget the Vault of accessors no user entry refers to any more."""
@@ -157,6 +181,14 @@ class StateFile:
         finally:
             os.close(dir_fd)
         self._loaded = text
+
+
+def _vault_record(value: dict[str, Any]) -> VaultId:
+    """A recorded Vault as :func:`vault_identity` makes it (strings only; no empty ``cluster_id``)."""
+    vault = {"addr": str(value.get("addr", "")), "namespace": str(value.get("namespace", ""))}
+    if value.get("cluster_id"):
+        vault["cluster_id"] = str(value["cluster_id"])
+    return vault
 
 
 class Busy(CasError):

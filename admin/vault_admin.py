@@ -121,3 +121,15 @@ class AdminVault:
         if 300 <= status < 400:
             raise VaultFailure(f"{where}: refusing to follow a redirect ({status})", "invalid")
         raise VaultFailure(f"{where}: unexpected HTTP {status}", "unavailable")
+
+    def cluster_id(self) -> str:
+        """The cluster's ``cluster_id`` from the unauthenticated ``GET /v1/sys/health`` (standbys
+        answer too; no token and no namespace are sent), so that every node of one cluster names one
+        Vault; "" when Vault does not tell it (then records are matched by address: conservative)."""
+        url = f"{self.addr}/v1/sys/health?standbyok=true&perfstandbyok=true&sealedcode=299&uninitcode=299"
+        try:
+            answer = self.session.get(url, timeout=self.timeout, allow_redirects=False)
+            value = answer.json().get("cluster_id") if answer.status_code in (200, 299, 429, 473) else None
+        except Exception:  # unreachable, not JSON, not an object: the address alone names the Vault
+            return ""
+        return value if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable() else ""

@@ -329,9 +329,6 @@ def audit_entries(cluster: RaftCluster, mark: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
-@pytest.mark.xfail(strict=True, reason="defect reported to the path-template/pruning owner: the state file identifies a "
-                   "Vault by its address, so two nodes of one Raft cluster are two Vaults; a prune through another "
-                   "node keeps the removed user's token valid, names no address and exits 0")
 def test_pruning_through_another_node_of_the_same_cluster_revokes_or_says_so(fleet: Fleet) -> None:
     """ws-a's config moves from one node to another of the same cluster (a node replaced, or the
     load balancer's name adopted), then carol leaves ws-a's roster: her token must be revoked, or

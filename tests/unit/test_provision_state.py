@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_auth_sync.admin.state import StateFile, vault_identity
+from claude_auth_sync.admin.state import StateFile, vault_identity, vault_label
 from claude_auth_sync.errors import ConfigurationError
 
 
@@ -60,3 +60,26 @@ def test_a_damaged_file_is_refused_never_repaired(tmp_path: Path, body: str) -> 
     with pytest.raises(ConfigurationError):
         StateFile(tmp_path).load()
     assert (tmp_path / "tokens.json").read_text(errors="surrogateescape") == body
+
+
+def test_two_nodes_of_one_cluster_are_one_vault_and_old_records_keep_the_address_rule(tmp_path: Path) -> None:
+    node1 = vault_identity("https://node1.example:8200", "team", "c-1")
+    node2 = vault_identity("https://node2.example:8200", "team", "c-1")
+    state = StateFile(tmp_path)
+    state.stamp("acc1", node1)
+    state.record_policy("p", "alice", "ws-a", node1, "2026-01-01T00:00:00Z")
+    assert state.minted_here("acc1", node2) and state.created_here("p", node2)  # same cluster, same namespace
+    assert not state.minted_here("acc1", vault_identity("https://node2.example:8200", "other", "c-1"))
+    assert not state.minted_here("acc1", vault_identity("https://node1.example:8200", "team", "c-2"))  # rebuilt
+    # A record without a cluster_id (or a Vault that did not tell it) matches by address only.
+    state.stamp("acc0", vault_identity("https://node1.example:8200", "team"))
+    assert state.minted_here("acc0", node1) and not state.minted_here("acc0", node2)
+    assert not state.minted_here("acc1", vault_identity("https://node2.example:8200", "team"))
+    state.users = {"alice": {"accessor": "acc1", "superseded": ["acc0"]}}
+    state.save()
+    reloaded = StateFile(tmp_path)
+    reloaded.load()
+    assert reloaded.vault_of("acc1") == node1 and "cluster_id" not in (reloaded.vault_of("acc0") or {})
+    assert reloaded.minted_here("acc1", node2) and reloaded.created_here("p", node2)
+    label = vault_label({"addr": "https://n\x1b]0;x\x07:8200", "namespace": "team\x1b[31m"})
+    assert "\x1b" not in label and "\x07" not in label and label.startswith("https://n")
