@@ -215,30 +215,46 @@ def _positive_seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    monitoring = _is_monitoring_command(sys.argv[1:] if argv is None else argv)
     try:
         from .plugin_manager import get_plugin_manager
 
         plugins = get_plugin_manager()
         commands = plugins.commands()
     except CasError as err:
-        print(f"claude-auth-sync: {err}", file=sys.stderr)
-        return int(err.exit_code)
+        return _failed(f"{err}", int(err.exit_code), monitoring)
     except Exception as err:  # never a traceback, never exit 1 ("log in again"), never the error's text
-        print(f"claude-auth-sync: loading the plugins failed ({type(err).__name__}); "
-              "run 'claude-auth-sync plugins' to see which one is broken", file=sys.stderr)
-        return int(ExitCode.CONFIG)
+        return _failed(f"loading the plugins failed ({type(err).__name__}); "
+                       "run 'claude-auth-sync plugins' to see which one is broken", int(ExitCode.CONFIG), monitoring)
     args = build_parser(commands).parse_args(argv)
     try:
         return _dispatch(args, plugins, commands)
     except CasError as err:
-        print(f"claude-auth-sync: {err}", file=sys.stderr)
-        return int(err.exit_code)
+        return _failed(f"{err}", int(err.exit_code), monitoring)
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # a bug: one line, exit 78 (never 1, which means "log in again"), no data
-        print(f"claude-auth-sync: internal error ({type(err).__name__}); run 'claude-auth-sync diagnose' "
-              "and report it with its output", file=sys.stderr)
-        return int(ExitCode.CONFIG)
+        return _failed(f"internal error ({type(err).__name__}); run 'claude-auth-sync diagnose' "
+                       "and report it with its output", int(ExitCode.CONFIG), monitoring)
+
+
+def _is_monitoring_command(argv: Sequence[str]) -> bool:
+    """``check`` and ``check-all`` speak the Monitoring Plugins exit codes (0-3) on every path."""
+    first = next((arg for arg in argv if not arg.startswith("-")), "")
+    return first in ("check", "check-all")
+
+
+def _failed(message: str, code: int, monitoring: bool) -> int:
+    """One line on stderr with the contract's exit code; for a monitoring command, the UNKNOWN
+    line on stdout and exit 3 instead (78 would read as an unknown state to some and as
+    CRITICAL to others)."""
+    print(f"claude-auth-sync: {message}", file=sys.stderr)
+    if not monitoring:
+        return code
+    from .check import unknown_line
+
+    sys.stdout.write(unknown_line(message.splitlines()[0] if message else "error"))
+    return 3
 
 
 def _dispatch(args: argparse.Namespace, plugins: Plugins, commands: Mapping[str, CommandSpec]) -> int:

@@ -203,7 +203,10 @@ def _read_small(path: Path) -> str | None:
     except OSError:  # missing, a symlink, unreadable: no previous value
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        # The textfile directory is shared by the roster's users: a file another user planted
+        # under this user's name is never taken as this user's previous values.
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
             return None
         return os.read(fd, MAX_PREVIOUS_BYTES).decode("utf-8", "replace")
     finally:

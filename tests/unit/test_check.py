@@ -313,3 +313,39 @@ def test_fleet_summary_stays_short_for_a_large_roster() -> None:
     assert status.endswith("u019 and 280 more")
     verbose = render(check, verbose=1).splitlines()
     assert sum(x.startswith("WARNING w") for x in verbose) == 7
+
+
+class _BrokenPlugins:
+    def commands(self) -> dict[str, object]:
+        return {}  # the administrator's package (check-all) is not registered
+
+
+@pytest.mark.parametrize("argv", [["check"], ["check", "-t", "5"], ["check", "--all"]])
+def test_check_is_unknown_never_78_when_plugins_cannot_load_or_check_all_is_missing(
+        argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A monitoring plugin's exit code is 0-3 on every path (78 reads as CRITICAL to some)."""
+    import claude_auth_sync.plugin_manager as plugin_manager
+    from claude_auth_sync import cli
+
+    if argv == ["check", "--all"]:
+        monkeypatch.setattr(plugin_manager, "get_plugin_manager", lambda: _BrokenPlugins())
+    else:
+        def broken() -> None:
+            raise RuntimeError("entry point exploded")
+
+        monkeypatch.setattr(plugin_manager, "get_plugin_manager", broken)
+    assert cli.main(argv) == 3
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and " UNKNOWN - " in out
+    assert "exploded" not in out
+
+
+def test_run_keeps_the_contracts_78_when_plugins_cannot_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    import claude_auth_sync.plugin_manager as plugin_manager
+    from claude_auth_sync import cli
+
+    def broken() -> None:
+        raise RuntimeError("entry point exploded")
+
+    monkeypatch.setattr(plugin_manager, "get_plugin_manager", broken)
+    assert cli.main(["run"]) == 78

@@ -376,3 +376,16 @@ def test_counters_are_never_carried_over_from_a_symlinked_previous_file(tmp_path
     MetricsSink(tmp_path / "textfile").emit(event(Status.OK))
     got = samples((tmp_path / "textfile" / "claude_auth_sync_alice.prom").read_text())
     assert got[("claude_auth_sync_runs_total", 'user="alice",status="OK"')] == 1
+
+
+def test_counters_are_never_carried_over_from_a_file_another_user_planted(tmp_path: Path) -> None:
+    """The textfile directory is shared: a file another uid created under this user's name (before
+    the user's first run) is not this user's history."""
+    (tmp_path / "textfile").mkdir()
+    planted = tmp_path / "textfile" / "claude_auth_sync_alice.prom"
+    planted.write_text('claude_auth_sync_runs_total{user="alice",status="OK"} 1000\n')
+    os.chown(planted, 65534, 65534)
+    MetricsSink(tmp_path / "textfile").emit(event(Status.OK))
+    got = samples(planted.read_text())
+    assert got[("claude_auth_sync_runs_total", 'user="alice",status="OK"')] == 1
+    assert planted.stat().st_uid == os.getuid()
