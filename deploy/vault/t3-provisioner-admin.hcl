@@ -1,5 +1,5 @@
 # t3-provisioner-admin: the least a token needs for `t3-provision-users` admin runs
-# (`--apply-policies`, minting, `--prune`), instead of a root token. Apply once, as root:
+# (`--apply-policies`, minting, `--prune`, `--offboard`), instead of a root token. Apply once, as root:
 #
 #   vault policy write t3-provisioner-admin deploy/vault/t3-provisioner-admin.hcl
 #   vault token create -policy=t3-provisioner-admin -ttl=1h     # short-lived, for one setup run
@@ -45,8 +45,19 @@ path "auth/token/lookup-accessor" {
   capabilities = ["update"]
 }
 
+# --offboard USER --destroy-secret: read the user's KV v2 metadata, then delete it (every version
+# and the metadata), at the default template's paths and the {host} template's. Nothing else:
+# no secret data is read. Adapt the prefixes if vault.path_template differs.
+path "secret/metadata/workstation/claude-users/*" {
+  capabilities = ["read", "delete"]
+}
+
+path "secret/metadata/workstation/claude-hosts/*" {
+  capabilities = ["read", "delete"]
+}
+
 # --migrate-to-host-paths (once, when moving to a vault.path_template with {host}): read the
 # per-user copies, check and write the per-host paths. Uncomment for that run only.
 # path "secret/data/workstation/claude-users/*"     { capabilities = ["read"] }
 # path "secret/data/workstation/claude-hosts/*"     { capabilities = ["create", "read"] }
-# path "secret/metadata/workstation/claude-hosts/*" { capabilities = ["read"] }
+# (secret/metadata/workstation/claude-hosts/* is readable already: see --destroy-secret above.)

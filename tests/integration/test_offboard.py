@@ -22,6 +22,7 @@ import pytest
 
 from tests.integration.test_provisioning import (  # noqa: F401 - fixtures used by name
     KV,
+    REPO,
     TOKEN_REL,
     Sandbox,
     as_user,
@@ -234,3 +235,30 @@ def test_offboarding_revokes_only_at_the_vault_that_minted(
     kept = json.loads(state_path.read_text())["users"][gail]
     assert [kept["accessor"], *kept.get("superseded", [])] == [other["accessor"]]
     assert not (home(gail) / TOKEN_REL).exists()
+
+
+@pytest.mark.parametrize("template", [None, "workstation/claude-hosts/{host}/{user}"])
+def test_destroy_secret_works_with_the_least_privilege_admin_policy(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any, template: str | None) -> None:
+    """deploy/vault/t3-provisioner-admin.hcl is enough for ``--offboard USER --destroy-secret`` with
+    the default template and the per-host one (metadata read and delete on the users' paths)."""
+    from claude_auth_sync.plugins.backend_vault.paths import short_host_name
+
+    alice, bob = make_users("alice", "bob")
+    env = {"CLAUDE_AUTH_SYNC_VAULT__PATH_TEMPLATE": template} if template else {}
+    bao.write_policy("t3-provisioner-admin", (REPO / "deploy/vault/t3-provisioner-admin.hcl").read_text())
+    admin = bao.create_periodic_token(["t3-provisioner-admin"], period="1h", display_name="t3-admin")
+    sandbox.write_roster([alice, bob])
+    first = sandbox.run("--apply-policies", admin=admin, extra_env=env)
+    assert first.rc == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    token = read_token(alice)
+    path = f"workstation/claude-hosts/{short_host_name()}/{alice}" if template else f"{KV}/{alice}"
+    bao.client().secrets.kv.v2.create_or_update_secret(path=path, secret={"claudeAiOauth": {"a": 1}},
+                                                      mount_point="secret")
+    sandbox.write_roster([bob])
+    done = sandbox.run("--offboard", alice, "--destroy-secret", admin=admin, extra_env=env)
+    assert done.rc == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert steps(done)["secret"]["state"] == "done" and steps(done)["token"]["state"] == "done", done.stdout
+    assert not token_is_valid(bao, token)
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        bao.client().secrets.kv.v2.read_secret_metadata(path=path, mount_point="secret")
