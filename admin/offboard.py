@@ -245,8 +245,9 @@ class Offboarding:
     def _sort_accessors(self, recorded: list[str], step: Step) -> tuple[list[str], list[str], list[str]]:
         """(revocable here, recorded at another Vault, old records this Vault does not know).
 
-        As the provisioner (issue 14, item 7): an accessor is revoked only at the Vault the state
-        file records for it; one recorded at another Vault is kept and flagged (78) with the command
+        The provisioner's rule, by the same function (:meth:`.state.StateFile.placement`; issue 14,
+        item 7): an accessor is revoked only at the Vault (cluster and namespace) the state file
+        records for it; one recorded at another Vault is kept and flagged (78) with the command
         for that Vault; an old record without a Vault counts as here once ``lookup-accessor`` finds
         it (then stamped), and is otherwise forgotten (nothing renews it once the units are off)."""
         if not recorded:
@@ -257,13 +258,11 @@ class Offboarding:
         elsewhere: list[str] = []
         unknown: list[str] = []
         for accessor in recorded:
+            place = self.state.placement(accessor, vault_id, self._known_here)  # the provisioner's rule
             vault = self.state.vault_of(accessor)
-            if vault is None and self._known_here(accessor):
-                self.state.stamp(accessor, vault_id)
-                vault = vault_id
-            if self.state.minted_here(accessor, vault_id):
+            if place == "here":
                 here.append(accessor)
-            elif vault is None:
+            elif place == "unknown" or vault is None:
                 unknown.append(accessor)
             else:
                 elsewhere.append(accessor)
@@ -273,11 +272,7 @@ class Offboarding:
 
     def _known_here(self, accessor: str) -> bool:
         """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token)."""
-        try:
-            self.vault().call("admin", str(self.admin_token), "post", "auth/token/lookup-accessor", {"accessor": accessor})
-        except VaultFailure:
-            return False
-        return True
+        return self.vault().knows_accessor(self.admin_token, accessor)
 
     def _file_token(self, step: Step) -> tuple[str | None, bool]:
         """(accessor of the agent's token in the user's file, whether it is still valid)."""

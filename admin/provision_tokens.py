@@ -285,12 +285,10 @@ class TokenPhases:
     def _is_here(self, accessor: str, report: UserReport) -> bool:
         """True when ``accessor`` may be revoked at this Vault (see the module's guarantees); a record
         of another Vault, or an old one this Vault does not know, is noted on ``report``."""
-        vault = self.state.vault_of(accessor)
-        if vault is None and self._known_here(accessor):
-            self.state.stamp(accessor, self.vault_id)
-            vault = self.vault_id
-        if self.state.minted_here(accessor, self.vault_id):
+        place = self.state.placement(accessor, self.vault_id, self._known_here)
+        if place == "here":
             return True
+        vault = self.state.vault_of(accessor)
         if vault is None:
             report.notes.append("a token recorded before Vault addresses were kept is unknown to this Vault "
                                 "(already gone, or minted at another Vault): not revoked here, kept in the state file")
@@ -302,14 +300,8 @@ class TokenPhases:
     def _known_here(self, accessor: str) -> bool:
         """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token; False when
         it cannot tell, e.g. the admin token may not look accessors up)."""
-        if not self.admin_token:
-            return False
         assert self.vault
-        try:
-            self.vault.call("admin", self.admin_token, "post", "auth/token/lookup-accessor", {"accessor": accessor})
-        except VaultFailure:
-            return False
-        return True
+        return self.vault.knows_accessor(self.admin_token, accessor)
 
     def _revoke(self, accessor: str, report: UserReport, what: str) -> bool:
         assert self.vault and self.admin_token

@@ -29,7 +29,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -138,6 +138,20 @@ class StateFile:
         """True only when ``accessor`` is recorded as belonging to ``vault``: the one test before any
         revocation (never true for another Vault, nor for an accessor of unknown Vault)."""
         return same_vault(self.accessor_vaults.get(accessor), vault)
+
+    def placement(self, accessor: str, vault: VaultId, known_here: Callable[[str], bool]) -> str:
+        """Where ``accessor`` belongs: the one rule of the provisioner and ``--offboard`` alike.
+        ``"here"`` when recorded at ``vault`` (:meth:`minted_here`), or recorded at no Vault (an old
+        record) and ``known_here(accessor)`` confirms this Vault knows it (then stamped);
+        ``"elsewhere"`` when recorded at another Vault; ``"unknown"`` for an old record this Vault
+        does not confirm. Only ``"here"`` may be revoked."""
+        recorded = self.accessor_vaults.get(accessor)
+        if recorded is None:
+            if not known_here(accessor):
+                return "unknown"
+            self.stamp(accessor, vault)
+            return "here"
+        return "here" if same_vault(recorded, vault) else "elsewhere"
 
     def record_policy(self, name: str, user: str, host: str | None, vault: VaultId, created_at: str) -> None:
         """Record that this host created policy ``name`` at ``vault`` (only such policies are pruned)."""

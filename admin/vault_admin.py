@@ -122,6 +122,17 @@ class AdminVault:
             raise VaultFailure(f"{where}: refusing to follow a redirect ({status})", "invalid")
         raise VaultFailure(f"{where}: unexpected HTTP {status}", "unavailable")
 
+    def knows_accessor(self, admin_token: str | None, accessor: str) -> bool:
+        """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token; False when
+        it cannot tell: no admin token, or one that may not look accessors up)."""
+        if not admin_token:
+            return False
+        try:
+            self.call("admin", admin_token, "post", "auth/token/lookup-accessor", {"accessor": accessor})
+        except VaultFailure:
+            return False
+        return True
+
     def cluster_id(self) -> str:
         """The cluster's ``cluster_id`` from the unauthenticated ``GET /v1/sys/health`` (standbys
         answer too; no token and no namespace are sent), so that every node of one cluster names one

@@ -262,3 +262,36 @@ def test_destroy_secret_works_with_the_least_privilege_admin_policy(
     assert not token_is_valid(bao, token)
     with pytest.raises(hvac.exceptions.InvalidPath):
         bao.client().secrets.kv.v2.read_secret_metadata(path=path, mount_point="secret")
+
+
+def test_offboarding_places_accessors_by_cluster_as_the_provisioner_does(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any) -> None:
+    """--offboard uses the provisioner's rule (StateFile.placement): a record naming this cluster
+    under another address (another node) is revoked here; one naming this address but another
+    cluster (the cluster was rebuilt) is kept and flagged with that Vault's address."""
+    import requests
+
+    hank, = make_users("hank")
+    token = provisioned(sandbox, bao, hank)
+    cluster_id = requests.get(f"{bao.addr}/v1/sys/health", timeout=5).json()["cluster_id"]
+    via_node = bao.client().auth.token.create(policies=["default"], ttl="1h")["auth"]
+    rebuilt = bao.client().auth.token.create(policies=["default"], ttl="1h")["auth"]
+    state_path = sandbox.state / "tokens.json"
+    state = json.loads(state_path.read_text())
+    assert state["accessor_vaults"][state["users"][hank]["accessor"]]["cluster_id"] == cluster_id
+    state["users"][hank]["superseded"] = sorted([via_node["accessor"], rebuilt["accessor"]])
+    state["accessor_vaults"][via_node["accessor"]] = {"addr": "https://node2.example:8200", "namespace": "",
+                                                      "cluster_id": cluster_id}
+    state["accessor_vaults"][rebuilt["accessor"]] = {"addr": "https://node9.example:8200", "namespace": "",
+                                                     "cluster_id": "an-older-cluster"}
+    state_path.write_text(json.dumps(state))
+    sandbox.write_roster(["casnoaccount"])
+
+    done = offboard(sandbox, hank, admin=True)
+    assert done.rc == 78, done.stdout + done.stderr
+    assert not token_is_valid(bao, token) and not token_is_valid(bao, via_node["client_token"])
+    assert token_is_valid(bao, rebuilt["client_token"])  # another cluster's record: never revoked here
+    assert any("another Vault (https://node9.example:8200)" in d for d in steps(done)["token"]["details"]), done.stdout
+    assert any("VAULT_ADDR=https://node9.example:8200" in s for s in done.data["next_steps"])
+    kept = json.loads(state_path.read_text())["users"][hank]
+    assert [kept["accessor"], *kept.get("superseded", [])] == [rebuilt["accessor"]]
