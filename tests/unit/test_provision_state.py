@@ -100,3 +100,35 @@ def test_placement_is_one_rule_here_elsewhere_or_unknown(tmp_path: Path) -> None
     assert places == {"mine": "here", "theirs": "elsewhere", "old-known": "here", "old-unknown": "unknown"}
     assert asked == ["old-known", "old-unknown"]  # only records of no Vault are looked up
     assert state.vault_of("old-known") == here and state.vault_of("old-unknown") is None  # confirmed: stamped
+
+
+@pytest.mark.parametrize("body, expected", [
+    (b'{"cluster_id": "5e15a9e5-e032-5341-5777-4ea653acc8a3"}', "5e15a9e5-e032-5341-5777-4ea653acc8a3"),
+    (b'{"cluster_id": "evil\\u001b[2J"}', ""), (b'{"cluster_id": "' + b"x" * 5000 + b'"}', ""),
+    (b'{"cluster_id": 7}', ""), (b"[1, 2]", ""), (b"not json", ""), (b"{}", ""),
+])
+def test_cluster_id_is_taken_only_when_sane(body: bytes, expected: str) -> None:
+    """A loopback stand-in for sys/health: odd answers leave the cluster unknown (address rule)."""
+    import http.server
+    import threading
+
+    from claude_auth_sync.admin.vault_admin import AdminVault
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            assert self.path.startswith("/v1/sys/health?") and "X-Vault-Token" not in self.headers
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert AdminVault(f"http://127.0.0.1:{server.server_port}", None, 5).cluster_id() == expected
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert AdminVault(f"http://127.0.0.1:{server.server_port}", None, 1).cluster_id() == ""  # nobody answers
