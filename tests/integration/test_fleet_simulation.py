@@ -348,3 +348,7 @@ def test_pruning_through_another_node_of_the_same_cluster_revokes_or_says_so(fle
     except hvac.exceptions.Forbidden:
         still_valid = False
     assert not still_valid or report["rc"] != 0, json.dumps(report["removed"])[-1500:]
+    # The state file knows the cluster by its cluster_id: the other node is the same Vault, so the
+    # token is revoked outright (not merely reported), and the run has nothing left to do.
+    assert not still_valid and report["rc"] == 0, json.dumps(report["removed"])[-1500:]
+    assert [u["token"] for u in report["removed"] if u["user"] == CAROL] == ["revoked"], report["removed"]
