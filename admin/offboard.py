@@ -209,10 +209,13 @@ class Offboarding:
         entry = self.state.users.get(self.user) or {}
         accessors = sorted({a for a in [entry.get("accessor"), *entry.get("superseded", [])] if a})
         file_accessor, file_live = self._file_token(step)
+        # A live token in the file that is not the agent's (the person's own, or one Vault would
+        # not describe) is never revoked here, so its file is kept whatever happens to the others.
+        file_done = not (file_live and not file_accessor)
         if file_accessor and file_accessor not in accessors:
             accessors.append(file_accessor)
         if not accessors:
-            return not file_live
+            return file_done
         if not self.admin_token:
             step.fail(NEEDS_ADMIN, f"{len(accessors)} token(s) to revoke: needs an admin token", state="pending")
             self._next(f"export VAULT_TOKEN=<admin token>; {OFFBOARD_COMMAND} {self.user}")
@@ -223,7 +226,7 @@ class Offboarding:
         if self.o.dry_run:
             if here:
                 step.did(f"revoke {len(here)} token(s) by accessor", True)
-            return True
+            return file_done
         left = [a for a in here if not self._revoke(a, step)]
         if len(here) > len(left):
             step.did(f"revoked {len(here) - len(left)} token(s) by accessor", False)
@@ -240,7 +243,7 @@ class Offboarding:
                 entry["superseded"] = rest
         else:
             self.state.users.pop(self.user, None)
-        return True
+        return file_done
 
     def _sort_accessors(self, recorded: list[str], step: Step) -> tuple[list[str], list[str], list[str]]:
         """(revocable here, recorded at another Vault, old records this Vault does not know).

@@ -295,3 +295,23 @@ def test_offboarding_places_accessors_by_cluster_as_the_provisioner_does(
     assert any("VAULT_ADDR=https://node9.example:8200" in s for s in done.data["next_steps"])
     kept = json.loads(state_path.read_text())["users"][hank]
     assert [kept["accessor"], *kept.get("superseded", [])] == [rebuilt["accessor"]]
+
+
+def test_a_token_file_holding_a_token_not_minted_for_the_agent_is_kept_even_when_the_recorded_one_is_revoked(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any) -> None:
+    """Review finding: the person's own Vault token in the agent's token file ("not minted for the
+    agent: not revoked, kept") was deleted anyway once the recorded accessor had been revoked."""
+    alice, bob = make_users("alice", "bob")
+    agent_token = provisioned(sandbox, bao, alice, bob)
+    own = bao.create_periodic_token(["default"], display_name="alice-own", no_default_policy=False)
+    token_file = home(alice) / TOKEN_REL
+    token_file.write_text(own + "\n")  # no token on a command line
+    account = pwd.getpwnam(alice)
+    os.chown(token_file, account.pw_uid, account.pw_gid)
+    os.chmod(token_file, 0o600)
+    sandbox.write_roster([bob])
+    done = offboard(sandbox, alice, admin=True)
+    assert not token_is_valid(bao, agent_token)  # the recorded agent token is revoked
+    assert token_is_valid(bao, own)  # the person's own token is not revoked ...
+    assert token_file.exists()  # ... and its file is kept, as the step says
+    assert "not minted for the agent" in json.dumps(steps(done)["token"])
