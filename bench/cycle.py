@@ -49,7 +49,11 @@ def main() -> int:
         stub = root / "claude-stub"
         stub.write_text('#!/bin/sh\necho \'{"type":"result","subtype":"success","is_error":false,"result":"ok"}\'\n')
         stub.chmod(0o755)
-        env = {**os.environ, "CLAUDE_CONFIG_DIR": str(claude_dir), "XDG_STATE_HOME": str(root / "state"),
+        # A private HOME too: the agent falls back to ~/.local/state when $XDG_STATE_HOME/claude-auth-sync
+        # does not exist yet and HOME is the account's own (core/settings.py), which would be the bencher's.
+        (root / "home").mkdir(mode=0o700)
+        env = {**os.environ, "HOME": str(root / "home"), "CLAUDE_CONFIG_DIR": str(claude_dir),
+               "XDG_STATE_HOME": str(root / "state"),
                "XDG_CONFIG_HOME": str(root / "config"), "CLAUDE_AUTH_SYNC_BACKEND": "file",
                "CLAUDE_AUTH_SYNC_SINKS": '["file"]', "CLAUDE_AUTH_SYNC_INFERENCE__CLAUDE_BIN": str(stub)}
         floor_argv = [sys.executable, "-c", "import pluggy, pydantic_settings"]
