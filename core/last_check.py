@@ -37,6 +37,17 @@ class LastCheck:
     at: float  # epoch seconds of the passing probe
 
 
+def _read_small_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in a small private state file, or None when it is missing, not a regular
+    file (symlink, FIFO), over 4 KiB, not JSON or not an object: damaged state is no state."""
+    try:
+        raw = read_regular(path, max_bytes=4096)
+        record = json.loads(raw) if raw is not None else None
+    except (CasError, OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 class LastCheckFile:
     """``<state_dir>/last-check.json``."""
 
@@ -44,12 +55,8 @@ class LastCheckFile:
         self.path = path
 
     def read(self) -> LastCheck | None:
-        try:
-            raw = read_regular(self.path, max_bytes=4096)
-            record = json.loads(raw) if raw is not None else None
-        except (CasError, OSError, ValueError):
-            return None
-        if not isinstance(record, dict):
+        record = _read_small_object(self.path)
+        if record is None:
             return None
         digest, at = record.get("digest"), record.get("at")
         if not isinstance(digest, str) or len(digest) != 64 or not isinstance(at, (int, float)):
@@ -117,12 +124,8 @@ class LoginHistoryFile:
         self.logs = logs
 
     def read(self, now: float) -> LoginHistory | None:
-        try:
-            raw = read_regular(self.path, max_bytes=4096)
-            record = json.loads(raw) if raw is not None else None
-        except (CasError, OSError, ValueError):
-            return None
-        if not isinstance(record, dict):
+        record = _read_small_object(self.path)
+        if record is None:
             return None
         seen, since = _epoch(record.get("login_seen_at"), now), _epoch(record.get("awaiting_since"), now)
         if seen is None and since is None:
