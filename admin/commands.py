@@ -30,16 +30,9 @@ def _run_fleet(args: argparse.Namespace) -> int:
 
 
 def _add_check_all_arguments(parser: argparse.ArgumentParser) -> None:
-    from claude_auth_sync.cli import unknown_on_usage_error
+    from claude_auth_sync.cli import add_monitoring_arguments
 
-    unknown_on_usage_error(parser)
-    parser.add_argument("-w", "--warning", action="append", default=[], metavar="METRIC=RANGE",
-                        help="warning range of one metric (repeatable; see claude-auth-sync check --help)")
-    parser.add_argument("-c", "--critical", action="append", default=[], metavar="METRIC=RANGE",
-                        help="critical range of one metric (repeatable)")
-    parser.add_argument("-t", "--timeout", type=float, default=None, metavar="SECONDS",
-                        help="plugin timeout: UNKNOWN after this many seconds (default 30)")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="every problem on a line of its own")
+    add_monitoring_arguments(parser, timeout_default="30")
     parser.add_argument("--roster", type=Path, default=DEFAULT_ROSTER, help="the roster")
 
 

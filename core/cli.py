@@ -188,20 +188,26 @@ def unknown_on_usage_error(parser: argparse.ArgumentParser) -> None:
 def _add_check_parser(sub: Any) -> None:
     check = sub.add_parser("check", help="monitoring-plugin check from state only (exit 0/1/2/3)",
                            epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    unknown_on_usage_error(check)
     check.add_argument("-V", "--version", action="version", version=f"claude-auth-sync check {__version__}")
-    check.add_argument("-w", "--warning", action="append", default=[], metavar="METRIC=RANGE",
-                       help="warning range of one metric (repeatable; see below)")
-    check.add_argument("-c", "--critical", action="append", default=[], metavar="METRIC=RANGE",
-                       help="critical range of one metric (repeatable; see below)")
-    check.add_argument("-t", "--timeout", type=_positive_seconds, default=None, metavar="SECONDS",
-                       help="plugin timeout: UNKNOWN after this many seconds (default 10, 30 with --all)")
-    check.add_argument("-v", "--verbose", action="count", default=0,
-                       help="also list every problem, one a line (perfdata on lines of their own)")
+    add_monitoring_arguments(check, timeout_default="10, 30 with --all")
     check.add_argument("--backend", help="override CLAUDE_AUTH_SYNC_BACKEND")
     check.add_argument("--all", action="store_true",
                        help="(root) every roster user in one check: worst state wins, perfdata per user")
     check.add_argument("--roster", type=Path, default=Path("/etc/claude-auth-sync/roster.yaml"), help="roster for --all")
+
+
+def add_monitoring_arguments(parser: argparse.ArgumentParser, *, timeout_default: str) -> None:
+    """The Monitoring Plugins options shared by ``check`` and ``check-all``: ``-w/-c METRIC=RANGE``
+    (repeatable), ``-t SECONDS`` (0 < t <= 3600), ``-v``; a bad option ends UNKNOWN (3)."""
+    unknown_on_usage_error(parser)
+    parser.add_argument("-w", "--warning", action="append", default=[], metavar="METRIC=RANGE",
+                        help="warning range of one metric (repeatable; see claude-auth-sync check --help)")
+    parser.add_argument("-c", "--critical", action="append", default=[], metavar="METRIC=RANGE",
+                        help="critical range of one metric (repeatable)")
+    parser.add_argument("-t", "--timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                        help=f"plugin timeout: UNKNOWN after this many seconds (default {timeout_default})")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="also list every problem, one a line (perfdata on lines of their own)")
 
 
 def _positive_seconds(text: str) -> float:

@@ -349,3 +349,16 @@ def test_run_keeps_the_contracts_78_when_plugins_cannot_load(monkeypatch: pytest
 
     monkeypatch.setattr(plugin_manager, "get_plugin_manager", broken)
     assert cli.main(["run"]) == 78
+
+
+@pytest.mark.parametrize("command", ["check", "check-all"])
+@pytest.mark.parametrize("timeout", ["nan", "-5", "0", "inf"])
+def test_check_and_check_all_share_one_timeout_rule(command: str, timeout: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """check-all took any float (nan, negative) for -t; both now parse it the same way: UNKNOWN."""
+    from claude_auth_sync import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "-t", timeout])
+    assert stop.value.code == 3
+    assert "is not" in capsys.readouterr().out
