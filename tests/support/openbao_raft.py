@@ -204,9 +204,20 @@ class RaftCluster:
         self._wait(self._three_voters, f"{node.node_id} to rejoin as a voter")
 
     def client(self, token: str | None = None, node: RaftNode | None = None) -> hvac.Client:
-        """An hvac client for ``node`` (default: any running node); ``token`` default: root."""
-        target = node or next(n for n in self.nodes if n.running)
+        """An hvac client for ``node``; ``token`` default: root.
+
+        The default node is the active one: OpenBao 2.x standbys answer reads from their own,
+        possibly lagging, copy, so a read through a node that has just rejoined can miss a write
+        the active node acknowledged a moment ago. Only while no node is active (an election)
+        does the default fall back to any running node."""
+        target = node or self._active_or_any()
         return hvac.Client(url=target.addr, token=token or self.root_token, session=_session(), timeout=10)
+
+    def _active_or_any(self) -> RaftNode:
+        try:
+            return self.leader()
+        except OpenBaoError:
+            return next(n for n in self.nodes if n.running)
 
     def leader(self) -> RaftNode:
         """The node that says it is active (not a standby)."""
