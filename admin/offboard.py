@@ -220,7 +220,7 @@ class Offboarding:
             step.fail(NEEDS_ADMIN, f"{len(accessors)} token(s) to revoke: needs an admin token", state="pending")
             self._next(f"export VAULT_TOKEN=<admin token>; {OFFBOARD_COMMAND} {self.user}")
             return False
-        here, elsewhere, unknown = self._sort_accessors([a for a in accessors if a != file_accessor], step)
+        here, elsewhere, unknown, unconfirmed = self._sort_accessors([a for a in accessors if a != file_accessor], step)
         if file_accessor:
             here.append(file_accessor)  # proved here: looked up with itself
         if self.o.dry_run:
@@ -236,8 +236,14 @@ class Offboarding:
         if unknown:
             step.details.append(f"forgot {len(unknown)} old record(s) this Vault does not know (revoked or expired "
                                 "already, or minted at another Vault: nothing renews them now, so they expire)")
-        if elsewhere:
-            entry["accessor"], rest = elsewhere[0], elsewhere[1:]
+        kept = elsewhere + unconfirmed  # never forgotten: a rerun (or that Vault) deals with them
+        if unconfirmed:
+            step.fail(ExitCode.TEMPFAIL, f"could not tell whether this Vault knows {len(unconfirmed)} old record(s) "
+                                         "(lookup-accessor failed): kept in the state file")
+            self._next(f"rerun {OFFBOARD_COMMAND} {self.user} once Vault answers, with an admin token that may "
+                       "use auth/token/lookup-accessor (deploy/vault/t3-provisioner-admin.hcl)")
+        if kept:
+            entry["accessor"], rest = kept[0], kept[1:]
             entry.pop("superseded", None)
             if rest:
                 entry["superseded"] = rest
@@ -245,35 +251,41 @@ class Offboarding:
             self.state.users.pop(self.user, None)
         return file_done
 
-    def _sort_accessors(self, recorded: list[str], step: Step) -> tuple[list[str], list[str], list[str]]:
-        """(revocable here, recorded at another Vault, old records this Vault does not know).
+    def _sort_accessors(self, recorded: list[str], step: Step) -> tuple[list[str], list[str], list[str], list[str]]:
+        """(revocable here, recorded at another Vault, old records this Vault says it does not know,
+        old records it could not be asked about).
 
         The provisioner's rule, by the same function (:meth:`.state.StateFile.placement`; issue 14,
         item 7): an accessor is revoked only at the Vault (cluster and namespace) the state file
         records for it; one recorded at another Vault is kept and flagged (78) with the command
         for that Vault; an old record without a Vault counts as here once ``lookup-accessor`` finds
-        it (then stamped), and is otherwise forgotten (nothing renews it once the units are off)."""
+        it (then stamped), is forgotten when Vault answers it does not know it (nothing renews it once
+        the units are off), and is kept when Vault could not be asked (not answering, or an admin
+        token that may not look accessors up): a record is never dropped on a transient error."""
         if not recorded:
-            return [], [], []
+            return [], [], [], []
         settings = self.settings()
         vault_id = vault_identity(settings.addr, getattr(settings, "namespace", None), self.vault().cluster_id())
         here: list[str] = []
         elsewhere: list[str] = []
         unknown: list[str] = []
+        unconfirmed: list[str] = []
         for accessor in recorded:
             place = self.state.placement(accessor, vault_id, self._known_here)  # the provisioner's rule
             vault = self.state.vault_of(accessor)
             if place == "here":
                 here.append(accessor)
+            elif place == "unconfirmed":
+                unconfirmed.append(accessor)
             elif place == "unknown" or vault is None:
                 unknown.append(accessor)
             else:
                 elsewhere.append(accessor)
                 step.fail(ExitCode.CONFIG, f"a token minted at another Vault ({vault_label(vault)}) is not revoked here")
                 self._next(f"VAULT_ADDR={safe_text(vault['addr'], 200)} {OFFBOARD_COMMAND} {self.user}")
-        return here, elsewhere, unknown
+        return here, elsewhere, unknown, unconfirmed
 
-    def _known_here(self, accessor: str) -> bool:
+    def _known_here(self, accessor: str) -> bool | None:
         """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token)."""
         return self.vault().knows_accessor(self.admin_token, accessor)
 

@@ -289,7 +289,10 @@ class TokenPhases:
         if place == "here":
             return True
         vault = self.state.vault_of(accessor)
-        if vault is None:
+        if place == "unconfirmed":
+            report.notes.append("could not tell whether this Vault knows a token recorded before Vault addresses "
+                                "were kept (lookup-accessor failed): not revoked, kept; the next run asks again")
+        elif vault is None:
             report.notes.append("a token recorded before Vault addresses were kept is unknown to this Vault "
                                 "(already gone, or minted at another Vault): not revoked here, kept in the state file")
         else:
@@ -297,8 +300,8 @@ class TokenPhases:
                         f"revoke it there: VAULT_ADDR={vault['addr']} {PROVISION_COMMAND} --prune")
         return False
 
-    def _known_here(self, accessor: str) -> bool:
-        """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token; False when
+    def _known_here(self, accessor: str) -> bool | None:
+        """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token; None when
         it cannot tell, e.g. the admin token may not look accessors up)."""
         assert self.vault
         return self.vault.knows_accessor(self.admin_token, accessor)

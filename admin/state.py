@@ -139,15 +139,20 @@ class StateFile:
         revocation (never true for another Vault, nor for an accessor of unknown Vault)."""
         return same_vault(self.accessor_vaults.get(accessor), vault)
 
-    def placement(self, accessor: str, vault: VaultId, known_here: Callable[[str], bool]) -> str:
+    def placement(self, accessor: str, vault: VaultId, known_here: Callable[[str], bool | None]) -> str:
         """Where ``accessor`` belongs: the one rule of the provisioner and ``--offboard`` alike.
         ``"here"`` when recorded at ``vault`` (:meth:`minted_here`), or recorded at no Vault (an old
         record) and ``known_here(accessor)`` confirms this Vault knows it (then stamped);
         ``"elsewhere"`` when recorded at another Vault; ``"unknown"`` for an old record this Vault
-        does not confirm. Only ``"here"`` may be revoked."""
+        says it does not know (``known_here`` False); ``"unconfirmed"`` for an old record this Vault
+        could not be asked about (``known_here`` None: keep it, ask again). Only ``"here"`` may be
+        revoked; only ``"unknown"`` may be forgotten."""
         recorded = self.accessor_vaults.get(accessor)
         if recorded is None:
-            if not known_here(accessor):
+            known = known_here(accessor)
+            if known is None:
+                return "unconfirmed"
+            if not known:
                 return "unknown"
             self.stamp(accessor, vault)
             return "here"

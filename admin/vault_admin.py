@@ -35,11 +35,13 @@ __all__ = ["AdminVault", "VaultFailure"]
 
 
 class VaultFailure(Exception):
-    """``kind``: unavailable (75), forbidden (invalid/expired token), not_found, invalid."""
+    """``kind``: unavailable (75), forbidden (invalid/expired token), not_found, invalid;
+    ``reason``: the backend's classification (``vault_invalid_request`` for a 400), "" when none."""
 
-    def __init__(self, message: str, kind: str) -> None:
+    def __init__(self, message: str, kind: str, reason: str = "") -> None:
         super().__init__(message)
         self.kind = kind
+        self.reason = reason
 
     @classmethod
     def from_backend_error(cls, err: BackendError) -> VaultFailure:
@@ -48,7 +50,7 @@ class VaultFailure(Exception):
             kind = "unavailable"
         else:
             kind = {"vault_not_found": "not_found", "vault_forbidden": "forbidden"}.get(err.reason, "invalid")
-        return cls(str(err), kind)
+        return cls(str(err), kind, err.reason)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -122,15 +124,16 @@ class AdminVault:
             raise VaultFailure(f"{where}: refusing to follow a redirect ({status})", "invalid")
         raise VaultFailure(f"{where}: unexpected HTTP {status}", "unavailable")
 
-    def knows_accessor(self, admin_token: str | None, accessor: str) -> bool:
-        """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token; False when
-        it cannot tell: no admin token, or one that may not look accessors up)."""
+    def knows_accessor(self, admin_token: str | None, accessor: str) -> bool | None:
+        """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token.) True when
+        it describes it; False only when Vault answers 400 (its "invalid accessor"); None when it
+        cannot tell: no admin token, one that may not look accessors up, a Vault not answering."""
         if not admin_token:
-            return False
+            return None
         try:
             self.call("admin", admin_token, "post", "auth/token/lookup-accessor", {"accessor": accessor})
-        except VaultFailure:
-            return False
+        except VaultFailure as err:
+            return False if err.reason == "vault_invalid_request" else None
         return True
 
     def cluster_id(self) -> str:

@@ -237,6 +237,44 @@ def test_offboarding_revokes_only_at_the_vault_that_minted(
     assert not (home(gail) / TOKEN_REL).exists()
 
 
+def test_an_old_record_vault_cannot_place_is_kept_never_forgotten(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any) -> None:
+    """An old record (no Vault recorded) is forgotten only when this Vault answers that it does not
+    know the accessor (400 "invalid accessor"). When it cannot tell (here: an admin token whose
+    policy lacks lookup-accessor, 403; the same holds for a Vault that does not answer), the record
+    stays in the state file, the run ends 75 and says to rerun: a live token is never lost track of.
+    (Found in review: the record was forgotten whatever the lookup's failure.)"""
+    ivan, = make_users("ivan")
+    token = provisioned(sandbox, bao, ivan)
+    legacy = bao.client().auth.token.create(policies=["default"], ttl="1h")["auth"]
+    state_path = sandbox.state / "tokens.json"
+    state = json.loads(state_path.read_text())
+    state["users"][ivan]["superseded"] = sorted([legacy["accessor"], "bogus-accessor"])
+    state_path.write_text(json.dumps(state))
+    hcl = (REPO / "deploy/vault/t3-provisioner-admin.hcl").read_text()
+    blind_hcl = hcl.replace('path "auth/token/lookup-accessor"', 'path "auth/token/lookup-accessor-not-granted"')
+    assert blind_hcl != hcl
+    bao.write_policy("t3-admin-blind", blind_hcl)
+    blind = bao.create_periodic_token(["t3-admin-blind"], period="1h", display_name="t3-blind")
+    sandbox.write_roster(["casnoaccount"])
+
+    done = offboard(sandbox, ivan, admin=blind)
+    assert done.rc == 75, done.stdout + done.stderr
+    assert not token_is_valid(bao, token)  # the token file's own token: proved by itself, revoked
+    assert token_is_valid(bao, legacy["client_token"])  # not revocable with this admin token
+    kept = json.loads(state_path.read_text())["users"][ivan]
+    assert sorted([kept["accessor"], *kept.get("superseded", [])]) == sorted([legacy["accessor"], "bogus-accessor"])
+    assert any("could not tell" in d for d in steps(done)["token"]["details"]), done.stdout
+    assert any(f"--offboard {ivan}" in s for s in done.data["next_steps"]), done.data["next_steps"]
+
+    # With an admin token that may look accessors up: the legacy one is revoked, the bogus one
+    # (Vault: invalid accessor) forgotten, the user's entry gone.
+    again = offboard(sandbox, ivan, admin=True)
+    assert again.rc == 0, again.stdout + again.stderr
+    assert not token_is_valid(bao, legacy["client_token"])
+    assert ivan not in json.loads(state_path.read_text())["users"]
+
+
 @pytest.mark.parametrize("template", [None, "workstation/claude-hosts/{host}/{user}"])
 def test_destroy_secret_works_with_the_least_privilege_admin_policy(
         sandbox: Sandbox, bao: OpenBaoServer, make_users: Any, template: str | None) -> None:

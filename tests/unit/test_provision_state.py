@@ -85,21 +85,24 @@ def test_two_nodes_of_one_cluster_are_one_vault_and_old_records_keep_the_address
     assert "\x1b" not in label and "\x07" not in label and label.startswith("https://n")
 
 
-def test_placement_is_one_rule_here_elsewhere_or_unknown(tmp_path: Path) -> None:
+def test_placement_is_one_rule_here_elsewhere_unknown_or_unconfirmed(tmp_path: Path) -> None:
     here = vault_identity("https://node1.example:8200", "", "c-1")
     state = StateFile(tmp_path)
     state.stamp("mine", vault_identity("https://node2.example:8200", "", "c-1"))
     state.stamp("theirs", vault_identity("https://node1.example:8200", "", "c-2"))
     asked: list[str] = []
 
-    def known(accessor: str) -> bool:
+    def known(accessor: str) -> bool | None:
         asked.append(accessor)
-        return accessor == "old-known"
+        return {"old-known": True, "old-unknown": False}.get(accessor)  # None: Vault could not tell
 
-    places = {a: state.placement(a, here, known) for a in ("mine", "theirs", "old-known", "old-unknown")}
-    assert places == {"mine": "here", "theirs": "elsewhere", "old-known": "here", "old-unknown": "unknown"}
-    assert asked == ["old-known", "old-unknown"]  # only records of no Vault are looked up
-    assert state.vault_of("old-known") == here and state.vault_of("old-unknown") is None  # confirmed: stamped
+    names = ("mine", "theirs", "old-known", "old-unknown", "old-unasked")
+    places = {a: state.placement(a, here, known) for a in names}
+    assert places == {"mine": "here", "theirs": "elsewhere", "old-known": "here", "old-unknown": "unknown",
+                      "old-unasked": "unconfirmed"}
+    assert asked == ["old-known", "old-unknown", "old-unasked"]  # only records of no Vault are looked up
+    assert state.vault_of("old-known") == here  # confirmed: stamped
+    assert state.vault_of("old-unknown") is None and state.vault_of("old-unasked") is None
 
 
 @pytest.mark.parametrize("body, expected", [
