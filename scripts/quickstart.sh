@@ -15,5 +15,7 @@ echo "installed: $("$venv/bin/claude-auth-sync" --version) in $venv"
 status=0
 CLAUDE_AUTH_SYNC_BACKEND=file CLAUDE_AUTH_SYNC_SINKS='["file"]' "$venv/bin/claude-auth-sync" run || status=$?
 echo "exit status $status (0 OK, 1 log in again, 75 try later, 78 fix configuration)"
-echo "private log: ${XDG_STATE_HOME:-$HOME/.local/state}/claude-auth-sync/sync.log"
+# The agent's paths follow the password database's home (as under its systemd unit), not $HOME.
+home=$(getent passwd "$(id -un)" | cut -d: -f6)
+echo "private log: ${XDG_STATE_HOME:-$home/.local/state}/claude-auth-sync/sync.log"
 exit "$status"
