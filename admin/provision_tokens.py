@@ -290,8 +290,9 @@ class TokenPhases:
             return True
         vault = self.state.vault_of(accessor)
         if place == "unconfirmed":
-            report.notes.append("could not tell whether this Vault knows a token recorded before Vault addresses "
-                                "were kept (lookup-accessor failed): not revoked, kept; the next run asks again")
+            report.notes.append("could not tell whether this Vault knows a recorded token (lookup-accessor failed, "
+                                "or this Vault did not tell its cluster_id and does not know it): not revoked, "
+                                "kept; the next run asks again")
         elif vault is None:
             report.notes.append("a token recorded before Vault addresses were kept is unknown to this Vault "
                                 "(already gone, or minted at another Vault): not revoked here, kept in the state file")

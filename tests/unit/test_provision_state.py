@@ -135,3 +135,27 @@ def test_cluster_id_is_taken_only_when_sane(body: bytes, expected: str) -> None:
         server.shutdown()
         server.server_close()
     assert AdminVault(f"http://127.0.0.1:{server.server_port}", None, 1).cluster_id() == ""  # nobody answers
+
+
+def test_a_record_naming_its_cluster_is_not_placed_here_by_address_alone(tmp_path: Path) -> None:
+    """Review finding: a run whose sys/health failed (timeout, a load balancer that does not pass it)
+    knows no cluster_id, so a record naming its cluster matched by address alone and was "here"
+    without asking. When another cluster now answers at that address (the cluster was rebuilt
+    or moved), revoke-accessor there answers 200 ("No token found with this accessor"), the run
+    said "revoked" and forgot a token still valid at its own cluster. Now such a match is confirmed
+    with lookup-accessor first: revoked only when this Vault knows it, kept otherwise."""
+    address_only = vault_identity("https://vault.example:8200")  # sys/health told no cluster this run
+    state = StateFile(tmp_path)
+    for accessor in ("known", "not-known", "unasked"):
+        state.stamp(accessor, vault_identity("https://vault.example:8200", "", "cluster-a"))
+    state.stamp("no-cluster", address_only)  # recorded without a cluster: the address rule, unasked
+    asked: list[str] = []
+
+    def known(accessor: str) -> bool | None:
+        asked.append(accessor)
+        return {"known": True, "not-known": False}.get(accessor)
+
+    places = {a: state.placement(a, address_only, known) for a in ("known", "not-known", "unasked", "no-cluster")}
+    assert places == {"known": "here", "not-known": "unconfirmed", "unasked": "unconfirmed", "no-cluster": "here"}
+    assert asked == ["known", "not-known", "unasked"]
+    assert state.vault_of("known") == vault_identity("https://vault.example:8200", "", "cluster-a")  # not re-stamped
