@@ -59,7 +59,13 @@ from claude_auth_sync.fileio import stale_temps, write_atomically
 from claude_auth_sync.hookspecs import PluginContext, SettingsSection, SinkSpec, hookimpl
 from claude_auth_sync.model import Status, StatusEvent
 from claude_auth_sync.plugins.sink_metrics.counters import COUNTER_HELP, CounterKey, counter_families, previous_counts
-from claude_auth_sync.plugins.sink_metrics.state_since import STATE_HELP, PreviousState, previous_state, state_families
+from claude_auth_sync.plugins.sink_metrics.state_since import (
+    STATE_HELP,
+    PreviousState,
+    previous_state,
+    previous_value,
+    state_families,
+)
 
 __all__ = [
     "DEFAULT_DIRECTORY",
@@ -79,9 +85,6 @@ FILE_MODE = 0o644
 STALE_TEMP_S = 300
 MAX_PREVIOUS_BYTES = 64 * 1024
 _USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-_SUCCESS_RE = re.compile(
-    r"^claude_auth_sync_last_success_timestamp_seconds(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.MULTILINE
-)
 
 HELP = {
     "last_run_timestamp_seconds": "Unix time of the last claude-auth-sync run.",
@@ -146,17 +149,9 @@ def _detail_number(details: Mapping[str, object], key: str) -> float | None:
 
 
 def previous_success(text: str | None) -> float | None:
-    """The ``last_success_timestamp_seconds`` value of a previous file, if it has a valid one."""
-    if not text:
-        return None
-    match = _SUCCESS_RE.search(text)
-    if match is None:
-        return None
-    try:
-        value = float(match.group(1))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value > 0 else None
+    """The ``last_success_timestamp_seconds`` value of a previous file, if it has a valid one
+    (read by the same rule as the other carried-over values: :func:`.state_since.previous_value`)."""
+    return previous_value(text, "last_success_timestamp_seconds") if text else None
 
 
 def render_metrics(event: StatusEvent, *, previous_success_s: float | None = None,

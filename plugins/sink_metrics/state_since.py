@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from claude_auth_sync.model import StatusEvent
 
-__all__ = ["STATE_HELP", "PreviousState", "previous_state", "state_families"]
+__all__ = ["STATE_HELP", "PreviousState", "previous_state", "previous_value", "state_families"]
 
 STATE_HELP = {
     "last_status_change_timestamp_seconds":
@@ -44,7 +44,9 @@ STATE_HELP = {
 _STATUS = re.compile(r'^claude_auth_sync_last_status\{[^}\n]*\bstatus="(OK|WARN|FAIL)"[^}\n]*\}[ \t]+1[ \t]*$', re.MULTILINE)
 
 
-def _value(text: str, short: str) -> float | None:
+def previous_value(text: str, short: str) -> float | None:
+    """The value of the one-line sample ``claude_auth_sync_<short>`` in a previous textfile: a finite
+    number above 0, else None (absent, not a number, NaN, infinite, 0 or negative)."""
     match = re.search(rf"^claude_auth_sync_{short}(?:\{{[^}}\n]*\}})?[ \t]+(\S+)[ \t]*$", text, re.MULTILINE)
     if match is None:
         return None
@@ -71,9 +73,9 @@ def previous_state(text: str | None) -> PreviousState:
     statuses = _STATUS.findall(text)
     return PreviousState(
         status=statuses[0] if len(statuses) == 1 else None,
-        status_since_s=_value(text, "last_status_change_timestamp_seconds"),
-        last_run_s=_value(text, "last_run_timestamp_seconds"),
-        vault_expiry_s=_value(text, "vault_token_expiry_timestamp_seconds"),
+        status_since_s=previous_value(text, "last_status_change_timestamp_seconds"),
+        last_run_s=previous_value(text, "last_run_timestamp_seconds"),
+        vault_expiry_s=previous_value(text, "vault_token_expiry_timestamp_seconds"),
     )
 
 

@@ -121,6 +121,11 @@ def test_previous_success_parsing() -> None:
     assert previous_success(render_metrics(event(Status.OK))) == T0_S
     assert previous_success(None) is None
     assert previous_success("garbage\n") is None
+    # One rule for every carried-over value: a sample is one line (labels never span lines), and
+    # only a finite number above 0 counts.
+    assert previous_success('claude_auth_sync_last_success_timestamp_seconds{user="a\n"} 5\n') is None
+    assert previous_success("claude_auth_sync_last_success_timestamp_seconds NaN\n") is None
+    assert previous_success("claude_auth_sync_last_success_timestamp_seconds\t7.5e9\n") == 7.5e9
     assert previous_success('claude_auth_sync_last_success_timestamp_seconds{user="alice"} NaN\n') is None
     assert previous_success("claude_auth_sync_last_success_timestamp_seconds 1.5e9\n") == 1.5e9
 
