@@ -10,7 +10,8 @@ the attributes declared below). Guarantees:
 * a token is minted only with the admin token and only when the user's policy is ``ok`` (or was
   just applied): periodic :data:`PERIOD`, orphan, no ``default`` policy; it reaches the user's file
   only through a privilege-dropped child (:func:`.user_home.job_write_token`), and a token whose
-  file could not be written is revoked at once;
+  file could not be written is revoked at once; its accessor is in the state file, saved, before
+  the token leaves the provisioner (a killed run, or a revocation that fails, leaves it recorded);
 * the accessor of every token minted or adopted is recorded in the state file before any older one
   is revoked, so an accessor whose revocation fails stays in the books (``superseded``) for the
   next admin run; without an admin token nothing is minted or revoked, the need is flagged (1);
@@ -143,7 +144,7 @@ class TokenPhases:
             assert work.account is not None
             self.state.users[report.user] = self._entry(
                 work.accessor, report.fingerprint, work.account, minted_at=None,
-                superseded=[*known.get("superseded", []), *([known["accessor"]] if known.get("accessor") else [])],
+                superseded=[a for a in [*known.get("superseded", []), known.get("accessor")] if a and a != work.accessor],
             )
 
     # minting
@@ -216,19 +217,32 @@ class TokenPhases:
         self.state.stamp(accessor, self.vault_id)
         if work.accessor:  # the token it replaces was looked up at this Vault
             self.state.stamp(work.accessor, self.vault_id)
+        previous = self.state.users.get(report.user)
+        old = [work.accessor, *([previous.get("accessor"), *previous.get("superseded", [])] if previous else [])]
+        # Recorded, and saved, before the token leaves this process and before anything is revoked:
+        # a run killed now, a write that fails and a revocation that fails all leave the new
+        # accessor (and the old ones) in the books for the next admin run and --offboard.
+        entry = self._entry(accessor, fingerprint(token), work.account, minted_at=now_utc(),
+                            superseded=sorted({a for a in old if a and a != accessor}))
+        self.state.users[report.user] = entry
+        self.state.save()
         try:
             result = self._as_user(work.account, job_write_token, token.encode("ascii"))
         except ChildFailed as err:
             report.flag(err.exit_code, f"cannot write the token file: {err}")
-            self._revoke(accessor, report, "the unusable new token")
+            if self._revoke(accessor, report, "the unusable new token"):
+                if previous is None:
+                    del self.state.users[report.user]
+                else:
+                    self.state.users[report.user] = previous
+            elif previous is not None:  # still valid, held by nobody: revoked by the next admin run
+                self.state.users[report.user] = {**previous, "superseded": sorted({*previous.get("superseded", []),
+                                                                                    accessor})}
+            else:
+                self.state.users[report.user] = self._entry(accessor, None, work.account, minted_at=now_utc(),
+                                                            superseded=[])
             return
         report.changes.extend(str(c) for c in result.get("changes") or [])
-        previous = self.state.users.get(report.user) or {}
-        old = [work.accessor, previous.get("accessor"), *previous.get("superseded", [])]
-        # Recorded before revoking: an accessor whose revocation fails stays in the books.
-        entry = self._entry(accessor, fingerprint(token), work.account, minted_at=now_utc(),
-                            superseded=sorted({a for a in old if a and a != accessor}))
-        self.state.users[report.user] = entry
         revoked = self._revoke_superseded(entry, report, "the replaced token")
         report.fingerprint = fingerprint(token)
         report.token = "minted"
