@@ -87,7 +87,8 @@ class Step:
     severity: int = int(ExitCode.OK)
 
     def did(self, detail: str, dry_run: bool) -> None:
-        self.state = "would" if dry_run else "done"
+        if self.state not in ("failed", "pending"):  # a step that failed in part stays failed
+            self.state = "would" if dry_run else "done"
         self.details.append(detail)
 
     def fail(self, severity: int, detail: str, state: str = "failed") -> None:
@@ -223,25 +224,29 @@ class Offboarding:
         here, elsewhere, unknown, unconfirmed = self._sort_accessors([a for a in accessors if a != file_accessor], step)
         if file_accessor:
             here.append(file_accessor)  # proved here: looked up with itself
-        if self.o.dry_run:
+        dry_run = self.o.dry_run
+        if dry_run:  # the same report as the real run, the revocations and the state file aside
             if here:
                 step.did(f"revoke {len(here)} token(s) by accessor", True)
-            return file_done
-        left = [a for a in here if not self._revoke(a, step)]
-        if len(here) > len(left):
-            step.did(f"revoked {len(here) - len(left)} token(s) by accessor", False)
-        if left:  # the state file keeps every accessor; a rerun revokes again (revoking twice is harmless)
-            self._next(f"rerun {OFFBOARD_COMMAND} {self.user} once Vault answers")
-            return False
+        else:
+            left = [a for a in here if not self._revoke(a, step)]
+            if len(here) > len(left):
+                step.did(f"revoked {len(here) - len(left)} token(s) by accessor", False)
+            if left:  # the state file keeps every accessor; a rerun revokes again (revoking twice is harmless)
+                self._next(f"rerun {OFFBOARD_COMMAND} {self.user} once Vault answers")
+                return False
         if unknown:
-            step.details.append(f"forgot {len(unknown)} old record(s) this Vault does not know (revoked or expired "
-                                "already, or minted at another Vault: nothing renews them now, so they expire)")
+            step.did(f"{'forget' if dry_run else 'forgot'} {len(unknown)} old record(s) this Vault does not know "
+                     "(revoked or expired already, or minted at another Vault: nothing renews them now, so they "
+                     "expire)", dry_run)
         kept = elsewhere + unconfirmed  # never forgotten: a rerun (or that Vault) deals with them
         if unconfirmed:
-            step.fail(ExitCode.TEMPFAIL, f"could not tell whether this Vault knows {len(unconfirmed)} old record(s) "
-                                         "(lookup-accessor failed): kept in the state file")
+            step.fail(ExitCode.TEMPFAIL, f"could not tell whether this Vault knows {len(unconfirmed)} recorded "
+                                         "token(s) (lookup-accessor failed): kept in the state file")
             self._next(f"rerun {OFFBOARD_COMMAND} {self.user} once Vault answers, with an admin token that may "
                        "use auth/token/lookup-accessor (deploy/vault/t3-provisioner-admin.hcl)")
+        if dry_run:
+            return file_done
         if kept:
             entry["accessor"], rest = kept[0], kept[1:]
             entry.pop("superseded", None)

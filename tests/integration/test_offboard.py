@@ -130,6 +130,14 @@ def test_offboarding_revokes_disables_cleans_and_is_idempotent(
     assert not secret_exists(bao, alice)
     last = sandbox.run("--offboard", alice, "--destroy-secret", admin=True, json_output=False)
     assert last.rc == 0 and f"offboarding {alice}: nothing to do" in last.stdout
+    # Only a forgotten record is a change too: the state file changes, so not "nothing to do".
+    state_path = sandbox.state / "tokens.json"
+    state = json.loads(state_path.read_text())
+    state["users"][alice] = {"accessor": "bogus-old-accessor"}  # recorded before Vaults were kept
+    state_path.write_text(json.dumps(state))
+    forgot = offboard(sandbox, alice, admin=True)
+    assert forgot.rc == 0 and forgot.data["nothing_to_do"] is False, forgot.stdout
+    assert steps(forgot)["token"]["state"] == "done" and alice not in json.loads(state_path.read_text())["users"]
     # The hourly provisioner agrees: nothing left to do for anyone.
     hourly = sandbox.run()
     assert hourly.rc == 0, hourly.stdout + hourly.stderr
@@ -229,6 +237,7 @@ def test_offboarding_revokes_only_at_the_vault_that_minted(
 
     done = offboard(sandbox, gail, admin=True)
     assert done.rc == 78, done.stdout + done.stderr
+    assert steps(done)["token"]["state"] == "failed", done.stdout  # not "done" beside exit 78
     assert not token_is_valid(bao, token) and not token_is_valid(bao, legacy["client_token"])
     assert token_is_valid(bao, other["client_token"])  # minted "elsewhere": never revoked here
     assert any("VAULT_ADDR=https://vault.other.example:8200" in s for s in done.data["next_steps"])
@@ -258,8 +267,15 @@ def test_an_old_record_vault_cannot_place_is_kept_never_forgotten(
     blind = bao.create_periodic_token(["t3-admin-blind"], period="1h", display_name="t3-blind")
     sandbox.write_roster(["casnoaccount"])
 
+    # The dry run foretells it: the same 75 and the same sentence (it said "would revoke", 0).
+    plan = offboard(sandbox, ivan, "--dry-run", admin=blind)
+    assert plan.rc == 75, plan.stdout + plan.stderr
+    assert any("could not tell" in d for d in steps(plan)["token"]["details"]), plan.stdout
+    assert steps(plan)["token"]["state"] == "failed" and token_is_valid(bao, token)
+
     done = offboard(sandbox, ivan, admin=blind)
     assert done.rc == 75, done.stdout + done.stderr
+    assert steps(done)["token"]["state"] == "failed", done.stdout
     assert not token_is_valid(bao, token)  # the token file's own token: proved by itself, revoked
     assert token_is_valid(bao, legacy["client_token"])  # not revocable with this admin token
     kept = json.loads(state_path.read_text())["users"][ivan]
@@ -271,6 +287,7 @@ def test_an_old_record_vault_cannot_place_is_kept_never_forgotten(
     # (Vault: invalid accessor) forgotten, the user's entry gone.
     again = offboard(sandbox, ivan, admin=True)
     assert again.rc == 0, again.stdout + again.stderr
+    assert any("forgot 1 old record" in d for d in steps(again)["token"]["details"]), again.stdout
     assert not token_is_valid(bao, legacy["client_token"])
     assert ivan not in json.loads(state_path.read_text())["users"]
 
