@@ -77,3 +77,137 @@ def test_a_minted_token_whose_file_cannot_be_written_nor_revoked_stays_in_the_bo
     assert done.rc == 0, done.stdout + done.stderr
     assert not live_accessors_with_policy(bao, f"claude-auth-sync-{olga}")
     assert not recorded(sandbox, olga)
+
+
+@pytest.fixture
+def silent_vault() -> Any:
+    """A loopback address that accepts connections and never answers (a hung Vault or proxy)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_offboarding_against_a_vault_that_never_answers_keeps_every_record_and_the_token_file(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any, silent_vault: str) -> None:
+    """A Vault that accepts and never answers: nothing is forgotten, the token file (the handle) is
+    kept, the run ends 75 and says to rerun; the rerun against the real Vault finishes the job."""
+    (pia,) = make_users("pia")
+    sandbox.write_roster([pia])
+    assert sandbox.run("--apply-policies", admin=True).rc == 0
+    token = (home(pia) / TOKEN_REL).read_text().strip()
+    legacy = bao.client().auth.token.create(policies=["default"], ttl="1h")["auth"]
+    path = sandbox.state / "tokens.json"
+    state = json.loads(path.read_text())
+    state["users"][pia]["superseded"] = [legacy["accessor"]]  # an old record: no Vault recorded
+    minted_at = dict(state["accessor_vaults"])
+    for vault in state["accessor_vaults"].values():  # the Vault that minted now hangs at its address
+        vault["addr"] = silent_vault
+    path.write_text(json.dumps(state))
+    before = recorded(sandbox, pia)
+    sandbox.write_roster(["casnoaccount"])
+
+    hung = sandbox.run("--offboard", pia, admin=True,
+                       extra_env={"VAULT_ADDR": silent_vault, "CLAUDE_AUTH_SYNC_VAULT__TIMEOUT": "1"})
+    assert hung.rc == 75, hung.stdout + hung.stderr
+    assert recorded(sandbox, pia) == before and (home(pia) / TOKEN_REL).exists()
+    assert hung.data["next_steps"], hung.stdout
+    leaked = token in hung.stdout + hung.stderr
+    assert not leaked
+
+    state = json.loads(path.read_text())
+    state["accessor_vaults"].update(minted_at)  # it answers again (here: at the test server's address)
+    path.write_text(json.dumps(state))
+    done = sandbox.run("--offboard", pia, admin=True)
+    assert done.rc == 0, done.stdout + done.stderr
+    assert not recorded(sandbox, pia) and not (home(pia) / TOKEN_REL).exists()
+    assert not live_accessors_with_policy(bao, f"claude-auth-sync-{pia}")
+
+
+@pytest.fixture
+def other_cluster_behind_a_proxy(tmp_path: Any) -> Any:
+    """A second real OpenBao (another cluster) behind a loopback proxy that forwards every request
+    but ``sys/health`` (500, not JSON: a load balancer that does not pass it, or one timing out):
+    a run through it learns no cluster_id. Yields (proxy address, that OpenBao)."""
+    import http.server
+    import threading
+
+    import requests
+
+    with OpenBaoServer(tmp_path / "other-cluster") as other:
+        session = requests.Session()
+        session.trust_env = False
+
+        class Forward(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                if self.path.startswith("/v1/sys/health"):
+                    self.send_response(500)
+                    self.end_headers()
+                    self.wfile.write(b"upstream timed out")
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower().startswith("x-vault-")}
+                answer = session.request(self.command, other.addr + self.path, data=body or None,
+                                         headers=headers, timeout=10, allow_redirects=False)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_LIST = _forward  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}", other
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def test_another_cluster_at_the_recorded_address_never_makes_a_token_count_as_revoked(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any, other_cluster_behind_a_proxy: Any) -> None:
+    """Review finding: the state file records the user's token at its cluster (cluster_id) and
+    address; now another cluster answers at that address and this run's sys/health fails (no
+    cluster_id learnt). The record matched by address alone, revoke-accessor at the other cluster
+    answered 200 ("No token found with this accessor"), --offboard said "revoked", exited 0 and
+    forgot the token, still valid at its own cluster. Now the address-only match is confirmed with
+    lookup-accessor first: not known there, the record is kept and the run ends 75."""
+    proxy, other = other_cluster_behind_a_proxy
+    (quinn,) = make_users("quinn")
+    sandbox.write_roster([quinn])
+    assert sandbox.run("--apply-policies", admin=True).rc == 0
+    token = (home(quinn) / TOKEN_REL).read_text().strip()
+    path = sandbox.state / "tokens.json"
+    state = json.loads(path.read_text())
+    accessor = state["users"][quinn]["accessor"]
+    assert state["accessor_vaults"][accessor].get("cluster_id")  # recorded with its cluster
+    state["accessor_vaults"][accessor]["addr"] = proxy  # the address that cluster had then
+    path.write_text(json.dumps(state))
+    sandbox.write_roster(["casnoaccount"])
+
+    moved = sandbox.run("--offboard", quinn, admin=other.root_token, extra_env={"VAULT_ADDR": proxy})
+    leaked = other.root_token in moved.stdout + moved.stderr or token in moved.stdout + moved.stderr
+    assert not leaked
+    assert token_valid_at(bao, token)  # the other cluster cannot revoke it ...
+    assert accessor in recorded(sandbox, quinn), moved.stdout  # ... so it must stay in the books
+    assert moved.rc == 75, moved.stdout + moved.stderr
+    token_step = next(step for step in moved.data["steps"] if step["step"] == "token")
+    assert not any(detail.startswith("revoked") for detail in token_step["details"]), token_step
+
+
+def token_valid_at(bao: OpenBaoServer, token: str) -> bool:
+    import hvac.exceptions
+
+    try:
+        bao.client(token).auth.token.lookup_self()
+    except hvac.exceptions.Forbidden:
+        return False
+    return True
