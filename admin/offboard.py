@@ -20,8 +20,10 @@ do:
    it expires within its period). Without an admin token nothing is revoked: the step is
    *pending* (exit 1) and the token file is kept as the handle;
 4. **home**: as the user (a forked child, :mod:`.offboard_home`): the token file (once its token
-   is revoked or dead), interrupted writes' temporary files, the state directory. Never the
-   credentials file. A user without an account on this host has no home to clean (said);
+   is revoked, or dead here and recorded; a token this Vault does not know and nothing records
+   is kept: it may live at another Vault), interrupted writes' temporary files, the state
+   directory. Never the credentials file. A user without an account on this host has no home to
+   clean (said);
 5. **secret**: kept, unless ``--destroy-secret``: then the user's KV v2 secret is deleted with all
    its versions and metadata (``DELETE <mount>/metadata/<path>``); that flag needs the admin token
    (refused with 78 before anything changes without one).
@@ -309,7 +311,14 @@ class Offboarding:
             data = self.vault().call("user", str(found["token"]), "get", "auth/token/lookup-self").get("data") or {}
         except VaultFailure as err:
             if err.kind == "forbidden":
-                return None, False  # dead already
+                from claude_auth_sync.fingerprint import fingerprint
+
+                if (self.state.users.get(self.user) or {}).get("fingerprint") == fingerprint(str(found["token"])):
+                    return None, False  # dead here; its record (kept unless revoked here) is the handle
+                # Expired, or minted at another Vault: nothing records it, so the file stays the handle.
+                step.details.append("the token file holds a token this Vault does not know (expired, or minted at "
+                                    "another Vault) and the state file does not record it: not revoked, kept")
+                return None, True
             step.fail(err.exit_code, f"cannot look up the token file's token: {err}")
             return None, True
         from claude_auth_sync.plugins.backend_vault.policy import locate

@@ -211,3 +211,48 @@ def token_valid_at(bao: OpenBaoServer, token: str) -> bool:
     except hvac.exceptions.Forbidden:
         return False
     return True
+
+
+def test_a_token_file_this_vault_does_not_know_and_nothing_records_is_kept(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any, other_cluster_behind_a_proxy: Any) -> None:
+    """Review finding: --offboard took a token file whose token this Vault answers 403 for as
+    "dead already" and removed it. When the state file does not record that token (another
+    workstation sharing the home minted it, or the state file was started over) and it was minted
+    at another Vault, the file was the only handle on a token still valid there. Now such a file is
+    kept and said to be; one whose token the state file records (so a rerun or the other Vault
+    deals with it) still goes."""
+    _proxy, other = other_cluster_behind_a_proxy
+    rosa, sam = make_users("rosa", "sam")
+    sandbox.write_roster([rosa, sam])
+    assert sandbox.run("--apply-policies", admin=True).rc == 0
+    foreign = other.create_periodic_token(["default"], display_name="rosa-elsewhere", no_default_policy=False)
+    token_file = home(rosa) / TOKEN_REL
+    token_file.write_text(foreign + "\n")  # never on a command line
+    import pwd
+
+    account = pwd.getpwnam(rosa)
+    import os
+
+    os.chown(token_file, account.pw_uid, account.pw_gid)
+    path = sandbox.state / "tokens.json"
+    state = json.loads(path.read_text())
+    del state["users"][rosa]  # nothing records the token in the file
+    path.write_text(json.dumps(state))
+    sandbox.write_roster([sam])
+
+    done = sandbox.run("--offboard", rosa, admin=True)
+    leaked = foreign in done.stdout + done.stderr
+    assert not leaked
+    assert done.rc == 0, done.stdout + done.stderr
+    still_valid = token_valid_at(other, foreign)  # a boolean: pytest would print the operands
+    assert still_valid and token_file.exists(), done.stdout
+    assert "does not know" in json.dumps(done.data["steps"]), done.stdout
+
+    # sam's token file holds the token the state file records, expired meanwhile: the file goes.
+    sam_token = (home(sam) / TOKEN_REL).read_text().strip()
+    bao.client().auth.token.revoke_accessor(json.loads(path.read_text())["users"][sam]["accessor"])
+    sandbox.write_roster(["casnoaccount"])
+    gone = sandbox.run("--offboard", sam, admin=True)
+    assert gone.rc == 0, gone.stdout + gone.stderr
+    revoked = not token_valid_at(bao, sam_token)
+    assert revoked and not (home(sam) / TOKEN_REL).exists(), gone.stdout
