@@ -21,7 +21,8 @@ do:
    *pending* (exit 1) and the token file is kept as the handle;
 4. **home**: as the user (a forked child, :mod:`.offboard_home`): the token file (once its token
    is revoked, or dead here and recorded; a token this Vault does not know and nothing records
-   is kept: it may live at another Vault), interrupted writes' temporary files, the state
+   is kept: it may live at another Vault; so is a file the agent would refuse, a symlink aside,
+   which goes as a link), interrupted writes' temporary files, the state
    directory. Never the credentials file. A user without an account on this host has no home to
    clean (said);
 5. **secret**: kept, unless ``--destroy-secret``: then the user's KV v2 secret is deleted with all
@@ -305,6 +306,11 @@ class Offboarding:
         except ChildFailed as err:
             step.details.append(f"token file not read: {safe_text(str(err), 200)}")
             return None, False
+        if found.get("token_state") == "unsafe" and not str(found.get("why")).endswith("is a symlink"):
+            # A file the agent would refuse (mode, links, owner, not a regular file, malformed) may
+            # still hold a valid token nothing records: kept, never removed unread. A link holds none.
+            step.details.append(f"token file not read: {safe_text(str(found.get('why')), 200)}: not revoked, kept")
+            return None, True
         if found.get("token_state") != "present":
             return None, False
         try:

@@ -256,3 +256,29 @@ def test_a_token_file_this_vault_does_not_know_and_nothing_records_is_kept(
     assert gone.rc == 0, gone.stdout + gone.stderr
     revoked = not token_valid_at(bao, sam_token)
     assert revoked and not (home(sam) / TOKEN_REL).exists(), gone.stdout
+
+
+def test_a_token_file_the_agent_would_refuse_is_kept_unless_it_is_a_link(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any) -> None:
+    """Review finding: a token file the agent's checks refuse (mode 0644 after a careless chmod,
+    a second hard link) was removed without its token being looked at: when the state file does
+    not record that token (the state file started over, another workstation sharing the home),
+    a valid token lost its only handle. Now it is kept and said to be (a symlink planted there is
+    still removed as a link, test_offboard.py)."""
+    (tess,) = make_users("tess")
+    sandbox.write_roster([tess])
+    assert sandbox.run("--apply-policies", admin=True).rc == 0
+    token = (home(tess) / TOKEN_REL).read_text().strip()
+    path = sandbox.state / "tokens.json"
+    state = json.loads(path.read_text())
+    del state["users"][tess]  # the state file started over: the file is the only handle
+    path.write_text(json.dumps(state))
+    (home(tess) / TOKEN_REL).chmod(0o644)
+    sandbox.write_roster(["casnoaccount"])
+
+    done = sandbox.run("--offboard", tess, admin=True)
+    leaked = token in done.stdout + done.stderr
+    assert not leaked
+    still_valid = token_valid_at(bao, token)
+    assert still_valid and (home(tess) / TOKEN_REL).exists(), done.stdout
+    assert "mode 0644" in json.dumps(done.data["steps"]), done.stdout
