@@ -42,6 +42,8 @@ class VaultFailure(Exception):
         super().__init__(message)
         self.kind = kind
         self.reason = reason
+        # Vault's own error strings (from its JSON answer), for decisions only: never in the message.
+        self.vault_errors: tuple[str, ...] = ()
 
     @classmethod
     def from_backend_error(cls, err: BackendError) -> VaultFailure:
@@ -109,9 +111,13 @@ class AdminVault:
             answer = adapter.request(method, f"/v1/{path}", json=body)
         except Exception as err:
             if is_vault_failure(err):
+                errors = getattr(err, "errors", None)
                 err = tls_second_opinion(err, self.session, self.addr, self.timeout)
-                raise VaultFailure.from_backend_error(vault_error(err, where, target=self.addr, remedy=None,
-                                                                  client_cert=self.cert is not None)) from None
+                failure = VaultFailure.from_backend_error(vault_error(err, where, target=self.addr, remedy=None,
+                                                                     client_cert=self.cert is not None))
+                if isinstance(errors, list):
+                    failure.vault_errors = tuple(str(e)[:500] for e in errors[:10])
+                raise failure from None
             if isinstance(err, (UnicodeError, ValueError)):  # a token no HTTP header can carry: never sent
                 raise VaultFailure(f"{where}: the token cannot be sent ({type(err).__name__})", "invalid") from None
             raise
@@ -126,14 +132,16 @@ class AdminVault:
 
     def knows_accessor(self, admin_token: str | None, accessor: str) -> bool | None:
         """Does this Vault know ``accessor``? (``lookup-accessor`` with the admin token.) True when
-        it describes it; False only when Vault answers 400 (its "invalid accessor"); None when it
-        cannot tell: no admin token, one that may not look accessors up, a Vault not answering."""
+        it describes it; False only when Vault answers 400 with its own "invalid accessor"; None
+        when it cannot tell: no admin token, one that may not look accessors up, a Vault not
+        answering, any other 400 (a proxy's or a web firewall's)."""
         if not admin_token:
             return None
         try:
             self.call("admin", admin_token, "post", "auth/token/lookup-accessor", {"accessor": accessor})
         except VaultFailure as err:
-            return False if err.reason == "vault_invalid_request" else None
+            said_invalid = any("invalid accessor" in e for e in err.vault_errors)
+            return False if err.reason == "vault_invalid_request" and said_invalid else None
         return True
 
     def cluster_id(self) -> str:

@@ -159,3 +159,41 @@ def test_a_record_naming_its_cluster_is_not_placed_here_by_address_alone(tmp_pat
     assert places == {"known": "here", "not-known": "unconfirmed", "unasked": "unconfirmed", "no-cluster": "here"}
     assert asked == ["known", "not-known", "unasked"]
     assert state.vault_of("known") == vault_identity("https://vault.example:8200", "", "cluster-a")  # not re-stamped
+
+
+@pytest.mark.parametrize("status, body, expected", [
+    (400, b'{"errors": ["1 error occurred:\\n\\t* invalid accessor\\n\\n"]}', False),  # OpenBao's own answer
+    (400, b'{"errors": ["request body too large"]}', None),  # a 400 about something else
+    (400, b"<html>400 Bad Request</html>", None),  # a proxy or firewall in front, not Vault
+    (200, b'{"data": {"accessor": "a"}}', True),
+])
+def test_knows_accessor_says_no_only_on_vaults_invalid_accessor(status: int, body: bytes, expected: bool | None) -> None:
+    """Review finding: any 400 (a proxy's, a web firewall's) counted as "this Vault does not know
+    the accessor", and the old record was forgotten while its token may still be valid. Only
+    Vault's own "invalid accessor" says no; any other answer cannot tell (the record is kept)."""
+    import http.server
+    import threading
+
+    from claude_auth_sync.admin.vault_admin import AdminVault
+
+    class LookupAccessor(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            assert self.path == "/v1/auth/token/lookup-accessor"
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if body.startswith(b"{") else "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), LookupAccessor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        vault = AdminVault(f"http://127.0.0.1:{server.server_port}", None, 5)
+        assert vault.knows_accessor("admin-token-for-a-unit-test", "an-accessor") is expected
+    finally:
+        server.shutdown()
+        server.server_close()
