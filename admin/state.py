@@ -109,8 +109,16 @@ class StateFile:
         try:
             data = json.loads(raw)
             users = data["users"]
-            assert isinstance(users, dict)
-            assert isinstance(data.get("accessor_vaults", {}), dict) and isinstance(data.get("policies", {}), dict)
+            _require(isinstance(users, dict))
+            _require(isinstance(data.get("accessor_vaults", {}), dict) and isinstance(data.get("policies", {}), dict))
+            # Every entry of the right shape: one dropped (or a string read as one accessor per
+            # character) would be forgotten by the next save.
+            for entry in users.values():
+                _require(isinstance(entry, dict) and isinstance(entry.get("accessor"), (str, type(None))))
+                superseded = entry.get("superseded", [])
+                _require(isinstance(superseded, list) and all(isinstance(a, str) for a in superseded))
+            _require(all(isinstance(v, dict) for v in data.get("accessor_vaults", {}).values()))
+            _require(all(isinstance(v, dict) for v in data.get("policies", {}).values()))
         except (ValueError, KeyError, AssertionError, TypeError, AttributeError):
             raise ConfigurationError(f"{self.path} is damaged", remedy="inspect it; remove it to start over "
                                      "(tokens minted before can then only be revoked by hand)") from None
@@ -209,6 +217,12 @@ class StateFile:
         finally:
             os.close(dir_fd)
         self._loaded = text
+
+
+def _require(ok: bool) -> None:
+    """A check of the file's shape that ``python -O`` keeps (an ``assert`` would vanish)."""
+    if not ok:
+        raise ValueError("damaged")
 
 
 def _vault_record(value: dict[str, Any]) -> VaultId:

@@ -54,7 +54,14 @@ def test_policies_are_recorded_per_vault_and_stale_stamps_forgotten(tmp_path: Pa
 
 
 @pytest.mark.parametrize("body", ['{"users": {}, "accessor_vaults": []}', '{"users": {}, "policies": "x"}',
-                                  '{"users": []}', "[]", "\xff"])
+                                  '{"users": []}', "[]", "\xff",
+                                  # review finding: an entry of the wrong shape was dropped (or its
+                                  # "superseded" string read as one accessor per character) and the
+                                  # file rewritten without it on the next save: accessors forgotten
+                                  '{"users": {"alice": ["acc1"]}}', '{"users": {"alice": {"accessor": 7}}}',
+                                  '{"users": {"alice": {"accessor": "a", "superseded": "acc0"}}}',
+                                  '{"users": {"alice": {"accessor": "a", "superseded": [null]}}}',
+                                  '{"users": {}, "accessor_vaults": {"a": "https://v:8200"}}'])
 def test_a_damaged_file_is_refused_never_repaired(tmp_path: Path, body: str) -> None:
     (tmp_path / "tokens.json").write_text(body, errors="surrogateescape")
     with pytest.raises(ConfigurationError):
