@@ -246,7 +246,8 @@ class Provisioner(PolicyPhases, TokenPhases, MigrationPhase):
         else:
             self._needs_admin(local)
         self._superseded(local)
-        self._deprovision()
+        with self.timers.deferred_reload():  # one reload for all drop-ins removed
+            self._deprovision()
         return self.exit_code()
 
     def _accounts(self) -> list[Work]:
@@ -303,7 +304,12 @@ class Provisioner(PolicyPhases, TokenPhases, MigrationPhase):
 
     def _timers(self, local: list[Work]) -> None:
         """Give every local user their timer, their path unit and the drop-ins naming their home
-        (only say so in a dry run). A home a unit file cannot carry is refused for that user."""
+        (only say so in a dry run). A home a unit file cannot carry is refused for that user.
+
+        In this order, for all users together: every drop-in written, every unit linked (one
+        ``systemctl enable --no-reload``), one ``daemon-reload`` (booted systemd only), every unit
+        started (one ``systemctl start``). An enable or start call that fails is repeated per user,
+        so each report carries the failure of its own units."""
         missing = [w for w in local if not self._units_current(w)]
         for work in local:
             if work not in missing:
@@ -315,21 +321,47 @@ class Provisioner(PolicyPhases, TokenPhases, MigrationPhase):
                 work.report.timer = "disabled"
                 work.report.actions.append("would enable timer and path unit")
             return
-        ready = [w for w in missing if self._write_home_dropins(w)]
-        if not ready:
-            return
-        units = [u for w in ready for u in (timer_unit(w.report.user), path_unit(w.report.user))]
-        ok, text = self.timers.systemctl("enable", units)
+        # One daemon-reload for the whole run (at the block's end): after every drop-in and link is
+        # written, before any unit is started.
+        with self.timers.deferred_reload() as reloaded:
+            ready = [w for w in missing if self._write_home_dropins(w)]
+            if not ready:
+                return
+            enabling = self._systemctl_each(ready, self.timers.enable)
+            self.timers.reload()  # the new links too (enable --no-reload did not)
+        if reloaded and not reloaded[0][0]:
+            self.errors.append((ExitCode.CONFIG, f"systemctl daemon-reload failed: {reloaded[0][1]}"))
+        done = [w for w in ready if self._units_current(w)]
+        starting = self._systemctl_each(done, self.timers.start) if done else {}
+        why = self.timers.not_active([u for w in done if not starting[w.report.user][0]
+                                      for u in (timer_unit(w.report.user), path_unit(w.report.user))])
         for work in ready:
             user = work.report.user
-            if self._units_current(work):
+            if work in done:
                 work.report.timer = "enabled"
                 work.report.actions.append("enabled timer and path unit")
                 work.report.changes.append(f"enabled {timer_unit(user)} and {path_unit(user)}")
+                ok, text = starting[user]
+                if not ok:
+                    reasons = [f"{u} {why[u]}" for u in (timer_unit(user), path_unit(user)) if u in why]
+                    detail = "; ".join([text, *reasons] if text else reasons) or "no output"
+                    work.report.flag(ExitCode.CONFIG,
+                                     f"systemctl start {timer_unit(user)} {path_unit(user)} failed: {detail}")
             else:
+                ok, text = enabling[user]
                 work.report.timer = "disabled"
                 work.report.flag(ExitCode.CONFIG, f"systemctl enable {timer_unit(user)} {path_unit(user)} failed "
                                                   f"(exit {'0' if ok else 'non-zero'}): {text or 'no symlink created'}")
+
+    def _systemctl_each(self, works: list[Work],
+                        call: Callable[[list[str]], tuple[bool, str]]) -> dict[str, tuple[bool, str]]:
+        """``call`` (enable or start) on every user's timer and path unit in one call; if that fails, one
+        call per user (enabling and starting are idempotent), so each user gets the outcome of the
+        call that named only their own units. (succeeded, output) per user."""
+        ok, text = call([u for w in works for u in (timer_unit(w.report.user), path_unit(w.report.user))])
+        if ok or len(works) == 1:
+            return {w.report.user: (ok, text) for w in works}
+        return {w.report.user: call([timer_unit(w.report.user), path_unit(w.report.user)]) for w in works}
 
     def _units_current(self, work: Work) -> bool:
         user, home = work.report.user, work.account.home if work.account else ""

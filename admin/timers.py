@@ -13,15 +13,24 @@ Guarantees: whether a unit is enabled is read from the ``*.target.wants`` symlin
 systemd call); drop-ins are written atomically (0644, root) and only for a home made of safe
 characters (a home with spaces or unit-file specials is refused, never half-quoted); ``systemctl``
 runs with a fixed ``PATH`` and locale, no pager, no password prompt, ``--root`` below a test root
-and ``--now`` (plus a ``daemon-reload`` after a drop-in changed) only on a booted systemd, within
-120 s, and its output comes back as one line of at most 400 characters.
+and ``--now``, ``start`` and ``daemon-reload`` only on a booted systemd, within 120 s, and its
+output comes back as one line of at most 400 characters.
+
+Reloads: a drop-in written or removed is followed by a ``daemon-reload`` (booted systemd only);
+inside :meth:`SystemdTimers.deferred_reload` the reloads asked for are merged into one, run when
+the block ends. :meth:`SystemdTimers.enable` only links (``--no-reload``: no reload of its own),
+so the provisioner's first run over many users writes every drop-in and link, reloads systemd
+once, then starts every unit in one ``systemctl start`` (a reload costs time in proportion to the
+units loaded: one per user made the first run over 500 users take minutes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from claude_auth_sync.fileio import write_atomically
@@ -84,6 +93,8 @@ class SystemdTimers:
     def __init__(self, root: Path | None, systemctl: str) -> None:
         self.root = root
         self.systemctl_bin = systemctl
+        self._deferring = False
+        self._reload_due = False
 
     @property
     def wants_dir(self) -> Path:
@@ -109,7 +120,7 @@ class SystemdTimers:
         return True
 
     def write_dropins(self, user: str, home: str) -> None:
-        """Write both drop-ins (0644, atomically); then ``daemon-reload`` on a booted systemd."""
+        """Write both drop-ins (0644, atomically); then :meth:`reload`."""
         for name, data in dropins(user, home).items():
             target = self.unit_dir / name
             target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -121,6 +132,7 @@ class SystemdTimers:
         self.reload()
 
     def remove_dropins(self, user: str) -> None:
+        """Remove both drop-ins (and their directories once empty); then :meth:`reload`."""
         for name in dropins(user, "/").keys():
             target = self.unit_dir / name
             try:
@@ -130,10 +142,39 @@ class SystemdTimers:
                 pass
         self.reload()
 
-    def reload(self) -> None:
-        if self._booted():
-            subprocess.run([self.systemctl_bin, "--no-ask-password", "daemon-reload"], env=SYSTEMCTL_ENV,
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False)
+    def reload(self) -> tuple[bool, str]:
+        """``daemon-reload`` on a booted systemd (nothing elsewhere); inside :meth:`deferred_reload`
+        only noted, to be done once when the block ends. (succeeded or not needed, output)."""
+        if self._deferring:
+            self._reload_due = True
+            return True, ""
+        return self._daemon_reload()
+
+    @contextlib.contextmanager
+    def deferred_reload(self) -> Iterator[list[tuple[bool, str]]]:
+        """A block in which every :meth:`reload` asked for is merged into one ``daemon-reload``, run
+        when the block ends (also when it ends by an exception), and only if one was asked for.
+
+        The list it gives receives that reload's result (succeeded, output) once it has run.
+        Nested blocks merge into the outermost one.
+        """
+        outcome: list[tuple[bool, str]] = []
+        if self._deferring:
+            yield outcome
+            return
+        self._deferring, self._reload_due = True, False
+        try:
+            yield outcome
+        finally:
+            self._deferring = False
+            if self._reload_due:
+                self._reload_due = False
+                outcome.append(self._daemon_reload())
+
+    def _daemon_reload(self) -> tuple[bool, str]:
+        if not self._booted():
+            return True, ""
+        return self._run(["daemon-reload"])
 
     def _booted(self) -> bool:
         return self.root is None and Path("/run/systemd/system").is_dir()
@@ -157,20 +198,58 @@ class SystemdTimers:
 
     def systemctl(self, verb: str, units: list[str]) -> tuple[bool, str]:
         """``systemctl <verb> [--now] units...``: (succeeded, its output on one line)."""
+        argv = [verb, *(["--now"] if self._booted() else []), *units]
+        return self._run(argv)
+
+    def enable(self, units: list[str]) -> tuple[bool, str]:
+        """``systemctl enable units...``: the links only. On a booted systemd with ``--no-reload``
+        (no reload, no start: the caller reloads once, in :meth:`deferred_reload`, then calls
+        :meth:`start`). (succeeded, its output on one line)."""
+        return self._run(["enable", *(["--no-reload"] if self._booted() else []), *units])
+
+    def start(self, units: list[str]) -> tuple[bool, str]:
+        """``systemctl start units...`` on a booted systemd (nothing elsewhere: ``(True, "")``)."""
+        if not self._booted():
+            return True, ""
+        return self._run(["start", *units])
+
+    def not_active(self, units: list[str]) -> dict[str, str]:
+        """Why each of ``units`` that is not active is not, on a booted systemd (one ``systemctl
+        show``): ``failed (Result: resources)``; for a path unit failing for resources, what most
+        likely ran out (each path unit holds an inotify instance of PID 1)."""
+        if not self._booted() or not units:
+            return {}
+        ok, out = self._call(["show", "--property=Id,ActiveState,Result", *units])
+        if not ok:
+            return {}
+        found: dict[str, str] = {}
+        for block in out.strip().split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            unit, state = props.get("Id", ""), props.get("ActiveState", "")
+            if unit in units and state not in ("active", "activating", "reloading"):
+                why = f"{state} (Result: {props.get('Result', '?')})"
+                if unit.endswith(".path") and props.get("Result") == "resources":
+                    why += (": most likely fs.inotify.max_user_instances (128 by default) is used up, "
+                            "one per path unit: raise it (sysctl) and rerun")
+                found[unit] = why
+        return found
+
+    def _run(self, args: list[str]) -> tuple[bool, str]:
+        """``systemctl args...``: (succeeded, its output on one line of at most 400 characters)."""
+        ok, out = self._call(args)
+        return ok, " ".join(out.split())[:400]
+
+    def _call(self, args: list[str]) -> tuple[bool, str]:
         argv = [self.systemctl_bin, "--quiet", "--no-ask-password"]
         if self.root is not None:
             argv.append(f"--root={self.root}")
-        argv.append(verb)
-        if self._booted():
-            argv.append("--now")
-        argv.extend(units)
+        argv.extend(args)
         try:
             proc = subprocess.run(argv, env=SYSTEMCTL_ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   timeout=120, check=False)
         except (OSError, subprocess.TimeoutExpired) as err:
-            return False, f"{self.systemctl_bin} {verb}: {err}"
-        text = " ".join((proc.stderr + proc.stdout).split())[:400]
-        return proc.returncode == 0, text
+            return False, f"{self.systemctl_bin} {args[0]}: {err}"
+        return proc.returncode == 0, proc.stderr + proc.stdout
 
 
 def _links_to(link: Path, names: tuple[str, ...]) -> bool:
