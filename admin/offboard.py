@@ -386,7 +386,12 @@ class Offboarding:
             except VaultFailure as err:
                 step.fail(err.exit_code, f"cannot delete {metadata}: {err}")
                 return
-        step.did(f"destroyed {metadata} (every version and its metadata)", self.o.dry_run)
+        from claude_auth_sync.plugins.backend_vault.paths import template_has_host
+
+        shared = "" if template_has_host(self.settings().path_template) else \
+            f"; the per-user path: the copy every workstation of {self.user} uses"
+        verb = "destroy" if self.o.dry_run else "destroyed"
+        step.did(f"{verb} {metadata} (every version and its metadata{shared})", self.o.dry_run)
 
     # -- Vault -----------------------------------------------------------------------------
 

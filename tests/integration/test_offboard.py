@@ -314,6 +314,9 @@ def test_destroy_secret_works_with_the_least_privilege_admin_policy(
     done = sandbox.run("--offboard", alice, "--destroy-secret", admin=admin, extra_env=env)
     assert done.rc == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert steps(done)["secret"]["state"] == "done" and steps(done)["token"]["state"] == "done", done.stdout
+    # The report says when the copy destroyed was every workstation's (the per-user template).
+    shared = any("every workstation" in d for d in steps(done)["secret"]["details"])
+    assert shared == (template is None), done.stdout
     assert not token_is_valid(bao, token)
     with pytest.raises(hvac.exceptions.InvalidPath):
         bao.client().secrets.kv.v2.read_secret_metadata(path=path, mount_point="secret")
