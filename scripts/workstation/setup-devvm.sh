@@ -26,7 +26,9 @@
 #   4. the systemd units to /etc/systemd/system/, the polkit rule that lets each person start their
 #      own claude-auth-sync@<user>.service to /etc/polkit-1/rules.d/, the runbook the units'
 #      Documentation= names to /usr/share/doc/claude-auth-sync/runbook.md;
-#   5. /usr/local/bin/t3-provision-users and /usr/local/bin/claude-auth-sync -> the venv;
+#   5. /usr/local/bin/t3-provision-users and /usr/local/bin/claude-auth-sync -> the venv, and
+#      /etc/default/claude-auth-sync (the units' optional EnvironmentFile=), the commented example
+#      deploy/default/claude-auth-sync, only when absent: an existing one is never overwritten;
 #   6. enables (and, under a running systemd, starts) the hourly t3-provision-users.timer;
 #   7. runs the provisioner in the foreground with --apply-policies (plus any arguments given
 #      here, e.g. --prune or --json) and exits with its status.
@@ -38,12 +40,22 @@
 # next timer run uses the new version.
 # --uninstall: disables and stops every claude-auth-sync@*.timer/.path and the provisioner's
 # timer, removes the units, the provisioner's drop-ins, the polkit rule, the runbook, the commands
-# and /opt/claude-auth-sync. /etc/claude-auth-sync, /var/lib/claude-auth-sync and the users' files
-# are kept; with --purge the users' agent files are removed too (t3-provision-users --offboard
-# --force for each user: token file and state directory, never the credentials file; tokens are
-# revoked when VAULT_TOKEN holds an admin token), then /etc/claude-auth-sync, and
-# /var/lib/claude-auth-sync unless a token is still to be revoked. Offboard users first
+# and /opt/claude-auth-sync. /etc/claude-auth-sync, /etc/default/claude-auth-sync,
+# /var/lib/claude-auth-sync and the users' files are kept. Offboard users first
 # (t3-provision-users --offboard USER) to revoke their tokens.
+# --uninstall --purge also offboards every user it knows (unit names, roster, state file; a name
+# the user-name check refuses is skipped and reported, never passed on): t3-provision-users
+# --offboard --force, which removes their token file and state directory (never the credentials
+# file) and revokes their tokens when VAULT_TOKEN holds an admin token. Then it removes
+# /etc/claude-auth-sync, /var/lib/claude-auth-sync and /etc/default/claude-auth-sync (the latter
+# only when unchanged from deploy/default/claude-auth-sync; an edited one is kept, and said).
+# When an offboarding fails (no admin token, Vault unreachable: tokens are left to revoke), the
+# units are still disabled, stopped and removed, but /opt/claude-auth-sync (and the two commands),
+# /etc/claude-auth-sync and /var/lib/claude-auth-sync are kept (the tool, the Vault address, the
+# accessors), the script
+# says what is left and the command that finishes the purge, and exits with the offboarding's
+# status (1 no admin token, 75 Vault unreachable, 78 a person must act). That command, rerun,
+# finishes it.
 #
 # CAS_ROOT=/some/dir works below that directory instead of / (for tests; the venv is not
 # relocatable, so this is no image builder): units are then enabled with `systemctl --root`,
@@ -84,6 +96,8 @@ state_dir="$root/var/lib/claude-auth-sync"
 roster="$etc_dir/roster.yaml"
 roster_sum="$state_dir/roster.yaml.installed-sha256"
 config="$etc_dir/config.toml"
+env_file="$root/etc/default/claude-auth-sync"
+env_example="$repo/deploy/default/claude-auth-sync"
 units=(claude-auth-sync@.service claude-auth-sync@.timer claude-auth-sync@.path
        t3-provision-users.service t3-provision-users.timer)
 commands=(t3-provision-users claude-auth-sync)
@@ -100,6 +114,7 @@ fi
 [ -f "$repo/pyproject.toml" ] || die "cannot find the repository next to $0"
 [ -f "$repo/scripts/workstation/roster.yaml" ] || die "no roster at scripts/workstation/roster.yaml"
 [ -f "$repo/docs/runbook.md" ] || die "no runbook at docs/runbook.md"
+[ -f "$env_example" ] || die "no example environment file at deploy/default/claude-auth-sync"
 [ -x "$python" ] || [ "$mode" = uninstall ] || die "$python is missing (apt-get install python3 python3-venv)"
 
 umask 022
@@ -286,6 +301,7 @@ install_files() {
     install_dir 0755 "$root/usr/share/doc"
     install_dir 0755 "$doc_dir"
     install_file 0644 "$repo/docs/runbook.md" "$doc_dir/runbook.md"
+    install_env_file
     install_dir 0755 "$bin_dir"
     for command in "${commands[@]}"; do
         if [ "$(readlink -- "$bin_dir/$command" || true)" != "/opt/claude-auth-sync/venv/bin/$command" ]; then
@@ -293,6 +309,19 @@ install_files() {
                 ln -sfn -- "/opt/claude-auth-sync/venv/bin/$command" "$bin_dir/$command"
         fi
     done
+}
+
+# The units' optional EnvironmentFile=: the commented example, only when there is none (all
+# comments, so it changes nothing); an administrator's file, whatever it holds, is never touched.
+install_env_file() {
+    if [ -e "$env_file" ] || [ -L "$env_file" ]; then
+        return
+    fi
+    install_dir 0755 "$root/etc/default"
+    if [ "$dry" -eq 1 ]; then log "would install $env_file (the commented example)"; return; fi
+    install -m 0644 -o root -g root -- "$env_example" "$env_file.new"
+    mv -f -- "$env_file.new" "$env_file"
+    log "installed $env_file (the commented example: edit it for proxies, a namespace, ...)"
 }
 
 daemon_reload() {
@@ -328,34 +357,62 @@ provision() {
 }
 
 # --uninstall
-instances() { # every claude-auth-sync@<user> timer/path enabled or loaded
+# Every claude-auth-sync@<user> timer/path enabled or loaded, NUL-terminated: a file name (which
+# root alone can plant, but may hold a newline, a space or a glob) is carried as it is, never split.
+instances() {
     {
         find "$unit_dir" -mindepth 2 -maxdepth 2 \( -name 'claude-auth-sync@?*.timer' -o -name 'claude-auth-sync@?*.path' \) \
-            -printf '%f\n' 2>/dev/null || true
-        if [ "$booted" -eq 1 ]; then
-            systemctl list-units --all --plain --no-legend 'claude-auth-sync@*' 2>/dev/null | cut -d' ' -f1
+            -printf '%f\0' 2>/dev/null || true
+        if [ "$booted" -eq 1 ]; then  # systemd's unit names hold no newline
+            systemctl list-units --all --plain --no-legend 'claude-auth-sync@*' 2>/dev/null | cut -d' ' -f1 | tr '\n' '\0'
         fi
-    } | grep -E '^claude-auth-sync@.+\.(timer|path|service)$' | sort -u || true
+    } | grep -zE '^claude-auth-sync@.+\.(timer|path|service)$' | sort -zu || true
 }
 
-offboard_all() { # --purge: every user's agent files (and tokens, with an admin token) before the venv goes
-    local users
-    users=$( { instances | sed -n 's/^claude-auth-sync@\(.*\)\.\(timer\|path\|service\)$/\1/p'
-               "$venv/bin/python" - "$roster" "$state_dir/tokens.json" <<'PY'
+# --purge: every user's agent files (and tokens, with an admin token), before anything is removed.
+# The names come from unit file names, the roster and the state file: each is checked with the
+# project's user-name check (claude_auth_sync.usernames) and a refused one is skipped and reported;
+# the accepted ones are kept in an array (no word splitting, no pathname expansion). Status: 0 when
+# every offboarding succeeded, else the last failing one's (1, 75, 78).
+offboard_all() {
+    local names=() users=() listed user status=0 flags=(--force)
+    mapfile -d '' -t names < <(instances | sed -zn 's/^claude-auth-sync@\(.*\)\.\(timer\|path\|service\)$/\1/p')
+    if ! listed=$("$venv/bin/python" - "$roster" "$state_dir/tokens.json" "${names[@]}" <<'PY'
 import json, sys
 from pathlib import Path
 from claude_auth_sync.admin.roster import load_roster
-roster, state = Path(sys.argv[1]), Path(sys.argv[2])
-if roster.is_file():
-    print("\n".join(load_roster(roster).names()))
-if state.is_file():
-    print("\n".join(json.loads(state.read_text())["users"]))
+from claude_auth_sync.errors import ConfigurationError
+from claude_auth_sync.terminal_text import safe_text
+from claude_auth_sync.usernames import check_username
+roster, state, *names = sys.argv[1:]
+found = [(name, "the unit names") for name in names]
+try:
+    if Path(roster).is_file():
+        found += [(name, str(roster)) for name in load_roster(Path(roster)).names()]
+    if Path(state).is_file():
+        found += [(name, str(state)) for name in json.loads(Path(state).read_text())["users"]]
+except Exception as err:  # one line, never a traceback: without the full list nothing may be removed
+    sys.exit(f"setup-devvm: cannot list the users to offboard ({type(err).__name__}: "
+             f"{safe_text(err, 200)}): fix it, then rerun")
+valid: set[str] = set()
+refused: set[str] = set()
+for name, source in found:
+    try:
+        valid.add(check_username(name if isinstance(name, str) else repr(name)))
+    except ConfigurationError as err:
+        if str(err) not in refused:
+            refused.add(str(err))
+            print(f"setup-devvm: skipped a name from {safe_text(source, 200)} (not offboarded): {safe_text(err, 300)}",
+                  file=sys.stderr)
+print("\n".join(sorted(valid)))  # accepted names hold no newline
 PY
-             } | sort -u)
-    local user status=0 flags=(--force)
+    ); then
+        return 78
+    fi
+    [ -z "$listed" ] || mapfile -t users <<<"$listed"
     [ "$dry" -eq 0 ] || flags+=(--dry-run)
     [ -z "$root" ] || flags+=(--roster "$roster" --config "$config" --systemd-root "$root" --state-dir "$state_dir")
-    for user in $users; do
+    for user in "${users[@]}"; do
         "$venv/bin/t3-provision-users" --offboard "$user" "${flags[@]}" || status=$?
     done
     return "$status"
@@ -363,19 +420,21 @@ PY
 
 uninstall() {
     local list=() unit purge_status=0
-    mapfile -t list < <(instances)
+    mapfile -d '' -t list < <(instances)
     if [ "$purge" -eq 1 ]; then
         [ -x "$venv/bin/t3-provision-users" ] || die "--purge needs the installed package to remove the users' files" \
             "safely (as each user): install it again ($0), then $0 --uninstall --purge"
         offboard_all || purge_status=$?
     fi
+    # One unit at a time: a name systemctl refuses must not keep the others running.
     local stop=("${list[@]}")
     if [ "$booted" -eq 1 ]; then
-        stop+=(t3-provision-users.timer t3-provision-users.service)
-        [ ${#stop[@]} -eq 0 ] || do_ "disable and stop ${stop[*]}" systemctl --quiet disable --now "${stop[@]}" || true
+        for unit in "${stop[@]}" t3-provision-users.timer t3-provision-users.service; do
+            do_ "disable and stop $unit" systemctl --quiet disable --now -- "$unit" 2>/dev/null || true
+        done
     else
         for unit in "${list[@]}" t3-provision-users.timer; do
-            [[ $unit == *.service ]] || do_ "disable $unit" systemctl_ --quiet disable "$unit" 2>/dev/null || true
+            [[ $unit == *.service ]] || do_ "disable $unit" systemctl_ --quiet disable -- "$unit" 2>/dev/null || true
         done
     fi
     for unit in "${units[@]}"; do
@@ -389,6 +448,24 @@ uninstall() {
     done
     [ ! -e "$polkit_rule" ] || do_ "remove $polkit_rule" rm -f -- "$polkit_rule"
     [ ! -e "$doc_dir" ] || do_ "remove $doc_dir" rm -rf -- "$doc_dir"
+    if [ "$purge_status" -ne 0 ]; then
+        # Tokens are left to revoke: keep what finishing needs (dpkg keeps a package whose removal
+        # script failed), say what is left and the one command that finishes.
+        daemon_reload
+        local would=""
+        [ "$dry" -eq 0 ] || would="would be "
+        log "the purge is not finished: an offboarding above failed (status $purge_status; tokens are left to revoke)." \
+            "Every unit is ${would}disabled, stopped and removed; what is left:"
+        log "  kept $prefix, $bin_dir/t3-provision-users and $bin_dir/claude-auth-sync: the package, to finish"
+        log "  kept $etc_dir: roster.yaml and config.toml (the Vault address)"
+        log "  kept $state_dir: tokens.json, the accessors still to revoke"
+        [ ! -e "$env_file" ] || log "  kept $env_file"
+        log "  the users' token files that hold a token still to revoke (the offboarding above names them)"
+        log "finish it with the admin token in the environment (export VAULT_ADDR and VAULT_TOKEN, never on" \
+            "the command line), once Vault answers:"
+        log "  sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN,VAULT_CACERT $repo/scripts/workstation/setup-devvm.sh --uninstall --purge"
+        return "$purge_status"
+    fi
     for command in "${commands[@]}"; do
         if [ "$(readlink -- "$bin_dir/$command" || true)" = "/opt/claude-auth-sync/venv/bin/$command" ]; then
             do_ "remove $bin_dir/$command" rm -f -- "$bin_dir/$command"
@@ -397,13 +474,16 @@ uninstall() {
     [ ! -e "$prefix" ] || do_ "remove $prefix" rm -rf -- "$prefix"
     daemon_reload
     if [ "$purge" -eq 0 ]; then
-        log "kept $etc_dir, $state_dir and the users' files (--purge removes them)"
+        local kept="$etc_dir, $state_dir"
+        [ ! -e "$env_file" ] || kept+=", $env_file"
+        log "kept $kept and the users' files (--purge removes them)"
     else
         [ ! -e "$etc_dir" ] || do_ "remove $etc_dir" rm -rf -- "$etc_dir"
-        if [ "$purge_status" -eq 0 ]; then
-            [ ! -e "$state_dir" ] || do_ "remove $state_dir" rm -rf -- "$state_dir"
-        else
-            log "kept $state_dir: it lists tokens still to revoke (see above; revoke them by accessor)"
+        [ ! -e "$state_dir" ] || do_ "remove $state_dir" rm -rf -- "$state_dir"
+        if [ -L "$env_file" ] || { [ -e "$env_file" ] && ! cmp -s -- "$env_example" "$env_file"; }; then
+            log "kept $env_file: it differs from the shipped example (edited by an administrator); remove it by hand"
+        elif [ -e "$env_file" ]; then
+            do_ "remove $env_file (the unchanged example)" rm -f -- "$env_file"
         fi
     fi
     if [ "$purge" -eq 0 ] && [ -s "$state_dir/tokens.json" ] && grep -q '"accessor"' "$state_dir/tokens.json"; then
@@ -411,7 +491,7 @@ uninstall() {
             "offboard users before uninstalling to revoke them: t3-provision-users --offboard USER"
     fi
     [ "$dry" -eq 1 ] || log "uninstalled"
-    return "$purge_status"
+    return 0
 }
 
 # Before anything changes: what would stop the install half-way.

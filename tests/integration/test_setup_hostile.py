@@ -4,7 +4,8 @@ tests/integration/test_setup_real_systemd.py).
 
 Covered: a roster or config.toml that is a symlink (refused, the target untouched), a relative
 ``VAULT_CACERT`` (refused, no config written), control characters in a roster diff (shown inert),
-a dry run in every mode below the root (nothing changes), uninstall without any installation.
+a dry run in every mode below the root (nothing changes), uninstall without any installation, an
+edited /etc/default/claude-auth-sync (never overwritten, kept by a purge).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ SCRIPT = REPO / "scripts/workstation/setup-devvm.sh"
 
 
 def run(root: Path, bao: OpenBaoServer, *args: str, admin: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     full = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "CAS_ROOT": str(root),
             "VAULT_ADDR": bao.addr, "HOME": str(root.parent)}
     if admin:
         full["VAULT_TOKEN"] = bao.root_token
     full.update(env or {})
-    result = subprocess.run(["bash", str(SCRIPT), *args], env=full, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(["bash", str(SCRIPT), *args], env=full, capture_output=True, text=True, timeout=600,
+                            cwd=cwd)
     assert bao.root_token not in result.stdout + result.stderr
     return result
 
@@ -47,6 +49,8 @@ def test_hostile_roster_config_and_cacert(tmp_path: Path, bao: OpenBaoServer) ->
     first = run(root, bao, "--json")
     assert first.returncode == 0, first.stderr[-3000:]
     etc = root / "etc/claude-auth-sync"
+    default = root / "etc/default/claude-auth-sync"
+    assert default.read_bytes() == (REPO / "deploy/default/claude-auth-sync").read_bytes()
 
     # Every mode's dry run changes nothing below the root.
     before = snapshot(root, links=False)
@@ -89,6 +93,28 @@ def test_hostile_roster_config_and_cacert(tmp_path: Path, bao: OpenBaoServer) ->
     written = run(root, bao, "--json", env={"VAULT_CACERT": str(cacert)})
     assert written.returncode == 0, written.stderr[-2000:]
     assert f'cacert = "{cacert}"' in (etc / "config.toml").read_text()
+
+    # An administrator's /etc/default/claude-auth-sync is never overwritten (install, upgrade), and
+    # a purge keeps it and says so (one unchanged from the shipped example goes: the booted test).
+    default.write_text("# the site's proxy\nHTTPS_PROXY=http://proxy.example:3128\n")
+    for args in ((), ("--upgrade",)):
+        rerun = run(root, bao, *args)
+        assert rerun.returncode == 0, (args, rerun.stderr[-2000:])
+        assert default.read_text().startswith("# the site's proxy\n"), args
+    # Unit names planted to be globbed or split: skipped and reported, never offboarded (run from a
+    # directory holding a file a glob would expand to: a valid name, never to be used as one).
+    wants = root / "etc/systemd/system/timers.target.wants"
+    for name in ("claude-auth-sync@*.timer", "claude-auth-sync@x y.timer", "claude-auth-sync@a\nb.path"):
+        (wants / name).write_text("")
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "casglobbed").write_text("")
+    purged = run(root, bao, "--uninstall", "--purge", cwd=here)
+    assert purged.returncode == 0, purged.stdout[-3000:] + purged.stderr[-3000:]
+    assert "casglobbed" not in purged.stdout + purged.stderr
+    assert purged.stderr.count("skipped") == 3 and "'x y'" in purged.stderr and "'a\\nb'" in purged.stderr
+    assert not etc.exists() and not (root / "opt/claude-auth-sync").exists()
+    assert default.read_text().startswith("# the site's proxy\n") and f"kept {default}" in purged.stderr
 
 
 def test_uninstall_of_nothing_and_upgrade_before_install(tmp_path: Path, bao: OpenBaoServer) -> None:

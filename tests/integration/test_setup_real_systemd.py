@@ -1,5 +1,7 @@
 """setup-devvm.sh for real, under a booted systemd (issue 14, item 4): install, dry runs,
-roster edits, upgrade without an admin token, offboarding, uninstall, purge.
+roster edits, upgrade without an admin token, offboarding, uninstall, purge (also one that cannot
+finish: it keeps the package and the settings and says how to finish; and one that meets unit
+names planted to be split or globbed).
 
 One throw-away container for the module (``tests/support/nspawn.py``: an overlay of this machine's
 root under its own systemd; the real ``sudo``, ``systemctl``, ``pip``, OpenBao on loopback). A
@@ -36,6 +38,7 @@ CHECKOUT = "/srv/cas-checkout"
 CACERT = "/etc/ssl/certs/ca-certificates.crt"
 KV = "workstation/claude-users"
 DOC = "/usr/share/doc/claude-auth-sync/runbook.md"
+ENV_FILE = "/etc/default/claude-auth-sync"
 
 # The README's commands, as the tests run them (after `export VAULT_ADDR=... VAULT_TOKEN=...`).
 SUDO = "sudo --preserve-env=VAULT_ADDR,VAULT_TOKEN,VAULT_CACERT"
@@ -161,6 +164,7 @@ def test_dry_run_of_a_first_install_changes_nothing(site: Site) -> None:
     plan = site.sh(f"{INSTALL} --dry-run", admin=True)
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "would create /opt/claude-auth-sync/venv" in plan.stderr and "would install /etc/claude-auth-sync/roster.yaml" in plan.stderr
+    assert f"would install {ENV_FILE}" in plan.stderr
     assert changes(before, site.snapshot()) == []
     assert site.bao.root_token not in plan.stdout + plan.stderr
 
@@ -173,6 +177,9 @@ def test_install_with_the_readme_command(site: Site) -> None:
     # VAULT_CACERT came through sudo (--preserve-env names it) into the written config.
     assert f'cacert = "{CACERT}"' in config and f'addr = "{site.bao.addr}"' in config
     assert site.box.read(DOC) == (REPO / "docs/runbook.md").read_bytes()
+    # The documented example of the units' EnvironmentFile= (all comments: it changes nothing).
+    assert site.box.read(ENV_FILE) == (REPO / "deploy/default/claude-auth-sync").read_bytes()
+    assert site.box.run(["stat", "-c", "%U:%G %a", ENV_FILE]).stdout.strip() == "root:root 644"
     for unit in ("claude-auth-sync@.service", "t3-provision-users.service"):
         assert site.prop(unit.replace("@.", f"@{site.users[0]}."), "Documentation") == f"file://{DOC}"
         assert "/etc/default/claude-auth-sync" in site.prop(unit.replace("@.", f"@{site.users[0]}."), "EnvironmentFiles")
@@ -181,7 +188,7 @@ def test_install_with_the_readme_command(site: Site) -> None:
         assert site.prop(f"claude-auth-sync@{user}.timer", "ActiveState") == "active"
         assert site.prop(f"claude-auth-sync@{user}.path", "ActiveState") == "active"
         assert site.token_valid(user)
-    # The hourly unit, under its own sandbox and with no EnvironmentFile present, finds nothing to do.
+    # The hourly unit, under its own sandbox and with the example EnvironmentFile, finds nothing to do.
     site.box.systemctl("start", "t3-provision-users.service")
     assert site.prop("t3-provision-users.service", "Result") == "success"
 
@@ -195,7 +202,7 @@ def hourly_run(site: Site) -> tuple[str, str]:
 
 
 def test_the_services_read_etc_default_but_never_an_admin_token_from_it(site: Site) -> None:
-    env_file = "/etc/default/claude-auth-sync"
+    env_file = ENV_FILE
     # Read: VAULT_ADDR there overrides config.toml (a dead port: Vault unreachable, 75).
     site.box.write(env_file, "VAULT_ADDR=http://127.0.0.1:9\n")
     result, _ = hourly_run(site)
@@ -205,7 +212,7 @@ def test_the_services_read_etc_default_but_never_an_admin_token_from_it(site: Si
     result, printed = hourly_run(site)
     assert result == "success" and "(no admin token)" in printed and "with admin token" not in printed, printed
     assert site.bao.root_token not in printed
-    site.box.run(["rm", "-f", env_file])
+    site.box.run(["rm", "-f", env_file])  # the next install puts the example back (it is absent)
 
 
 def test_dry_runs_of_every_mode_change_nothing(site: Site) -> None:
@@ -314,21 +321,68 @@ def test_uninstall_keeps_settings_and_users_files_then_purge_removes_them(site: 
                  "/usr/local/bin/claude-auth-sync", "/opt/claude-auth-sync"):
         assert not site.exists(gone), gone
     for kept in ("/etc/claude-auth-sync/roster.yaml", "/etc/claude-auth-sync/config.toml",
-                 "/var/lib/claude-auth-sync/tokens.json", f"/home/{stays}/.config/claude-auth-sync/vault-token"):
+                 "/var/lib/claude-auth-sync/tokens.json", f"/home/{stays}/.config/claude-auth-sync/vault-token",
+                 ENV_FILE):
         assert site.exists(kept), kept
     assert "offboard users before uninstalling" in done.stderr
     assert site.sh(UNINSTALL).returncode == 0  # idempotent
     refused = site.sh(PURGE, admin=True)
     assert refused.returncode != 0 and "install it again" in refused.stderr
 
-    # Installed again, then purged: tokens revoked, users' agent files and the settings removed.
+    # Installed again for the purge tests below.
     assert site.sh(INSTALL, admin=True).returncode == 0
     assert site.token_valid(stays)
+
+
+def test_a_purge_that_cannot_revoke_keeps_the_package_and_settings_and_says_how_to_finish(site: Site) -> None:
+    stays = site.users[0]
     token = site.box.read(f"/home/{stays}/.config/claude-auth-sync/vault-token").decode().strip()
+    # No admin token: the user's token cannot be revoked. Everything that runs stops, but the tool
+    # (the venv), its settings (config.toml: the Vault address; the roster) and the state file
+    # (the accessors) stay, so the same command with the admin token finishes the purge.
+    failed = site.sh(PURGE)
+    assert failed.returncode != 0, failed.stdout[-3000:] + failed.stderr[-3000:]
+    listed = site.box.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "claude-auth-sync*",
+                           "t3-provision-users*"]).stdout
+    assert not re.search(r"\b(active|activating)\b", listed), listed
+    for gone in ("/etc/systemd/system/claude-auth-sync@.timer", "/etc/systemd/system/t3-provision-users.timer",
+                 "/etc/polkit-1/rules.d/50-claude-auth-sync.rules", DOC):
+        assert not site.exists(gone), gone
+    # The package and its commands stay: the offboarding's own "next:" line names t3-provision-users.
+    for kept in ("/opt/claude-auth-sync/venv/bin/t3-provision-users", "/usr/local/bin/t3-provision-users",
+                 "/etc/claude-auth-sync/config.toml",
+                 "/etc/claude-auth-sync/roster.yaml", "/var/lib/claude-auth-sync/tokens.json", ENV_FILE,
+                 f"/home/{stays}/.config/claude-auth-sync/vault-token"):
+        assert site.exists(kept), kept
+    assert site.token_valid(stays)
+    said = failed.stderr
+    for path in ("/opt/claude-auth-sync", "/etc/claude-auth-sync", "/var/lib/claude-auth-sync"):
+        assert f"kept {path}" in said, said[-3000:]
+    assert f"{SUDO} {CHECKOUT}/scripts/workstation/setup-devvm.sh --uninstall --purge" in said, said[-3000:]
+    assert "VAULT_TOKEN" in said
+
+    # Unit names planted to be split or globbed by the shell (one names a bystander after a space):
+    # skipped and reported, never offboarded; the bystander's agent files are not touched.
+    bystander = f"casby{secrets.token_hex(3)}"
+    site.box.useradd(bystander)
+    marker = f"/home/{bystander}/.local/state/claude-auth-sync/marker"
+    site.box.write(marker, "mine\n", owner=bystander, dir_mode=0o700)
+    wants = "/etc/systemd/system/timers.target.wants"
+    planted = [f"{wants}/claude-auth-sync@*.timer", f"{wants}/claude-auth-sync@x {bystander}.timer",
+               f"{wants}/claude-auth-sync@[a-z]*.path"]
+    for name in planted:
+        site.box.write(name, "")
+
+    # Rerun as the message says, with the admin token: the purge completes.
     purged = site.sh(PURGE, admin=True)
     assert purged.returncode == 0, purged.stdout[-3000:] + purged.stderr[-3000:]
     with pytest.raises(hvac.exceptions.Forbidden):
         site.bao.client(token).auth.token.lookup_self()
-    for gone in ("/etc/claude-auth-sync", "/var/lib/claude-auth-sync", "/opt/claude-auth-sync",
+    for gone in ("/etc/claude-auth-sync", "/var/lib/claude-auth-sync", "/opt/claude-auth-sync", ENV_FILE,
+                 "/usr/local/bin/t3-provision-users", "/usr/local/bin/claude-auth-sync",
                  f"/home/{stays}/.config/claude-auth-sync", f"/home/{stays}/.local/state/claude-auth-sync"):
         assert not site.exists(gone), gone
+    assert site.box.read(marker) == b"mine\n"
+    assert "skipped" in purged.stderr and f"x {bystander}" in purged.stderr, purged.stderr[-3000:]
+    assert "README.md" not in purged.stdout + purged.stderr  # no pathname expansion in the checkout
+    site.box.run(["rm", "-f", *planted])
