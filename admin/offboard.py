@@ -303,9 +303,9 @@ class Offboarding:
             return None, False
         try:
             found = run_as_user(self.account, job_inspect(create=False))
-        except ChildFailed as err:
-            step.details.append(f"token file not read: {safe_text(str(err), 200)}")
-            return None, False
+        except ChildFailed as err:  # never removed unread: it may hold a valid token nothing records
+            step.details.append(f"token file not read: {safe_text(str(err), 200)}: kept")
+            return None, True
         if found.get("token_state") == "unsafe" and not str(found.get("why")).endswith("is a symlink"):
             # A file the agent would refuse (mode, links, owner, not a regular file, malformed) may
             # still hold a valid token nothing records: kept, never removed unread. A link holds none.
@@ -361,6 +361,10 @@ class Offboarding:
             step.did(safe_text(str(change), 300), self.o.dry_run)
         for kept in result.get("kept") or []:
             step.details.append(f"kept {safe_text(str(kept), 300)}")
+        if result.get("refused"):  # the state directory, after the token file's directory was done
+            failed = ChildFailed(str(result["refused"]), str(result.get("refused_kind") or "unsafe"))
+            step.fail(failed.exit_code, f"{safe_text(str(failed), 300)}; nothing more was removed there")
+            self._next(f"inspect {safe_text(self.account.home, 100)}, then rerun {OFFBOARD_COMMAND} {self.user}")
 
     # -- 5. secret -------------------------------------------------------------------------
 

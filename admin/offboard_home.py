@@ -14,7 +14,9 @@ Guarantees (the child already is the user, see :mod:`.as_user`; walks as :mod:`.
   link or refused, its target never touched; a directory owned by someone else is refused;
 * the state directory is removed to at most :data:`MAX_DEPTH` levels and :data:`MAX_ENTRIES`
   entries (a hostile tree cannot keep root's child busy); beyond that it is refused ("unsafe");
-* in a dry run nothing is removed: ``changes`` says what would be.
+* in a dry run nothing is removed: ``changes`` says what would be;
+* a refusal in the state directory (``refused``) still reports what the token file's directory
+  gave up (``changes``, ``kept``).
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def _remove_config(home: int, account: Account, dry_run: bool, remove_token: boo
                 os.unlink(TOKEN_NAME, dir_fd=config)  # a symlink planted there goes as a link
             changes.append(f"{verb} {_rel((*CONFIG_PARTS, TOKEN_NAME))}")
         elif token_here:
-            kept.append(f"{_rel((*CONFIG_PARTS, TOKEN_NAME))} (its token is not revoked yet)")
+            kept.append(f"{_rel((*CONFIG_PARTS, TOKEN_NAME))} (its token is not known to be revoked)")
         left = [n for n in os.listdir(config) if not (dry_run and (n in temps or (n == TOKEN_NAME and remove_token)))]
     finally:
         os.close(config)
@@ -165,7 +167,10 @@ def job_offboard_home(account: Account, payload: bytes) -> dict[str, Any]:
     home = _open_home(account)
     try:
         _remove_config(home, account, dry_run, remove_token, changes, kept)
-        _remove_state_dir(home, account, dry_run, changes)
+        try:
+            _remove_state_dir(home, account, dry_run, changes)
+        except ChildFailed as err:  # what was removed before is still said
+            return {"ok": True, "changes": changes, "kept": kept, "refused": str(err), "refused_kind": err.kind}
     finally:
         os.close(home)
     return {"ok": True, "changes": changes, "kept": kept}

@@ -199,6 +199,11 @@ def test_offboarding_never_follows_links_planted_in_the_home(
     refused = offboard(sandbox, frank, admin=True)
     assert refused.rc == 78, refused.stdout + refused.stderr
     assert "symlink" in " ".join(steps(refused)["home"]["details"])
+    # The token file could not be read (the child refused the walk): kept, never removed unread,
+    # and the report says so, beside the refusal.
+    assert (home(frank) / TOKEN_REL).exists()
+    assert any(d.startswith("kept ~/.config/claude-auth-sync/vault-token") for d in steps(refused)["home"]["details"]), \
+        refused.stdout
     assert snapshot(scratch_etc) == before and stat.S_ISREG(os.lstat(victim / "keep").st_mode)
 
 
