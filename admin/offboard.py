@@ -24,7 +24,8 @@ do:
    is kept: it may live at another Vault; so is a file the agent would refuse, a symlink aside,
    which goes as a link), interrupted writes' temporary files, the state
    directory. Never the credentials file. A user without an account on this host has no home to
-   clean (said);
+   clean, and the home of an account the provisioner refuses (root, a system account, an alias
+   of another uid's name: :func:`.accounts.refusals`) is never touched (both said);
 5. **secret**: kept, unless ``--destroy-secret``: then the user's KV v2 secret is deleted with all
    its versions and metadata (``DELETE <mount>/metadata/<path>``); that flag needs the admin token
    (refused with 78 before anything changes without one).
@@ -50,6 +51,7 @@ from claude_auth_sync.model import ExitCode
 from claude_auth_sync.terminal_text import safe_text
 from claude_auth_sync.usernames import check_username
 
+from .accounts import refusals
 from .as_user import Account, ChildFailed, run_as_user
 from .offboard_home import job_offboard_home, offboard_payload
 from .provision_report import NEEDS_ADMIN, worst
@@ -114,6 +116,7 @@ class Offboarding:
         self.timers = SystemdTimers(options.systemd_root, options.systemctl)
         self.state = StateFile(options.state_dir)
         self.account: Account | None = None
+        self.refused_home: str | None = None  # why the account's home is never touched (root, a system account)
         self._vault: AdminVault | None = None
         self._settings: Any = None
 
@@ -128,6 +131,10 @@ class Offboarding:
                                             "--destroy-secret")
         self._roster()
         self.account = Account.lookup(self.user)
+        if self.account is not None:  # the provisioner's rule: only a person's own login account
+            self.refused_home = refusals({self.user: self.account}).get(self.user)
+            if self.refused_home:
+                self.account = None
         if self.o.dry_run:
             if self.o.state_dir.is_dir():
                 self.state.load()
@@ -348,7 +355,8 @@ class Offboarding:
     def _home(self, token_dead: bool) -> None:
         step = self.steps["home"]
         if self.account is None:
-            step.details.append(f"{self.user} has no account on this host: no home to clean")
+            step.details.append(f"{safe_text(self.refused_home, 300)}: its home is not touched" if self.refused_home
+                                else f"{self.user} has no account on this host: no home to clean")
             return
         try:
             result = run_as_user(self.account, job_offboard_home,

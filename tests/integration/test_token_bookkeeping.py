@@ -7,6 +7,7 @@ Tokens never appear in assertion operands: accessors (not secrets) and booleans 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -282,3 +283,34 @@ def test_a_token_file_the_agent_would_refuse_is_kept_unless_it_is_a_link(
     still_valid = token_valid_at(bao, token)
     assert still_valid and (home(tess) / TOKEN_REL).exists(), done.stdout
     assert "mode 0644" in json.dumps(done.data["steps"]), done.stdout
+
+
+@pytest.fixture
+def system_account() -> Any:
+    """A real system account (uid below UID_MIN) with a home, removed afterwards."""
+    import secrets
+    import subprocess
+
+    name = f"cassys{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--system", "--create-home", "--home-dir", f"/var/tmp/{name}", "--shell",
+                    "/usr/sbin/nologin", name], check=True, capture_output=True)
+    yield name
+    subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+def test_offboarding_a_system_account_never_touches_its_home(sandbox: Sandbox, system_account: str) -> None:
+    """Review finding: --offboard ran its privilege-dropped child in any account's home (a system
+    account, root itself: uid 0 keeps every privilege), removing files there, although the
+    provisioner refuses such accounts (admin/accounts.py). Now the home of an account the
+    provisioner would refuse is left alone, and the report says why."""
+    import subprocess
+
+    marker = Path(f"/var/tmp/{system_account}/.local/state/claude-auth-sync/keep")
+    subprocess.run(["runuser", "-u", system_account, "--", "mkdir", "-p", str(marker.parent)], check=True)
+    subprocess.run(["runuser", "-u", system_account, "--", "touch", str(marker)], check=True)
+    sandbox.write_roster(["casnoaccount"])
+    done = sandbox.run("--offboard", system_account, admin=True)
+    assert done.rc == 0, done.stdout + done.stderr
+    assert marker.exists(), done.stdout
+    home_step = next(step for step in done.data["steps"] if step["step"] == "home")
+    assert any("system account" in d for d in home_step["details"]), home_step
