@@ -303,10 +303,10 @@ class TokenPhases:
         if place == "here":
             return True
         vault = self.state.vault_of(accessor)
-        if place == "unconfirmed":
-            report.notes.append("could not tell whether this Vault knows a recorded token (lookup-accessor failed, "
-                                "or this Vault did not tell its cluster_id and does not know it): not revoked, "
-                                "kept; the next run asks again")
+        if place == "unconfirmed":  # a token that may be valid is left: never an exit 0
+            report.flag(ExitCode.TEMPFAIL, "could not tell whether this Vault knows a recorded token (lookup-accessor "
+                                           "failed, or this Vault did not tell its cluster_id and does not know it): "
+                                           "not revoked, kept; the next admin run asks again")
         elif vault is None:
             report.notes.append("a token recorded before Vault addresses were kept is unknown to this Vault "
                                 "(already gone, or minted at another Vault): not revoked here, kept in the state file")
@@ -405,7 +405,8 @@ class TokenPhases:
         entry["superseded"] = sorted({*entry["superseded"], str(entry["accessor"])})
         self._revoke_superseded(entry, report, "the removed user's token")
         if entry.get("superseded"):
-            return  # a revocation failed (flagged); the next admin --prune run retries
+            report.token = "revoke pending"
+            return  # a revocation failed or a record could not be placed (flagged); the next admin --prune run retries
         report.token = "revoked"
         report.actions.append("revoked token (secret kept)")
         del self.state.users[user]

@@ -314,3 +314,28 @@ def test_offboarding_a_system_account_never_touches_its_home(sandbox: Sandbox, s
     assert marker.exists(), done.stdout
     home_step = next(step for step in done.data["steps"] if step["step"] == "home")
     assert any("system account" in d for d in home_step["details"]), home_step
+
+
+def test_a_prune_that_cannot_place_a_record_does_not_end_0(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any) -> None:
+    """Review finding: ``--prune`` with an admin token that may not use lookup-accessor (or a Vault
+    not answering it) kept a removed user's old record unrevoked, as it must, but only noted it and
+    exited 0, as if every token of the removed user were revoked. Now it ends 75 (retry)."""
+    uma, = make_users("uma")
+    sandbox.write_roster([uma])
+    assert sandbox.run("--apply-policies", admin=True).rc == 0
+    legacy = bao.client().auth.token.create(policies=["default"], ttl="1h")["auth"]
+    path = sandbox.state / "tokens.json"
+    state = json.loads(path.read_text())
+    state["users"][uma]["superseded"] = [legacy["accessor"]]  # an old record: no Vault recorded
+    path.write_text(json.dumps(state))
+    hcl = (REPO / "deploy/vault/t3-provisioner-admin.hcl").read_text()
+    bao.write_policy("t3-admin-blind", hcl.replace('path "auth/token/lookup-accessor"',
+                                                   'path "auth/token/lookup-accessor-not-granted"'))
+    blind = bao.create_periodic_token(["t3-admin-blind"], period="1h", display_name="t3-blind")
+    sandbox.write_roster(["casnoaccount"])
+
+    pruned = sandbox.run("--prune", admin=blind)
+    still_valid = token_valid_at(bao, legacy["client_token"])
+    assert still_valid and legacy["accessor"] in recorded(sandbox, uma), pruned.stdout
+    assert pruned.rc == 75, pruned.stdout + pruned.stderr
