@@ -11,6 +11,21 @@ fields) or Vault returned is shown through :mod:`claude_auth_sync.terminal_text`
 markup is interpreted and no control character reaches root's terminal. Before anything is
 gathered the system settings file must pass :func:`claude_auth_sync.admin.trusted_file.check_trusted`
 (its Vault address is where every user's token is sent).
+
+**Whose settings.** Each child resolves the settings the way that user's unit does: the system
+file (never the user's own file: the address a user's token is sent to is never one the user
+chose) and the environment :func:`claude_auth_sync.admin.unit_environ.unit_environ` builds, i.e.
+the settings variables of ``/etc/default/claude-auth-sync`` (the unit's ``EnvironmentFile=``;
+it must pass the same trusted-file check, else exit 78), with root's own *site-wide* settings
+variables on top (``VAULT_ADDR``, ``VAULT_CACERT``, ``VAULT_NAMESPACE``... given explicitly, e.g.
+``sudo --preserve-env=VAULT_ADDR``: a deliberate choice of the administrator, kept as before and
+named on stderr because the rows then differ from the units) and **never** root's per-user
+variables (``VAULT_CLIENT_CERT``/``VAULT_CLIENT_KEY``, ``CLAUDE_AUTH_SYNC_VAULT__CLIENT_CERT``/``_KEY``,
+the token file, the XDG and state/config directories: root's value names root's files, which the
+user's child cannot read and the unit never uses; also named on stderr). The child's whole process
+environment is replaced by that environment before anything is resolved (the settings also read
+``CLAUDE_AUTH_SYNC_*`` straight from the process environment), so nothing else of root's settings
+reaches it.
 """
 
 from __future__ import annotations
@@ -32,33 +47,41 @@ from claude_auth_sync.runner import Runtime
 from claude_auth_sync.settings import load_settings
 from claude_auth_sync.terminal_text import plain, safe_text
 
-__all__ = ["fleet_rows", "command_fleet"]
+from .unit_environ import ENVIRONMENT_FILE, PER_USER_VARIABLES, UnitEnviron, unit_environ
+
+__all__ = ["ENVIRONMENT_FILE", "PER_USER_VARIABLES", "fleet_rows", "fleet_environ", "command_fleet"]
 
 LOG_REL = ".local/state/claude-auth-sync/sync.log"
 NO_USER_FILE = Path("/nonexistent/claude-auth-sync/config.toml")  # the fleet view trusts the system file only
-PER_USER_VARIABLES = frozenset({
-    "CLAUDE_CONFIG_DIR", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "CLAUDE_AUTH_SYNC_CLAUDE_CONFIG_DIR",
-    "CLAUDE_AUTH_SYNC_STATE_DIR", "CLAUDE_AUTH_SYNC_CONFIG_DIR", "CLAUDE_AUTH_SYNC_VAULT__TOKEN_FILE",
-})
 LOG_TAIL_BYTES = 64 * 1024
 RELOGIN_AS_USER = "as {user}: " + RELOGIN_COMMAND.replace("<enterprise-email>", "{email}")
 
 
+def fleet_environ(environ: Mapping[str, str] | None = None) -> UnitEnviron:
+    """The environment every user's child resolves its settings from (see the module docstring):
+    :data:`ENVIRONMENT_FILE` (trusted, else exit 78) plus root's site-wide settings variables."""
+    from claude_auth_sync.plugin_manager import get_plugin_manager
+
+    sections = get_plugin_manager().settings_sections()
+    return unit_environ(sections, os.environ if environ is None else environ, ENVIRONMENT_FILE)
+
+
 def _settings_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """Root's environment without the variables that name per-user paths (each user's own apply)."""
-    return {k: v for k, v in environ.items() if k not in PER_USER_VARIABLES}
+    """The child's settings environment (kept for ``check --all``, which shares the fleet's rule)."""
+    return fleet_environ(environ).environ
 
 
 def _user_facts(plugins: Plugins, environ: Mapping[str, str]) -> Any:
     """The child job: runs as the user, returns facts (never a token).
 
     The local login is read through the configured restorer and the Vault token looked up through
-    the configured backend, with root's settings only (the system file and root's environment:
-    the Vault address a user's token is sent to is never one the user chose) and the user's own
-    paths.
+    the configured backend, with the settings the user's unit has (the system file and ``environ``,
+    which replaces the child's whole process environment first) and the user's own paths.
     """
 
     def job(account: Any, _payload: bytes) -> dict[str, Any]:
+        os.environ.clear()  # this forked child's copy: the settings read CLAUDE_AUTH_SYNC_* from here
+        os.environ.update(environ)
         home = Path(account.home)
         facts: dict[str, Any] = {"ok": True}
         lines, facts["log_error"] = _log_tail(home / LOG_REL)
@@ -144,6 +167,9 @@ def _row(user: str, email: str, facts: dict[str, Any] | None, units: tuple[bool,
     if vault is not None:
         row["vault_ttl_s"] = vault.get("ttl_s")
         row["vault_path"] = vault.get("path")
+        if vault.get("error"):
+            row["vault_error"] = safe_text(str(vault["error"]), 300)
+            row["vault_reason"] = vault.get("reason")
         if vault.get("error") or vault.get("drifted") or (vault.get("ttl_s") or 0) < STORE_TTL_WARN_S:
             needs.append(f"admin: {PROVISION_COMMAND}")
     if not (timer and path):
@@ -153,7 +179,10 @@ def _row(user: str, email: str, facts: dict[str, Any] | None, units: tuple[bool,
     return row
 
 
-def fleet_rows(roster_path: Path, plugins: Plugins, systemd_root: Path = Path("/")) -> list[dict[str, Any]]:
+def fleet_rows(roster_path: Path, plugins: Plugins, systemd_root: Path = Path("/"), *,
+               environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per roster user, each gathered as that user with ``environ`` (default:
+    :func:`fleet_environ` of root's environment) as the child's whole environment."""
     from .as_user import Account, ChildFailed, run_as_user
     from .timers import PATHS_WANTS, WANTS, path_unit, timer_unit
     from .roster import load_roster
@@ -167,6 +196,7 @@ def fleet_rows(roster_path: Path, plugins: Plugins, systemd_root: Path = Path("/
         raise ConfigurationError("diagnose --all reads every roster user's state: run it as root",
                                  reason="not_root", remedy="sudo claude-auth-sync diagnose --all")
     roster = load_roster(roster_path)
+    child_environ = dict(fleet_environ().environ if environ is None else environ)
     now = time.time()
     rows = []
     for entry in roster:
@@ -177,7 +207,7 @@ def fleet_rows(roster_path: Path, plugins: Plugins, systemd_root: Path = Path("/
             rows.append(_row(entry.os_user, entry.email, None, units, now, "no OS account on this host"))
             continue
         try:
-            facts = run_as_user(account, _user_facts(plugins, _settings_environ(os.environ)))
+            facts = run_as_user(account, _user_facts(plugins, child_environ))
         except ChildFailed as err:
             rows.append(_row(entry.os_user, entry.email, None, units, now, f"cannot inspect: {err}"))
             continue
@@ -193,12 +223,28 @@ def command_fleet(*, roster: Path, json_output: bool, systemd_root: Path = Path(
 
     check_trusted(SYSTEM_CONFIG_FILE)  # its vault.addr receives every user's token
     runtime = build_runtime(user=UserIdentity.current())  # validates the settings and the plugins
-    rows = fleet_rows(roster, runtime.plugins, systemd_root)
+    unit = unit_environ(runtime.plugins.settings_sections(), os.environ, ENVIRONMENT_FILE)  # trusted, else 78
+    _explain_environ(unit)
+    rows = fleet_rows(roster, runtime.plugins, systemd_root, environ=unit.environ)
     if json_output:
         print(json.dumps({"schema_version": 1, "users": rows}, sort_keys=True))
     else:
         render_fleet(rows)
     return 1 if any(row["needs"] for row in rows) else 0
+
+
+def _explain_environ(unit: UnitEnviron) -> None:
+    """Say on stderr (names only, never values) where the rows' settings differ from root's shell
+    or from the units, and which lines of the environment file were ignored."""
+    where = ENVIRONMENT_FILE
+    if unit.overrides:
+        print(f"claude-auth-sync: root's {', '.join(unit.overrides)} used for every row (the units use "
+              f"{where} and the system config only)", file=sys.stderr)
+    if unit.dropped:
+        print(f"claude-auth-sync: root's {', '.join(unit.dropped)} not used: each row uses what the user's "
+              f"unit uses ({where}, the system config)", file=sys.stderr)
+    for problem in unit.problems:
+        print(f"claude-auth-sync: {where}: {safe_text(problem, 200)}", file=sys.stderr)
 
 
 def _cells(row: dict[str, Any]) -> list[Any]:
