@@ -98,7 +98,7 @@ class AdminVault:
 
     def call(self, who: str, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """``method`` on ``/v1/<path>`` with ``token``: Vault's JSON answer, ``{}`` for an empty
-        200/204; a redirect or any other answer raises :class:`VaultFailure`."""
+        200/204; a redirect, a 200 that is not JSON or any other answer raises :class:`VaultFailure`."""
         import hvac.adapters
 
         adapter = hvac.adapters.JSONAdapter(
@@ -124,8 +124,11 @@ class AdminVault:
         if isinstance(answer, dict):
             return answer
         status = getattr(answer, "status_code", 0)
-        if status in (200, 204):
+        if status == 204 or (status == 200 and not getattr(answer, "content", b"").strip()):
             return {}
+        if status == 200:  # Vault answers 200 with JSON: a page (a portal, a misrouted proxy) is no success
+            raise VaultFailure(f"{where}: an answer that is not Vault's (HTTP 200 without JSON) from {self.addr}",
+                               "unavailable")
         if 300 <= status < 400:
             raise VaultFailure(f"{where}: refusing to follow a redirect ({status})", "invalid")
         raise VaultFailure(f"{where}: unexpected HTTP {status}", "unavailable")

@@ -204,3 +204,38 @@ def test_knows_accessor_says_no_only_on_vaults_invalid_accessor(status: int, bod
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_answer_200_that_is_not_json_is_not_vaults_success() -> None:
+    """Review finding: anything answering 200 with a page (a captive portal, a misrouted load
+    balancer) made lookup-accessor "this Vault knows it" and revoke-accessor "revoked": the record
+    was then forgotten, its token valid at the real Vault. Vault answers 200 with JSON, 204 empty."""
+    import http.server
+    import threading
+
+    from claude_auth_sync.admin.vault_admin import AdminVault, VaultFailure
+
+    class Portal(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<html>Welcome to the guest network</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        vault = AdminVault(f"http://127.0.0.1:{server.server_port}", None, 5)
+        assert vault.knows_accessor("admin-token-for-a-unit-test", "an-accessor") is None
+        with pytest.raises(VaultFailure) as failed:
+            vault.call("admin", "admin-token-for-a-unit-test", "post", "auth/token/revoke-accessor", {"accessor": "a"})
+        assert failed.value.kind == "unavailable" and "admin-token-for-a-unit-test" not in str(failed.value)
+    finally:
+        server.shutdown()
+        server.server_close()
