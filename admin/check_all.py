@@ -56,6 +56,8 @@ def _job(plugins: Plugins, environ: Mapping[str, str], now: float) -> Any:
 
     def job(account: Any, _payload: bytes) -> dict[str, Any]:
         identity = UserIdentity(name=account.name, uid=account.uid, gid=account.gid, home=Path(account.home))
+        os.environ.clear()  # this forked child's copy: the settings read CLAUDE_AUTH_SYNC_* from here too
+        os.environ.update(environ)
         try:
             settings = load_settings(plugins.settings_sections(), identity, user_file=NO_USER_FILE, environ=environ)
         except CasError as err:

@@ -5,9 +5,11 @@
 administrator's shell. :func:`unit_environ` builds what the fleet view's child (running as the
 user) resolves its settings from:
 
-1. root's environment with **every** settings variable removed (what is left, ``PATH``, the
-   proxy variables, ``LANG``..., is process plumbing, not settings);
-2. the settings variables of :data:`ENVIRONMENT_FILE`, exactly those the unit would get;
+1. root's environment with **every** settings variable and every proxy variable removed (what is
+   left, ``PATH``, ``LANG``..., is process plumbing, not settings);
+2. the settings variables and the proxy variables (:data:`PROXY_VARIABLES`, read by requests the
+   way the agent's Vault client reads them) of :data:`ENVIRONMENT_FILE`, exactly those the unit
+   would get: a proxy in root's shell is not the unit's, and one set for the units is;
 3. root's own *site-wide* settings variables on top (``VAULT_ADDR``, ``VAULT_CACERT``,
    ``VAULT_NAMESPACE``, ``CLAUDE_AUTH_SYNC_VAULT__ADDR``, ``CLAUDE_AUTH_SYNC_BACKEND``...): an
    administrator who runs ``sudo --preserve-env=VAULT_ADDR claude-auth-sync diagnose --all``
@@ -44,7 +46,7 @@ from pathlib import Path
 from claude_auth_sync.hookspecs import SettingsSection
 from claude_auth_sync.settings import ENV_PREFIX, Settings
 
-__all__ = ["ENVIRONMENT_FILE", "MAX_ENVIRONMENT_BYTES", "PER_USER_VARIABLES", "UnitEnviron",
+__all__ = ["ENVIRONMENT_FILE", "MAX_ENVIRONMENT_BYTES", "PER_USER_VARIABLES", "PROXY_VARIABLES", "UnitEnviron",
            "parse_environment_file", "read_environment_file", "settings_variables", "unit_environ"]
 
 ENVIRONMENT_FILE = Path("/etc/default/claude-auth-sync")
@@ -55,6 +57,10 @@ PER_USER_VARIABLES = frozenset({
     "CLAUDE_AUTH_SYNC_CLAUDE_CONFIG_DIR", "CLAUDE_AUTH_SYNC_STATE_DIR", "CLAUDE_AUTH_SYNC_CONFIG_DIR",
     "CLAUDE_AUTH_SYNC_VAULT__TOKEN_FILE", "CLAUDE_AUTH_SYNC_VAULT__CLIENT_CERT", "CLAUDE_AUTH_SYNC_VAULT__CLIENT_KEY",
 })
+#: The proxy variables requests (the agent's Vault client) reads: the unit gets them from the file
+#: only, never from the administrator's shell, so the fleet view's child does the same.
+PROXY_VARIABLES = frozenset({"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                             "NO_PROXY", "no_proxy"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # tab is the one control character allowed
 _WHITESPACE, _NEWLINE = " \t\n\r", "\n\r"
@@ -211,11 +217,16 @@ def unit_environ(sections: Sequence[SettingsSection], root_environ: Mapping[str,
     """The environment a user's fleet child resolves settings from (see the module docstring)."""
     known = settings_variables(sections)
     from_file, problems = read_environment_file(path)
-    problems += [f"{name}: not a setting, not used by the fleet view" for name in from_file if not known.knows(name)]
-    environ = {name: value for name, value in root_environ.items() if not known.is_settings(name)}
-    environ.update({name: value for name, value in from_file.items() if known.knows(name)})
+    def taken(name: str) -> bool:
+        return known.knows(name) or name in PROXY_VARIABLES
+
+    problems += [f"{name}: not a setting, not used by the fleet view" for name in from_file if not taken(name)]
+    environ = {name: value for name, value in root_environ.items()
+               if not known.is_settings(name) and name not in PROXY_VARIABLES}
+    environ.update({name: value for name, value in from_file.items() if taken(name)})
     overrides: list[str] = []
-    dropped: list[str] = []
+    dropped: list[str] = [name for name, value in root_environ.items()
+                          if name in PROXY_VARIABLES and from_file.get(name) != value]
     for name, value in root_environ.items():
         if not known.is_settings(name):
             continue

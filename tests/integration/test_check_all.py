@@ -205,3 +205,21 @@ def test_check_all_refuses_a_non_root_caller_and_a_bad_roster_as_unknown(tmp_pat
         direct = subprocess.run([cli(), "check-all", "--roster", str(bad), *args], capture_output=True, text=True,
                                 timeout=60, cwd="/", env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
         assert direct.returncode == 3 and direct.stdout.startswith("CLAUDE-AUTH-SYNC UNKNOWN - "), (args, direct)
+
+
+def test_check_all_reads_each_users_own_paths_whatever_roots_environment_says(tmp_path, make_users) -> None:  # noqa: F811
+    """Root's per-user variables (here CLAUDE_AUTH_SYNC_STATE_DIR and XDG_STATE_HOME naming root's
+    own directories) never reach a user's child: the settings read CLAUDE_AUTH_SYNC_* from the
+    child's process environment, so the child replaces it with the unit's. Each user's own log is
+    read: OK, never 'no run recorded'."""
+    (ok,) = make_users("envok")
+    logged_in(ok, f"{stamp(600)} OK user={ok} action=none store_ttl_s=2764800")
+    elsewhere = tmp_path / "roots-state"
+    elsewhere.mkdir(mode=0o700)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CLAUDE_AUTH_SYNC_STATE_DIR": str(elsewhere),
+           "XDG_STATE_HOME": str(elsewhere)}
+    result = subprocess.run([cli(), "check", "--all", "--roster", str(write_roster(tmp_path, [ok]))], env=env,
+                            capture_output=True, text=True, timeout=120, cwd="/")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"CLAUDE-AUTH-SYNC OK - ok: {ok} | "), result.stdout
+    assert str(elsewhere) not in result.stdout + result.stderr

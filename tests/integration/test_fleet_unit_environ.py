@@ -161,3 +161,4 @@ def test_the_command_leaves_roots_certificate_out_and_says_so(tmp_path: Path, ba
     assert "root's VAULT_CLIENT_CERT, VAULT_CLIENT_KEY not used" in result.stderr, result.stderr
     assert "root's VAULT_ADDR used for every row" in result.stderr, result.stderr
     assert "root-only" not in result.stdout + result.stderr
+

@@ -188,12 +188,25 @@ def test_roots_site_variables_apply_and_are_named(tmp_path: Path) -> None:
     assert unit.overrides == ["CLAUDE_AUTH_SYNC_BACKEND", "VAULT_ADDR"]  # the same value is no override
 
 
-def test_only_settings_variables_are_taken_from_the_file(tmp_path: Path) -> None:
+def test_only_settings_and_proxy_variables_are_taken_from_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "default", "LD_PRELOAD=/tmp/evil.so\nHTTPS_PROXY=http://p:3128\nPATH=/evil\n"
-                                       "CLAUDE_AUTH_SYNC_VAULT__NAMESPACE=team-b\n")
+                                       "no_proxy=vault.lab\nCLAUDE_AUTH_SYNC_VAULT__NAMESPACE=team-b\n")
     unit = unit_environ(sections(), {"PATH": "/usr/bin"}, path)
-    assert unit.environ == {"PATH": "/usr/bin", "CLAUDE_AUTH_SYNC_VAULT__NAMESPACE": "team-b"}
-    assert sorted(p.split(":")[0] for p in unit.problems) == ["HTTPS_PROXY", "LD_PRELOAD", "PATH"]
+    assert unit.environ == {"PATH": "/usr/bin", "CLAUDE_AUTH_SYNC_VAULT__NAMESPACE": "team-b",
+                            "HTTPS_PROXY": "http://p:3128", "no_proxy": "vault.lab"}
+    assert sorted(p.split(":")[0] for p in unit.problems) == ["LD_PRELOAD", "PATH"]
+
+
+def test_proxies_are_the_units_never_roots_shell(tmp_path: Path) -> None:
+    """The unit never sees the administrator's shell: root's proxy variables are left out (named),
+    the file's apply; with no file, no proxy at all."""
+    root = {"PATH": "/usr/bin", "HTTPS_PROXY": "http://root-only:3128", "http_proxy": "http://root-only:3128",
+            "NO_PROXY": "vault.lab"}
+    unit = unit_environ(sections(), root, write(tmp_path / "default", "NO_PROXY=vault.lab\n"))
+    assert unit.environ == {"PATH": "/usr/bin", "NO_PROXY": "vault.lab"}
+    assert sorted(unit.dropped) == ["HTTPS_PROXY", "http_proxy"]  # NO_PROXY: the same as the unit's
+    bare = unit_environ(sections(), root, tmp_path / "absent")
+    assert bare.environ == {"PATH": "/usr/bin"}
 
 
 def test_the_settings_know_the_vault_variables() -> None:
