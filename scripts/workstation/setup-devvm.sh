@@ -422,9 +422,14 @@ uninstall() {
     local list=() unit purge_status=0
     mapfile -d '' -t list < <(instances)
     if [ "$purge" -eq 1 ]; then
-        [ -x "$venv/bin/t3-provision-users" ] || die "--purge needs the installed package to remove the users' files" \
-            "safely (as each user): install it again ($0), then $0 --uninstall --purge"
-        offboard_all || purge_status=$?
+        if [ -x "$venv/bin/t3-provision-users" ]; then
+            offboard_all || purge_status=$?
+        elif [ ${#list[@]} -gt 0 ] || { [ -s "$state_dir/tokens.json" ] && grep -q '"accessor"' "$state_dir/tokens.json"; }; then
+            die "--purge needs the installed package to revoke the recorded tokens and remove the users' files" \
+                "safely (as each user): install it again ($0), then $0 --uninstall --purge"
+        else  # a purge finished before, or a plain uninstall of a host that never minted a token
+            log "the package is not installed and no unit or recorded token is left: nothing to offboard"
+        fi
     fi
     # One unit at a time: a name systemctl refuses must not keep the others running.
     local stop=("${list[@]}")
@@ -452,14 +457,14 @@ uninstall() {
         # Tokens are left to revoke: keep what finishing needs (dpkg keeps a package whose removal
         # script failed), say what is left and the one command that finishes.
         daemon_reload
-        local would=""
-        [ "$dry" -eq 0 ] || would="would be "
+        local would="" kept="kept"
+        [ "$dry" -eq 0 ] || { would="would be "; kept="would keep"; }
         log "the purge is not finished: an offboarding above failed (status $purge_status; tokens are left to revoke)." \
             "Every unit is ${would}disabled, stopped and removed; what is left:"
-        log "  kept $prefix, $bin_dir/t3-provision-users and $bin_dir/claude-auth-sync: the package, to finish"
-        log "  kept $etc_dir: roster.yaml and config.toml (the Vault address)"
-        log "  kept $state_dir: tokens.json, the accessors still to revoke"
-        [ ! -e "$env_file" ] || log "  kept $env_file"
+        log "  $kept $prefix, $bin_dir/t3-provision-users and $bin_dir/claude-auth-sync: the package, to finish"
+        log "  $kept $etc_dir: roster.yaml and config.toml (the Vault address)"
+        log "  $kept $state_dir: tokens.json, the accessors still to revoke"
+        [ ! -e "$env_file" ] || log "  $kept $env_file"
         log "  the users' token files that hold a token still to revoke (the offboarding above names them)"
         log "finish it with the admin token in the environment (export VAULT_ADDR and VAULT_TOKEN, never on" \
             "the command line), once Vault answers:"

@@ -115,6 +115,10 @@ def test_hostile_roster_config_and_cacert(tmp_path: Path, bao: OpenBaoServer) ->
     assert purged.stderr.count("skipped") == 3 and "'x y'" in purged.stderr and "'a\\nb'" in purged.stderr
     assert not etc.exists() and not (root / "opt/claude-auth-sync").exists()
     assert default.read_text().startswith("# the site's proxy\n") and f"kept {default}" in purged.stderr
+    for name in ("claude-auth-sync@*.timer", "claude-auth-sync@x y.timer", "claude-auth-sync@a\nb.path"):
+        (wants / name).unlink()  # the plants (never units of a user) are the administrator's to remove
+    again = run(root, bao, "--uninstall", "--purge", cwd=here)  # a finished purge, run again: nothing to do
+    assert again.returncode == 0 and "nothing to offboard" in again.stderr, again.stderr[-2000:]
 
 
 def test_uninstall_of_nothing_and_upgrade_before_install(tmp_path: Path, bao: OpenBaoServer) -> None:
@@ -125,6 +129,14 @@ def test_uninstall_of_nothing_and_upgrade_before_install(tmp_path: Path, bao: Op
     assert list(root.iterdir()) == []
     upgrade = run(root, bao, "--upgrade", admin=False)
     assert upgrade.returncode != 0 and "install first" in upgrade.stderr
+    # A purge of nothing (nothing installed, no unit, no recorded token) is idempotent: exit 0.
     purge = run(root, bao, "--uninstall", "--purge", admin=False)
-    assert purge.returncode != 0 and "install it again" in purge.stderr
+    assert purge.returncode == 0 and "nothing to offboard" in purge.stderr, purge.stderr
     assert list(root.iterdir()) == []
+    # Tokens still recorded (a plain uninstall left the state file): the package is needed to revoke them.
+    state = root / "var/lib/claude-auth-sync"
+    state.mkdir(parents=True, mode=0o700)
+    (state / "tokens.json").write_text('{"version": 2, "users": {"alice": {"accessor": "a1"}}}')
+    refused = run(root, bao, "--uninstall", "--purge", admin=False)
+    assert refused.returncode != 0 and "install it again" in refused.stderr, refused.stderr
+    assert (state / "tokens.json").exists()
