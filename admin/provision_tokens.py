@@ -307,9 +307,9 @@ class TokenPhases:
             report.flag(ExitCode.TEMPFAIL, "could not tell whether this Vault knows a recorded token (lookup-accessor "
                                            "failed, or this Vault did not tell its cluster_id and does not know it): "
                                            "not revoked, kept; the next admin run asks again")
-        elif vault is None:
-            report.notes.append("a token recorded before Vault addresses were kept is unknown to this Vault "
-                                "(already gone, or minted at another Vault): not revoked here, kept in the state file")
+        elif vault is None or place == "unknown":
+            report.notes.append("a recorded token is unknown to this Vault (already gone, or minted at another "
+                                "Vault that answered at this address): not revoked here, kept in the state file")
         else:
             report.flag(NEEDS_ADMIN, f"a token minted at another Vault ({vault_label(vault)}) is not revoked here",
                         f"revoke it there: VAULT_ADDR={vault['addr']} {PROVISION_COMMAND} --prune")

@@ -153,10 +153,11 @@ class StateFile:
         record) and ``known_here(accessor)`` confirms this Vault knows it (then stamped);
         ``"elsewhere"`` when recorded at another Vault; ``"unknown"`` for an old record this Vault
         says it does not know (``known_here`` False); ``"unconfirmed"`` for an old record this Vault
-        could not be asked about (``known_here`` None: keep it, ask again). A record naming its
-        cluster, matched by address only because this Vault did not tell its ``cluster_id`` this
-        run, is ``"here"`` only when ``known_here`` confirms it, else ``"unconfirmed"``. Only
-        ``"here"`` may be revoked; only ``"unknown"`` may be forgotten."""
+        could not be asked about (``known_here`` None: keep it, ask again). A record matched by
+        address only (it, or this run's ``sys/health``, names no ``cluster_id``) is ``"here"`` only
+        when ``known_here`` confirms it; else ``"unconfirmed"``, or ``"unknown"`` for a record naming
+        no cluster that this Vault says it does not know. Only ``"here"`` may be revoked; only
+        ``"unknown"`` may be forgotten."""
         recorded = self.accessor_vaults.get(accessor)
         if recorded is None:
             known = known_here(accessor)
@@ -168,12 +169,21 @@ class StateFile:
             return "here"
         if not same_vault(recorded, vault):
             return "elsewhere"
-        if recorded.get("cluster_id") and not vault.get("cluster_id"):
-            # Matched by address alone although the record names its cluster (this run's sys/health
-            # told none): another cluster may answer there now, and its revoke-accessor says 200 for
-            # an accessor it does not know. Here only once this Vault knows it; else kept, asked again.
-            return "here" if known_here(accessor) else "unconfirmed"
-        return "here"
+        if recorded.get("cluster_id") and vault.get("cluster_id"):
+            return "here"  # the same cluster, whichever node or name answered
+        # Matched by address alone (the record, or this run's sys/health, names no cluster): another
+        # cluster may answer at that address now, and its revoke-accessor says 200 for an accessor
+        # it does not know. Here only once this Vault knows it. A record naming its cluster is kept
+        # otherwise (its token may live on at that cluster); one naming none follows the old-record
+        # rule (forgotten only when this Vault says it does not know it).
+        known = known_here(accessor)
+        if known:
+            if vault.get("cluster_id") and not recorded.get("cluster_id"):
+                self.stamp(accessor, vault)  # proved: from now on matched by cluster
+            return "here"
+        if known is None or recorded.get("cluster_id"):
+            return "unconfirmed"
+        return "unknown"
 
     def record_policy(self, name: str, user: str, host: str | None, vault: VaultId, created_at: str) -> None:
         """Record that this host created policy ``name`` at ``vault`` (only such policies are pruned)."""

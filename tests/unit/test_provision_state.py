@@ -155,17 +155,29 @@ def test_a_record_naming_its_cluster_is_not_placed_here_by_address_alone(tmp_pat
     state = StateFile(tmp_path)
     for accessor in ("known", "not-known", "unasked"):
         state.stamp(accessor, vault_identity("https://vault.example:8200", "", "cluster-a"))
-    state.stamp("no-cluster", address_only)  # recorded without a cluster: the address rule, unasked
+    for accessor in ("no-cluster-known", "no-cluster-gone", "no-cluster-unasked"):
+        state.stamp(accessor, address_only)  # recorded without a cluster: matched by address, asked too
     asked: list[str] = []
 
     def known(accessor: str) -> bool | None:
         asked.append(accessor)
-        return {"known": True, "not-known": False}.get(accessor)
+        return {"known": True, "not-known": False, "no-cluster-known": True, "no-cluster-gone": False}.get(accessor)
 
-    places = {a: state.placement(a, address_only, known) for a in ("known", "not-known", "unasked", "no-cluster")}
-    assert places == {"known": "here", "not-known": "unconfirmed", "unasked": "unconfirmed", "no-cluster": "here"}
-    assert asked == ["known", "not-known", "unasked"]
+    names = ("known", "not-known", "unasked", "no-cluster-known", "no-cluster-gone", "no-cluster-unasked")
+    places = {a: state.placement(a, address_only, known) for a in names}
+    assert places == {"known": "here", "not-known": "unconfirmed", "unasked": "unconfirmed",
+                      "no-cluster-known": "here", "no-cluster-gone": "unknown", "no-cluster-unasked": "unconfirmed"}
+    assert asked == list(names)
     assert state.vault_of("known") == vault_identity("https://vault.example:8200", "", "cluster-a")  # not re-stamped
+
+    # A record naming no cluster, matched by address while this Vault tells its cluster: asked too;
+    # once confirmed it is stamped with the cluster (matched by cluster from then on).
+    with_cluster = vault_identity("https://vault.example:8200", "", "cluster-b")
+    asked.clear()
+    assert state.placement("no-cluster-known", with_cluster, known) == "here"
+    assert state.placement("no-cluster-gone", with_cluster, known) == "unknown"
+    assert asked == ["no-cluster-known", "no-cluster-gone"]
+    assert state.vault_of("no-cluster-known") == with_cluster and state.vault_of("no-cluster-gone") == address_only
 
 
 @pytest.mark.parametrize("status, body, expected", [
