@@ -117,6 +117,7 @@ class Offboarding:
         self.state = StateFile(options.state_dir)
         self.account: Account | None = None
         self.refused_home: str | None = None  # why the account's home is never touched (root, a system account)
+        self.minted_at: tuple[list[dict[str, Any]], bool] = ([], False)  # (other Vaults of their tokens, any here)
         self._vault: AdminVault | None = None
         self._settings: Any = None
 
@@ -234,6 +235,7 @@ class Offboarding:
         here, elsewhere, unknown, unconfirmed = self._sort_accessors([a for a in accessors if a != file_accessor], step)
         if file_accessor:
             here.append(file_accessor)  # proved here: looked up with itself
+        self.minted_at = ([v for a in elsewhere if (v := self.state.vault_of(a))], bool(here))
         dry_run = self.o.dry_run
         if dry_run:  # the same report as the real run, the revocations and the state file aside
             if here:
@@ -380,6 +382,12 @@ class Offboarding:
         step = self.steps["secret"]
         if not self.o.destroy_secret:
             step.details.append("kept (--destroy-secret deletes it)")
+            return
+        others, any_here = self.minted_at
+        if others and not any_here:  # the agent backed up at the Vault that minted its token, not here
+            step.fail(ExitCode.CONFIG, f"not destroyed: {self.user}'s tokens are recorded at another Vault "
+                                       f"({vault_label(others[0])}), where the agent's copy is")
+            self._next(f"VAULT_ADDR={safe_text(others[0]['addr'], 200)} {OFFBOARD_COMMAND} {self.user} --destroy-secret")
             return
         from claude_auth_sync.plugins.backend_vault.policy import locate
 

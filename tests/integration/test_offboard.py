@@ -297,6 +297,31 @@ def test_an_old_record_vault_cannot_place_is_kept_never_forgotten(
     assert ivan not in json.loads(state_path.read_text())["users"]
 
 
+def test_destroy_secret_is_refused_when_the_tokens_were_minted_at_another_vault(
+        sandbox: Sandbox, bao: OpenBaoServer, make_users: Any) -> None:
+    """--destroy-secret deletes at the Vault VAULT_ADDR names; when every token the state file
+    records for the user was minted at another Vault, the agent's copy is there, and the secret
+    here (if any) is not the agent's: refused (78) with the command for that Vault, nothing deleted
+    (review finding: it deleted at whatever Vault it was pointed at)."""
+    judy, = make_users("judy")
+    provisioned(sandbox, bao, judy)
+    as_user(judy, "rm", "-f", str(home(judy) / TOKEN_REL))  # no token file: only the records speak
+    state_path = sandbox.state / "tokens.json"
+    state = json.loads(state_path.read_text())
+    for accessor in [state["users"][judy]["accessor"], *state["users"][judy].get("superseded", [])]:
+        state["accessor_vaults"][accessor] = {"addr": "https://vault.other.example:8200", "namespace": ""}
+    state_path.write_text(json.dumps(state))
+    sandbox.write_roster(["casnoaccount"])
+
+    done = offboard(sandbox, judy, "--destroy-secret", admin=True)
+    assert done.rc == 78, done.stdout + done.stderr
+    assert secret_exists(bao, judy)
+    assert steps(done)["secret"]["state"] != "done", done.stdout
+    assert any("another Vault (https://vault.other.example:8200)" in d for d in steps(done)["secret"]["details"])
+    assert any(s.startswith("VAULT_ADDR=https://vault.other.example:8200 ") and s.endswith("--destroy-secret")
+               for s in done.data["next_steps"]), done.data["next_steps"]
+
+
 @pytest.mark.parametrize("template", [None, "workstation/claude-hosts/{host}/{user}"])
 def test_destroy_secret_works_with_the_least_privilege_admin_policy(
         sandbox: Sandbox, bao: OpenBaoServer, make_users: Any, template: str | None) -> None:
