@@ -28,11 +28,14 @@ standard twin, e.g. the file's ``CLAUDE_AUTH_SYNC_VAULT__ADDR`` beats root's ``V
 system settings file (:func:`~claude_auth_sync.admin.trusted_file.read_trusted`: regular file, root's,
 not group/world-writable, no foreign symlink or directory; a refusal is exit 78), at most
 :data:`MAX_ENVIRONMENT_BYTES` are read, and an absent file is an empty one (the unit's ``-``).
-:func:`parse_environment_file` reads ``KEY=VALUE`` lines the way systemd's ``EnvironmentFile=``
-does (``#``/``;`` comment lines, quotes, backslash escapes and continuations, trailing blanks
-trimmed) and keeps only assignments systemd would accept (a valid name, UTF-8, no control
-character but tab) **and** that name a settings variable: ``export X=1`` is a line systemd
-ignores (invalid name), and ``HTTPS_PROXY`` or ``LD_PRELOAD`` are not settings. Ignored lines are
+:func:`parse_environment_file` reads ``KEY=VALUE`` lines exactly as systemd 252's ``EnvironmentFile=``
+does (``#``/``;`` comment lines, a comment ending in ``\\`` continuing on the next, quotes, backslash
+escapes and continuations, trailing blanks trimmed, the end of the file ending an open value), keeps
+only assignments systemd accepts (a valid name; control characters in a value are kept, as systemd
+keeps them) and, like ``EnvironmentFile=-``, ignores the whole file when systemd refuses it (a NUL
+byte, invalid UTF-8 in an assignment); a real-systemd differential test holds it to that.
+:func:`unit_environ` then takes only the settings and proxy variables: ``export X=1`` is a line
+systemd ignores (invalid name), ``LD_PRELOAD`` is not a setting. Ignored lines are
 reported by number and reason, never by value.
 """
 
@@ -62,7 +65,6 @@ PER_USER_VARIABLES = frozenset({
 PROXY_VARIABLES = frozenset({"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
                              "NO_PROXY", "no_proxy"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # tab is the one control character allowed
 _WHITESPACE, _NEWLINE = " \t\n\r", "\n\r"
 
 
@@ -101,29 +103,36 @@ def settings_variables(sections: Sequence[SettingsSection]) -> SettingsVariables
 
 
 def parse_environment_file(text: str) -> tuple[dict[str, str], list[str]]:
-    """``(assignments, problems)`` of an ``EnvironmentFile=`` text, read as systemd reads it.
+    """``(assignments, problems)`` of an ``EnvironmentFile=`` text, read as systemd 252 reads it
+    (a port of its ``parse_env_file_internal`` and ``load_env_file_push``, checked against the real
+    systemd by ``tests/integration/test_review_unit_environ_systemd.py``).
 
     ``assignments`` holds what systemd would set (later lines win); ``problems`` says, per line
-    number, why an assignment was ignored (never its value). Settings filtering is the caller's."""
+    number, why an assignment was ignored (never its value). ``text`` is the file decoded with
+    ``surrogateescape``: as systemd refuses a file with a NUL byte or with invalid UTF-8 in any
+    assignment (with ``EnvironmentFile=-...`` the *whole* file is then ignored), so is it here.
+    A comment ending in ``\\`` continues on the next line (systemd up to 253; 254 changed it).
+    Values may hold control characters (systemd hands them to the process); settings filtering
+    is the caller's."""
+    if "\x00" in text:
+        return {}, ["a NUL byte: systemd refuses the whole file (every assignment in it ignored)"]
     found: dict[str, str] = {}
     problems: list[str] = []
     state, key, value, line, start = "pre_key", "", "", 1, 1
     trail = -1  # where trailing unquoted blanks begin in value (-1: none)
+    broken: list[int] = []  # lines with invalid UTF-8 in an assignment: the whole file is refused
 
-    def push() -> None:
+    def push(chomp: bool) -> None:
         name = key.rstrip(_WHITESPACE)
-        text_value = value if trail < 0 else value[:trail]
-        if not _NAME.fullmatch(name):
+        text_value = value if trail < 0 or not chomp else value[:trail]
+        if _invalid_utf8(name) or _invalid_utf8(text_value):
+            broken.append(start)
+        elif not _NAME.fullmatch(name):
             problems.append(f"line {start}: not a variable name (systemd ignores it)")
-        elif _CONTROL.search(text_value) or any("\udc80" <= c <= "\udcff" for c in text_value):
-            problems.append(f"line {start}: {name}: control character or invalid UTF-8 (systemd ignores it)")
         else:
             found[name] = text_value
 
-    previous = ""
-    for char in text + "\n":
-        if char == "\n":
-            line += 1
+    for char in text:
         if state == "pre_key":
             if char in "#;":
                 state = "comment"
@@ -134,21 +143,25 @@ def parse_environment_file(text: str) -> tuple[dict[str, str], list[str]]:
                 problems.append(f"line {start}: no '=' (systemd ignores it)")
                 state = "pre_key"
             elif char == "=":
-                state = "pre_value"
+                state, trail = "pre_value", -1
             else:
                 key += char
         elif state == "comment":
-            if char in _NEWLINE:
-                if previous == "\\":
-                    problems.append(f"line {line - 1}: a comment ending in '\\' (systemd versions differ on "
-                                    "whether the next line is a comment too)")
+            if char == "\\":
+                state = "comment_escape"
+            elif char in _NEWLINE:
                 state = "pre_key"
-        elif state == "pre_value" or state == "value":
+        elif state == "comment_escape":  # systemd 252: the escaped character, a newline too, stays comment
             if char in _NEWLINE:
-                push()
+                problems.append(f"line {line}: a comment ending in '\\' makes the next line a comment too "
+                                "(systemd 252; from 254 it is not)")
+            state = "comment"
+        elif state in ("pre_value", "value"):
+            if char in _NEWLINE:
+                push(chomp=state == "value")
                 state = "pre_key"
             elif state == "pre_value" and char in _WHITESPACE:
-                continue
+                pass
             elif char == "'" and state == "pre_value":
                 state = "single"
             elif char == '"' and state == "pre_value":
@@ -184,10 +197,19 @@ def parse_environment_file(text: str) -> tuple[dict[str, str], list[str]]:
                 value += char
             elif char != "\n":
                 value += "\\" + char
-        previous = char
-    if state in ("single", "double", "double_escape"):  # unterminated at the end: systemd keeps it
-        push()
+        if char == "\n":
+            line += 1
+    if state in ("single", "double", "double_escape"):
+        problems.append(f"line {start}: an unterminated quote (systemd takes the rest of the file as the value)")
+    if state in ("pre_value", "value", "value_escape", "single", "double", "double_escape"):  # the end: pushed
+        push(chomp=state == "value")
+    if broken:
+        return {}, [f"line {broken[0]}: invalid UTF-8: systemd refuses the whole file (every assignment in it ignored)"]
     return found, problems
+
+
+def _invalid_utf8(text: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in text)
 
 
 def read_environment_file(path: Path) -> tuple[dict[str, str], list[str]]:

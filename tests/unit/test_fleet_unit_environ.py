@@ -65,19 +65,31 @@ def test_later_lines_win_and_lines_without_equals_are_ignored() -> None:
     assert problems == ["line 2: no '=' (systemd ignores it)"]
 
 
-@pytest.mark.parametrize("value", ["\x1b]0;pwned\x07", "a\x00b", "\x9b31m", '"two\nlines"', "x\x7f"])
-def test_control_characters_make_the_assignment_ignored(value: str) -> None:
+@pytest.mark.parametrize("value", ["\x1b]0;pwned\x07", "\x9b31m", '"two\nlines"', "x\x7f"])
+def test_control_characters_are_kept_as_systemd_252_keeps_them(value: str) -> None:
+    """systemd 252 hands a value with control characters to the process (test_review_unit_environ_systemd)."""
     found, problems = parse_environment_file(f"VAULT_NAMESPACE={value}\nVAULT_ADDR=https://ok.example\n")
-    assert found == {"VAULT_ADDR": "https://ok.example"}
-    assert len(problems) == 1 and "control character" in problems[0]
-    assert value.strip('"') not in problems[0]  # never the value
+    assert found == {"VAULT_NAMESPACE": value.strip('"'), "VAULT_ADDR": "https://ok.example"}
+    assert problems == []
 
 
-def test_invalid_utf8_makes_the_assignment_ignored() -> None:
-    found, problems = parse_environment_file(b"VAULT_NAMESPACE=\xff\xfe\nVAULT_ADDR=https://ok.example\n"
+def test_a_nul_byte_makes_systemd_refuse_the_whole_file() -> None:
+    found, problems = parse_environment_file("VAULT_NAMESPACE=a\x00b\nVAULT_ADDR=https://ok.example\n")
+    assert found == {}
+    assert len(problems) == 1 and "NUL" in problems[0] and "a\x00b" not in problems[0]
+
+
+def test_invalid_utf8_in_an_assignment_makes_systemd_refuse_the_whole_file() -> None:
+    found, problems = parse_environment_file(b"VAULT_ADDR=https://ok.example\nVAULT_NAMESPACE=\xff\xfe\n"
                                              .decode("utf-8", errors="surrogateescape"))
-    assert found == {"VAULT_ADDR": "https://ok.example"}
-    assert "invalid UTF-8" in problems[0]
+    assert found == {}
+    assert problems == ["line 2: invalid UTF-8: systemd refuses the whole file (every assignment in it ignored)"]
+
+
+def test_invalid_utf8_in_a_comment_is_harmless() -> None:
+    found, problems = parse_environment_file(b"# \xff\nVAULT_ADDR=https://ok.example\n"
+                                             .decode("utf-8", errors="surrogateescape"))
+    assert found == {"VAULT_ADDR": "https://ok.example"} and problems == []
 
 
 def test_a_tab_is_allowed_and_trailing_blanks_are_trimmed() -> None:
@@ -85,10 +97,17 @@ def test_a_tab_is_allowed_and_trailing_blanks_are_trimmed() -> None:
     assert found == {"VAULT_NAMESPACE": "a\tb"}
 
 
-def test_a_comment_ending_in_a_backslash_is_reported() -> None:
-    found, problems = parse_environment_file("# note \\\nVAULT_ADDR=https://x.example\n")
+def test_a_comment_ending_in_a_backslash_swallows_the_next_line_as_systemd_252_does() -> None:
+    found, problems = parse_environment_file("# note \\\nHTTPS_PROXY=http://hidden.example\n; x \\\\\nVAULT_ADDR=https://x.example\n")
     assert found == {"VAULT_ADDR": "https://x.example"}
-    assert problems and "line 1" in problems[0]
+    assert len(problems) == 1 and "line 1" in problems[0]
+
+
+def test_the_end_of_the_file_ends_an_open_value() -> None:
+    for text, expected in (("A='abc", "abc"), ('A="ab\\', "ab"), ("A=x\\", "x"), ("A=x  ", "x"), ("A=", ""),
+                           ("A='abc\nB=1\n", "abc\nB=1\n")):
+        found, _ = parse_environment_file(text)
+        assert found == {"A": expected}, text
 
 
 # ---------------------------------------------------------------------------- the trusted file
