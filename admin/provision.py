@@ -9,7 +9,11 @@ For every roster user with an OS account on this host (one without is reported a
   or ``claude-auth-sync-<user>@<host>`` when ``vault.path_template`` carries ``{host}``: see
   :func:`claude_auth_sync.plugins.backend_vault.policy.locate`), period 768h, orphan, TTL not about
   to run out;
-* ``claude-auth-sync@<user>.timer`` is enabled (the ``timers.target.wants`` symlink).
+* ``claude-auth-sync@<user>.timer`` and ``.path`` are enabled (the ``*.target.wants`` symlinks)
+  and, on a booted systemd, running: every run (the hourly one too, no token needed) reads their
+  state in one ``systemctl show`` and starts those that are stopped or failed (``reset-failed``
+  first); one that stays down is flagged with its reason. A unit an admin disabled is enabled
+  again only for a user the roster lists.
 
 With an admin token (``VAULT_TOKEN``; the address from ``VAULT_ADDR`` or the settings) it also
 confirms each user's policy exists and is exactly what :func:`render_policy` renders (refusing
@@ -54,7 +58,7 @@ Security design
 Exit status: 0 nothing left to do; 1 some user needs an admin run (or a removed user's token still
 needs ``--prune``); 75 Vault unreachable or a child timed out; 77 not root; 78 something a person
 must fix (invalid roster or settings, invalid admin token, missing/drifted policy without
-``--apply-policies``, an unsafe home, ``systemctl`` failing).
+``--apply-policies``, an unsafe home, ``systemctl`` failing, a unit that does not start).
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ from .provision_report import UserReport, Work, duration, worst
 from .provision_tokens import TokenPhases
 from .roster import DEFAULT_ROSTER, Roster, load_roster
 from .state import DEFAULT_STATE_DIR, StateFile, VaultId, provision_lock, vault_identity
-from .timers import SystemdTimers, path_unit, safe_home, timer_unit
+from .timers import INOTIFY_FIX, SystemdTimers, inotify_exhausted, path_unit, safe_home, timer_unit
 from .trusted_file import check_trusted
 from .user_home import job_inspect
 from .vault_admin import AdminVault
@@ -304,18 +308,24 @@ class Provisioner(PolicyPhases, TokenPhases, MigrationPhase):
 
     def _timers(self, local: list[Work]) -> None:
         """Give every local user their timer, their path unit and the drop-ins naming their home
-        (only say so in a dry run). A home a unit file cannot carry is refused for that user.
+        (only say so in a dry run), and start those of their enabled units that are down
+        (:meth:`_start_down`). A home a unit file cannot carry is refused for that user."""
+        linked = {id(w): self._units_current(w) for w in local}
+        missing = [w for w in local if not linked[id(w)]]
+        current = [w for w in local if linked[id(w)]]
+        for work in current:
+            work.report.timer = "enabled"
+        if missing:
+            self._enable(missing)
+        self._start_down(current)
+
+    def _enable(self, missing: list[Work]) -> None:
+        """Link and start the units of the users who lack them (only say so in a dry run).
 
         In this order, for all users together: every drop-in written, every unit linked (one
         ``systemctl enable --no-reload``), one ``daemon-reload`` (booted systemd only), every unit
         started (one ``systemctl start``). An enable or start call that fails is repeated per user,
         so each report carries the failure of its own units."""
-        missing = [w for w in local if not self._units_current(w)]
-        for work in local:
-            if work not in missing:
-                work.report.timer = "enabled"
-        if not missing:
-            return
         if self.o.dry_run:
             for work in missing:
                 work.report.timer = "disabled"
@@ -343,25 +353,62 @@ class Provisioner(PolicyPhases, TokenPhases, MigrationPhase):
                 work.report.changes.append(f"enabled {timer_unit(user)} and {path_unit(user)}")
                 ok, text = starting[user]
                 if not ok:
-                    reasons = [f"{u} {why[u]}" for u in (timer_unit(user), path_unit(user)) if u in why]
-                    detail = "; ".join([text, *reasons] if text else reasons) or "no output"
-                    work.report.flag(ExitCode.CONFIG,
-                                     f"systemctl start {timer_unit(user)} {path_unit(user)} failed: {detail}")
+                    self._start_failed(work, [timer_unit(user), path_unit(user)], text, why)
             else:
                 ok, text = enabling[user]
                 work.report.timer = "disabled"
                 work.report.flag(ExitCode.CONFIG, f"systemctl enable {timer_unit(user)} {path_unit(user)} failed "
                                                   f"(exit {'0' if ok else 'non-zero'}): {text or 'no symlink created'}")
 
-    def _systemctl_each(self, works: list[Work],
-                        call: Callable[[list[str]], tuple[bool, str]]) -> dict[str, tuple[bool, str]]:
-        """``call`` (enable or start) on every user's timer and path unit in one call; if that fails, one
-        call per user (enabling and starting are idempotent), so each user gets the outcome of the
-        call that named only their own units. (succeeded, output) per user."""
-        ok, text = call([u for w in works for u in (timer_unit(w.report.user), path_unit(w.report.user))])
+    def _start_down(self, current: list[Work]) -> None:
+        """Start the enabled units that are down (stopped, or failed: ``reset-failed`` first, so a
+        start limit does not refuse them), on a booted systemd only (only say so in a dry run).
+
+        One ``systemctl show`` over every user's timer and path unit, then (if any is down) one
+        ``reset-failed`` for the failed ones and one ``start`` for all that are down, per user if that
+        fails. A unit still down is flagged (78) with the reason ``systemctl show`` gives and, for
+        the inotify instance limit, the fix. Units an admin disabled are not among ``current``."""
+        down = self.timers.down([u for w in current for u in (timer_unit(w.report.user), path_unit(w.report.user))])
+        units = {w.report.user: [u for u in (timer_unit(w.report.user), path_unit(w.report.user)) if u in down]
+                 for w in current}
+        works = [w for w in current if units[w.report.user]]
+        if not works:
+            return
+        was = {u: f"was {s}" + (f", Result: {r}" if s == "failed" else "") for u, (s, r) in down.items()}
+        if self.o.dry_run:
+            for work in works:
+                work.report.actions.extend(f"would start {u} ({was[u]})" for u in units[work.report.user])
+            return
+        self.timers.reset_failed([u for u, (state, _) in down.items() if state == "failed"])
+        starting = self._systemctl_each(works, self.timers.start, units)
+        why = self.timers.not_active([u for w in works if not starting[w.report.user][0] for u in units[w.report.user]])
+        for work in works:
+            ok, text = starting[work.report.user]
+            if ok:
+                work.report.actions.extend(f"started {u} ({was[u]})" for u in units[work.report.user])
+                work.report.changes.extend(f"started {u}" for u in units[work.report.user])
+            else:
+                self._start_failed(work, units[work.report.user], text, why)
+
+    def _start_failed(self, work: Work, units: list[str], text: str, why: dict[str, str]) -> None:
+        """Flag (78) a ``systemctl start`` of ``units`` that failed: its output and why each unit is
+        down; the sysctl fix as the next step when the inotify instances ran out."""
+        reasons = [f"{u} {why[u]}" for u in units if u in why]
+        detail = "; ".join([text, *reasons] if text else reasons) or "no output"
+        fix = INOTIFY_FIX if any(inotify_exhausted(why[u]) for u in units if u in why) else None
+        work.report.flag(ExitCode.CONFIG, f"systemctl start {' '.join(units)} failed: {detail}", fix)
+
+    def _systemctl_each(self, works: list[Work], call: Callable[[list[str]], tuple[bool, str]],
+                        units: dict[str, list[str]] | None = None) -> dict[str, tuple[bool, str]]:
+        """``call`` (enable or start) on every user's units (``units``; by default their timer and path
+        unit) in one call; if that fails, one call per user (enabling and starting are idempotent), so
+        each user gets the outcome of the call that named only their own units. (succeeded, output)
+        per user."""
+        mine = units or {w.report.user: [timer_unit(w.report.user), path_unit(w.report.user)] for w in works}
+        ok, text = call([u for w in works for u in mine[w.report.user]])
         if ok or len(works) == 1:
             return {w.report.user: (ok, text) for w in works}
-        return {w.report.user: call([timer_unit(w.report.user), path_unit(w.report.user)]) for w in works}
+        return {w.report.user: call(mine[w.report.user]) for w in works}
 
     def _units_current(self, work: Work) -> bool:
         user, home = work.report.user, work.account.home if work.account else ""

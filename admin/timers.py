@@ -13,8 +13,10 @@ Guarantees: whether a unit is enabled is read from the ``*.target.wants`` symlin
 systemd call); drop-ins are written atomically (0644, root) and only for a home made of safe
 characters (a home with spaces or unit-file specials is refused, never half-quoted); ``systemctl``
 runs with a fixed ``PATH`` and locale, no pager, no password prompt, ``--root`` below a test root
-and ``--now``, ``start`` and ``daemon-reload`` only on a booted systemd, within 120 s, and its
-output comes back as one line of at most 400 characters.
+and ``--now``, ``start``, ``reset-failed``, ``show`` and ``daemon-reload`` only on a booted systemd
+(never with ``--root``), within 120 s, and its output comes back as one line of at most 400
+characters. Whether units are running is read for any number of units in one ``systemctl show``
+(:meth:`SystemdTimers.states`).
 
 Reloads: a drop-in written or removed is followed by a ``daemon-reload`` (booted systemd only);
 inside :meth:`SystemdTimers.deferred_reload` the reloads asked for are merged into one, run when
@@ -36,8 +38,8 @@ from pathlib import Path
 from claude_auth_sync.fileio import write_atomically
 from claude_auth_sync.usernames import USERNAME_PATTERN, check_username
 
-__all__ = ["PATHS_WANTS", "SystemdTimers", "TIMER_RE", "WANTS", "dropins", "instance", "path_unit", "safe_home",
-           "service_unit", "timer_unit"]
+__all__ = ["INOTIFY_FIX", "PATHS_WANTS", "SystemdTimers", "TIMER_RE", "WANTS", "dropins", "inotify_exhausted",
+           "instance", "path_unit", "safe_home", "service_unit", "timer_unit"]
 
 TIMER_TEMPLATE = "claude-auth-sync@.timer"
 UNIT_DIR = Path("etc/systemd/system")
@@ -46,8 +48,16 @@ PATHS_WANTS = UNIT_DIR / "paths.target.wants"
 PATH_TEMPLATE = "claude-auth-sync@.path"
 SAFE_HOME = re.compile(r"^/[A-Za-z0-9._/+-]+$")
 TIMER_RE = re.compile(r"\Aclaude-auth-sync@(.+)\.timer\Z", re.DOTALL)  # the instance is checked on its own
+INOTIFY_HINT = "most likely fs.inotify.max_user_instances (128 by default) is used up, one per path unit"
+INOTIFY_FIX = ("raise the inotify instance limit (one per path unit): echo fs.inotify.max_user_instances=1024 "
+               "> /etc/sysctl.d/60-claude-auth-sync.conf && sysctl --system; then rerun t3-provision-users")
 SYSTEMCTL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                  "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
+
+
+def inotify_exhausted(why: str) -> bool:
+    """True for a reason of :meth:`SystemdTimers.not_active` that names the inotify instance limit."""
+    return INOTIFY_HINT in why
 
 
 def instance(user: str) -> str:
@@ -213,24 +223,44 @@ class SystemdTimers:
             return True, ""
         return self._run(["start", *units])
 
-    def not_active(self, units: list[str]) -> dict[str, str]:
-        """Why each of ``units`` that is not active is not, on a booted systemd (one ``systemctl
-        show``): ``failed (Result: resources)``; for a path unit failing for resources, what most
-        likely ran out (each path unit holds an inotify instance of PID 1)."""
+    def reset_failed(self, units: list[str]) -> tuple[bool, str]:
+        """``systemctl reset-failed units...`` on a booted systemd (nothing elsewhere): a failed unit's
+        state and its start-limit counter cleared, so a start is not refused for the limit."""
+        if not self._booted() or not units:
+            return True, ""
+        return self._run(["reset-failed", *units])
+
+    def states(self, units: list[str]) -> dict[str, tuple[str, str]]:
+        """(ActiveState, Result) of each of ``units`` on a booted systemd, in one ``systemctl show``
+        whatever their number ({} elsewhere, or when ``show`` fails)."""
         if not self._booted() or not units:
             return {}
         ok, out = self._call(["show", "--property=Id,ActiveState,Result", *units])
         if not ok:
             return {}
-        found: dict[str, str] = {}
+        found: dict[str, tuple[str, str]] = {}
         for block in out.strip().split("\n\n"):
             props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-            unit, state = props.get("Id", ""), props.get("ActiveState", "")
-            if unit in units and state not in ("active", "activating", "reloading"):
-                why = f"{state} (Result: {props.get('Result', '?')})"
-                if unit.endswith(".path") and props.get("Result") == "resources":
-                    why += (": most likely fs.inotify.max_user_instances (128 by default) is used up, "
-                            "one per path unit: raise it (sysctl) and rerun")
+            if props.get("Id", "") in units:
+                found[props["Id"]] = (props.get("ActiveState", ""), props.get("Result", "?"))
+        return found
+
+    def down(self, units: list[str]) -> dict[str, tuple[str, str]]:
+        """Those of ``units`` that are stopped or failed (ActiveState ``inactive`` or ``failed``) on a
+        booted systemd, with (ActiveState, Result): one ``systemctl show`` (:meth:`states`)."""
+        return {u: s for u, s in self.states(units).items() if s[0] in ("inactive", "failed")}
+
+    def not_active(self, units: list[str]) -> dict[str, str]:
+        """Why each of ``units`` that is not active is not, on a booted systemd (one ``systemctl
+        show``): ``failed (Result: resources)``; for a path unit failing for resources, what most
+        likely ran out (each path unit holds an inotify instance of PID 1; :func:`inotify_exhausted`
+        tells such a reason, :data:`INOTIFY_FIX` is the fix)."""
+        found: dict[str, str] = {}
+        for unit, (state, result) in self.states(units).items():
+            if state not in ("active", "activating", "reloading"):
+                why = f"{state} (Result: {result})"
+                if unit.endswith(".path") and result == "resources":
+                    why += f": {INOTIFY_HINT}"
                 found[unit] = why
         return found
 

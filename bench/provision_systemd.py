@@ -12,7 +12,9 @@ admin token on its stdin. For each run it prints: the wall time (and per user), 
 the container's systemd reloaded its units (PID 1's "Reloading" messages in the container's
 journal: this counts the reloads ``systemctl enable`` asks for on its own too), how many users
 ended with their timer and path unit enabled and active (one ``systemctl show`` over all units),
-and the exit status.
+and the exit status. Runs: two with the admin token (the first run, then one with nothing to do),
+two hourly runs (no token at all) with nothing to do, and with ``--stop N`` one more hourly run
+after the timer and path unit of N users were stopped (it starts them again).
 
 Each path unit holds one inotify instance of the container's PID 1, and the container shares the
 host kernel's root user: with ``fs.inotify.max_user_instances`` at its default of 128, about 124
@@ -70,11 +72,16 @@ def create_users(box: Container, count: int) -> list[str]:
     return names
 
 
-def provision(box: Container, bao: OpenBaoServer) -> dict[str, Any]:
-    script = 'IFS= read -r VAULT_TOKEN; export VAULT_TOKEN; exec "$@"'
-    result = box.run(["sh", "-c", script, "t3-provision-users", str(PROVISIONER), "--json", "--apply-policies",
-                      "--roster", ROSTER, "--config", CONFIG, "--state-dir", STATE_DIR],
-                     input=bao.root_token + "\n", check=False, timeout=3600)
+def provision(box: Container, bao: OpenBaoServer, *, admin: bool = True) -> dict[str, Any]:
+    """One run of the real provisioner: with the admin token (``--apply-policies``) or, as the
+    hourly timer runs it, without any token."""
+    if admin:
+        script = 'IFS= read -r VAULT_TOKEN; export VAULT_TOKEN; exec "$@"'
+        argv = ["sh", "-c", script, "t3-provision-users", str(PROVISIONER), "--json", "--apply-policies"]
+    else:
+        argv = ["env", "-u", "VAULT_TOKEN", str(PROVISIONER), "--json"]
+    result = box.run([*argv, "--roster", ROSTER, "--config", CONFIG, "--state-dir", STATE_DIR],
+                     input=bao.root_token + "\n" if admin else "", check=False, timeout=3600)
     try:
         report: dict[str, Any] = json.loads(result.stdout)
     except json.JSONDecodeError as err:
@@ -98,6 +105,8 @@ def units_up(box: Container, names: list[str]) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--stop", type=int, default=0, help="then stop the timer and path unit of this many "
+                        "users and time one more hourly run (which starts them again)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument("--inotify-instances", type=int, help="raise fs.inotify.max_user_instances to this "
                         "for the bench (host-wide; restored afterwards)")
@@ -126,19 +135,28 @@ def bench(args: argparse.Namespace) -> int:
             began = time.monotonic()
             names = create_users(box, args.users)
             print(f"created {len(names)} accounts inside the container in {time.monotonic() - began:.1f} s")
-            for label in ("first run", "second run"):
+            runs = [("first run", True), ("second run", True), ("hourly run", False), ("hourly run", False)]
+            if args.stop:
+                runs.append((f"hourly, {args.stop} down", False))
+            for label, admin in runs:
+                if label.endswith(" down"):  # stop the timer and path unit of the first --stop users
+                    box.run(["systemctl", "stop", *(f"claude-auth-sync@{n}.{k}" for n in names[:args.stop]
+                                                     for k in ("timer", "path"))], timeout=600)
                 before = reloads(box)
                 began = time.monotonic()
-                report = provision(box, bao)
+                report = provision(box, bao, admin=admin)
                 wall = time.monotonic() - began
                 reloaded = reloads(box) - before
                 up = units_up(box, names)
                 enabled_now = sum(1 for u in report["users"] if "enabled timer and path unit" in u["actions"])
-                out[label] = {"wall_s": round(wall, 2), "inside_s": report["seconds"], "rc": report["rc"],
-                              "reloads": reloaded, "users_up": up, "enabled_by_run": enabled_now}
+                started = sum(1 for u in report["users"] for c in u["changes"] if c.startswith("started "))
+                out.setdefault(label + "s", []).append({
+                    "wall_s": round(wall, 2), "inside_s": report["seconds"], "rc": report["rc"], "reloads": reloaded,
+                    "users_up": up, "enabled_by_run": enabled_now, "units_started": started})
                 print(f"{label:<11} exit {report['rc']}, {wall:7.2f} s wall ({report['seconds']:.2f} s inside) = "
                       f"{wall / len(names) * 1000:6.1f} ms/user; systemd reloads {reloaded}; "
-                      f"enabled by this run {enabled_now}; timer+path enabled and active {up}/{len(names)}")
+                      f"enabled by this run {enabled_now}; units started {started}; "
+                      f"timer+path enabled and active {up}/{len(names)}")
                 problems = Counter(note.replace(u["user"], "<user>") for u in report["users"] for note in u["notes"])
                 for note, count in problems.most_common(5):
                     print(f"  {count} users: {note}"[:300])

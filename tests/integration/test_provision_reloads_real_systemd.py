@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_units_real_systemd import ROSTER, install_agent, run_provisioner
+from tests.integration.test_units_real_systemd import PROVISION_STATE, PROVISIONER, ROSTER, install_agent, run_provisioner
 from tests.support.nspawn import Container
 from tests.support.openbao import OpenBaoServer
 
@@ -101,3 +101,79 @@ def test_one_reload_per_run_and_every_unit_enabled_and_active(box: Container, ba
     assert sorted(d for d in listed if d.startswith("claude-auth-sync@") and d.endswith(".d")) == sorted(
         f"claude-auth-sync@{u}.{k}.d" for u in kept for k in ("path", "service")), "drop-ins left behind"
     box.run(["rm", "-f", ROSTER], check=False)
+
+
+def hourly_run(box: Container, *, dry_run: bool = False) -> dict[str, Any]:
+    """``t3-provision-users --json`` as the hourly timer runs it: no admin token at all (the roster
+    left by the last :func:`run_provisioner`). Its JSON report (``rc`` added)."""
+    result = box.run(["env", "-u", "VAULT_TOKEN", str(PROVISIONER), "--json", *(["--dry-run"] if dry_run else []),
+                      "--roster", ROSTER, "--config", "/etc/claude-auth-sync/config.toml",
+                      "--state-dir", PROVISION_STATE], check=False, timeout=300)
+    try:
+        report: dict[str, Any] = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"t3-provision-users exited {result.returncode} without a JSON report:\n"
+                    f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    report["rc"] = result.returncode
+    return report
+
+
+def active_state(box: Container, units: list[str]) -> dict[str, tuple[str, str]]:
+    """(ActiveState, Result) of ``units`` (one systemctl call)."""
+    out = box.systemctl("show", "--property=Id,ActiveState,Result", *units).stdout
+    found: dict[str, tuple[str, str]] = {}
+    for block in out.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        found[props["Id"]] = (props.get("ActiveState", ""), props.get("Result", ""))
+    return found
+
+
+def test_the_hourly_run_starts_enabled_units_that_are_down(box: Container, bao: OpenBaoServer) -> None:
+    """A unit enabled but not running (stopped by hand, or failed: here its start limit was hit, so
+    only ``reset-failed`` lets it start again) is started by the hourly run, without an admin token;
+    --dry-run only says so."""
+    names = [f"casi{secrets.token_hex(2)}{i:02d}" for i in range(3)]
+    for name in names:
+        box.useradd(name)
+    first = run_provisioner(box, bao, names)
+    # 1 at most: the users an earlier test of this module left behind wait for --prune
+    assert first["rc"] in (0, 1), json.dumps(first, indent=1)[-3000:]
+    assert all(u["severity"] == 0 for u in first["users"]), first["users"]
+    stopped_path, stopped_timer, limited = (f"claude-auth-sync@{names[0]}.path", f"claude-auth-sync@{names[1]}.timer",
+                                            f"claude-auth-sync@{names[2]}.path")
+    box.systemctl("stop", stopped_path, stopped_timer)
+    # A start limit of one start an hour for this path unit: the restarts below make it fail with
+    # Result=start-limit-hit, and a plain start is refused until reset-failed.
+    box.write(f"/etc/systemd/system/{limited}.d/limit.conf",
+              "[Unit]\nStartLimitIntervalSec=3600\nStartLimitBurst=1\n", mode=0o644)
+    box.systemctl("daemon-reload")
+    for _ in range(3):
+        box.run(["systemctl", "restart", limited], check=False)
+    down = {stopped_path: ("inactive", "success"), stopped_timer: ("inactive", "success"),
+            limited: ("failed", "start-limit-hit")}
+    assert active_state(box, list(down)) == down
+    assert box.run(["systemctl", "start", limited], check=False).returncode != 0  # blocked without reset-failed
+
+    dry = hourly_run(box, dry_run=True)
+    assert dry["rc"] in (0, 1), json.dumps(dry, indent=1)[-3000:]
+    by_user = {u["user"]: u for u in dry["users"]}
+    assert by_user[names[0]]["actions"] == [f"would start {stopped_path} (was inactive)"], by_user[names[0]]
+    assert by_user[names[1]]["actions"] == [f"would start {stopped_timer} (was inactive)"], by_user[names[1]]
+    assert by_user[names[2]]["actions"] == [f"would start {limited} (was failed, Result: start-limit-hit)"]
+    assert all(not u["changes"] for u in dry["users"]), dry["users"]
+    assert active_state(box, list(down)) == down  # the dry run changed nothing
+
+    hourly = hourly_run(box)
+    assert hourly["rc"] in (0, 1) and not hourly["admin"], json.dumps(hourly, indent=1)[-3000:]
+    by_user = {u["user"]: u for u in hourly["users"]}
+    for name, unit in zip(names, down, strict=True):
+        report = by_user[name]
+        assert report["severity"] == 0 and report["notes"] == [] and report["timer"] == "enabled", report
+        assert report["changes"] == [f"started {unit}"], report
+        assert report["actions"][0].startswith(f"started {unit} (was "), report
+    units = [f"claude-auth-sync@{n}.{k}" for n in names for k in ("timer", "path")]
+    assert {state for state, _ in active_state(box, units).values()} == {"active"}, active_state(box, units)
+
+    again = hourly_run(box)  # everything up: nothing to do, nothing said
+    assert again["rc"] in (0, 1) and all(not u["changes"] and not u["actions"] for u in again["users"]), again["users"]
+    box.run(["rm", "-f", ROSTER, f"/etc/systemd/system/{limited}.d/limit.conf"], check=False)
