@@ -11,7 +11,8 @@ roster user with an account on this host, with the admin token:
   made with check-and-set 0, so Vault itself refuses it if another writer (an agent, a second
   migration) got there first; a rerun therefore changes nothing (idempotent);
 * only a well-formed ``claudeAiOauth`` object is copied, unchanged, as the only key; the copy is
-  read back and compared; nothing of it is printed (a version number at most);
+  read back (version 1 itself, whatever an agent wrote since) and compared; nothing of it is
+  printed (a version number at most);
 * a user with no per-user copy (never backed up, or its latest version deleted) is reported and
   skipped; ``--dry-run`` reads and reports, writes nothing.
 
@@ -96,7 +97,7 @@ class MigrationPhase:
                 self.migration["kept"].append(user)
                 return
             raise
-        copied, _ = self._read_latest(target)
+        copied, _ = self._read_latest(target, version=1)  # v1 itself: an agent may have written v2 already
         if copied != oauth:
             report.flag(ExitCode.CONFIG, f"migration: the copy at {target.relative} does not read back equal")
             self.migration["failed"].append(user)
@@ -115,11 +116,12 @@ class MigrationPhase:
             raise
         return bool((answer.get("data") or {}).get("current_version"))
 
-    def _read_latest(self, location: SecretLocation) -> tuple[dict[str, Any] | None, int | None]:
-        """The latest version's claudeAiOauth object and version; (None, None) when there is none
-        (or it is not a well-formed object with both tokens: a damaged copy is never spread)."""
+    def _read_latest(self, location: SecretLocation, version: int | None = None) -> tuple[dict[str, Any] | None, int | None]:
+        """The latest version's (or ``version``'s) claudeAiOauth object and version; (None, None)
+        when there is none (or it is not a well-formed object with both tokens: a damaged copy is
+        never spread)."""
         try:
-            answer = self._admin("get", location.data)
+            answer = self._admin("get", location.data if version is None else f"{location.data}?version={int(version)}")
         except VaultFailure as err:
             if err.kind == "not_found":
                 return None, None
