@@ -11,7 +11,7 @@ Guarantees:
 * Templates are never passed to :meth:`str.format`: :func:`render_template` replaces whole
   segments only, after the values were checked by their own strict patterns.
 * :func:`short_host_name` is the kernel's host name (:func:`socket.gethostname`) up to its first
-  dot, lower-cased, and refused (exit 78) unless it is one RFC 1123 label (``[a-z0-9-]``, no
+  dot, lower-cased (ASCII only: a non-ASCII name never folds into an ASCII one), and refused (exit 78) unless it is one RFC 1123 label (``[a-z0-9-]``, no
   leading or trailing ``-``, at most 63 characters). The message shows it through :func:`repr`.
 """
 
@@ -73,7 +73,10 @@ def short_host_name(raw: str | None = None) -> str:
     """The short host name ({host}): ``raw`` (default :func:`socket.gethostname`) up to its first
     dot, lower-cased, checked by :func:`check_host`."""
     name = socket.gethostname() if raw is None else raw
-    return check_host(name.split(".", 1)[0].lower())
+    label = name.split(".", 1)[0]
+    # lower() only on ASCII: it folds some other letters into ASCII ones (U+212A KELVIN SIGN -> 'k'),
+    # which gave a name that is no RFC 1123 label the path and policy of another host.
+    return check_host(label.lower() if label.isascii() else label)
 
 
 def render_template(template: str, user: str, host: str | None) -> str:
