@@ -116,7 +116,8 @@ class MigrationPhase:
             raise
         return bool((answer.get("data") or {}).get("current_version"))
 
-    def _read_latest(self, location: SecretLocation, version: int | None = None) -> tuple[dict[str, Any] | None, int | None]:
+    def _read_latest(self, location: SecretLocation,
+                     version: int | None = None) -> tuple[dict[str, Any] | None, int | None]:
         """The latest version's (or ``version``'s) claudeAiOauth object and version; (None, None)
         when there is none (or it is not a well-formed object with both tokens: a damaged copy is
         never spread)."""

@@ -5,11 +5,12 @@
 administrator's shell. :func:`unit_environ` builds what the fleet view's child (running as the
 user) resolves its settings from:
 
-1. root's environment with **every** settings variable and every proxy variable removed (what is
-   left, ``PATH``, ``LANG``..., is process plumbing, not settings);
-2. the settings variables and the proxy variables (:data:`PROXY_VARIABLES`, read by requests the
-   way the agent's Vault client reads them) of :data:`ENVIRONMENT_FILE`, exactly those the unit
-   would get: a proxy in root's shell is not the unit's, and one set for the units is;
+1. root's environment with **every** settings variable and every transport variable removed
+   (what is left, ``PATH``, ``LANG``..., is process plumbing, not settings);
+2. the settings variables and the transport variables (:func:`is_transport`: every ``*_proxy``
+   in any case and the CA bundle variables, read by requests the way the agent's Vault client
+   reads them) of :data:`ENVIRONMENT_FILE`, exactly those the unit would get: a proxy or CA
+   bundle in root's shell is not the unit's, and one set for the units is;
 3. root's own *site-wide* settings variables on top (``VAULT_ADDR``, ``VAULT_CACERT``,
    ``VAULT_NAMESPACE``, ``CLAUDE_AUTH_SYNC_VAULT__ADDR``, ``CLAUDE_AUTH_SYNC_BACKEND``...): an
    administrator who runs ``sudo --preserve-env=VAULT_ADDR claude-auth-sync diagnose --all``
@@ -49,8 +50,9 @@ from pathlib import Path
 from claude_auth_sync.hookspecs import SettingsSection
 from claude_auth_sync.settings import ENV_PREFIX, Settings
 
-__all__ = ["ENVIRONMENT_FILE", "MAX_ENVIRONMENT_BYTES", "PER_USER_VARIABLES", "PROXY_VARIABLES", "UnitEnviron",
-           "parse_environment_file", "read_environment_file", "settings_variables", "unit_environ"]
+__all__ = ["CA_VARIABLES", "ENVIRONMENT_FILE", "MAX_ENVIRONMENT_BYTES", "PER_USER_VARIABLES", "PROXY_VARIABLES",
+           "UnitEnviron", "is_transport", "parse_environment_file", "read_environment_file", "settings_variables",
+           "unit_environ"]
 
 ENVIRONMENT_FILE = Path("/etc/default/claude-auth-sync")
 MAX_ENVIRONMENT_BYTES = 64 * 1024
@@ -64,6 +66,18 @@ PER_USER_VARIABLES = frozenset({
 #: only, never from the administrator's shell, so the fleet view's child does the same.
 PROXY_VARIABLES = frozenset({"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
                              "NO_PROXY", "no_proxy"})
+#: The CA bundle variables requests (and OpenSSL's default paths) read: like the proxies, the unit's.
+CA_VARIABLES = frozenset({"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"})
+
+
+def is_transport(name: str) -> bool:
+    """A variable the agent's Vault client reads for its connection, taken from the unit's file
+    only: :data:`PROXY_VARIABLES` in **any** case and any other ``*_proxy`` (urllib's
+    ``getproxies_environment``, which requests uses, lower-cases the name: ``Https_Proxy``,
+    ``socks_proxy``), and :data:`CA_VARIABLES`."""
+    return name.lower().endswith("_proxy") or name in CA_VARIABLES
+
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WHITESPACE, _NEWLINE = " \t\n\r", "\n\r"
 
@@ -240,15 +254,15 @@ def unit_environ(sections: Sequence[SettingsSection], root_environ: Mapping[str,
     known = settings_variables(sections)
     from_file, problems = read_environment_file(path)
     def taken(name: str) -> bool:
-        return known.knows(name) or name in PROXY_VARIABLES
+        return known.knows(name) or is_transport(name)
 
     problems += [f"{name}: not a setting, not used by the fleet view" for name in from_file if not taken(name)]
     environ = {name: value for name, value in root_environ.items()
-               if not known.is_settings(name) and name not in PROXY_VARIABLES}
+               if not known.is_settings(name) and not is_transport(name)}
     environ.update({name: value for name, value in from_file.items() if taken(name)})
     overrides: list[str] = []
     dropped: list[str] = [name for name, value in root_environ.items()
-                          if name in PROXY_VARIABLES and from_file.get(name) != value]
+                          if is_transport(name) and from_file.get(name) != value]
     for name, value in root_environ.items():
         if not known.is_settings(name):
             continue

@@ -11,7 +11,8 @@ Guarantees:
 * Templates are never passed to :meth:`str.format`: :func:`render_template` replaces whole
   segments only, after the values were checked by their own strict patterns.
 * :func:`short_host_name` is the kernel's host name (:func:`socket.gethostname`) up to its first
-  dot, lower-cased (ASCII only: a non-ASCII name never folds into an ASCII one), and refused (exit 78) unless it is one RFC 1123 label (``[a-z0-9-]``, no
+  dot, lower-cased (ASCII only: a non-ASCII name never folds into an ASCII one), and refused
+  (exit 78) unless it is one RFC 1123 label (``[a-z0-9-]``, no
   leading or trailing ``-``, at most 63 characters). The message shows it through :func:`repr`.
 """
 
