@@ -31,21 +31,12 @@ from claude_auth_sync.plugin_manager import get_plugin_manager
 from tests.integration.test_provisioning import Sandbox as ProvisionSandbox
 from tests.integration.test_provisioning import bao, make_users  # noqa: F401 - fixtures
 from tests.support.openbao import OpenBaoServer
-from tests.support.vault_tls import Pki, make_pki, tls_openbao
+from tests.support.vault_tls import Pki
+from tests.support.vault_tls import mtls, pki  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.real
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """Root's PKI in root's private temporary directory (0700: the users cannot read it)."""
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def mtls(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[tuple[OpenBaoServer, str]]:
-    with tls_openbao(tmp_path_factory.mktemp("bao-mtls"), pki, require_client_cert=True) as pair:
-        yield pair
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import json
 import os
 import pwd
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,8 @@ from tests.integration.test_provisioning import make_users  # noqa: F401 - fixtu
 from tests.support.cli import Sandbox, current_user, fp
 from tests.support.diagnose_rows import rows_named
 from tests.support.openbao import OpenBaoServer
-from tests.support.vault_tls import Pki, make_pki, tls_openbao
+from tests.support.vault_tls import Pki
+from tests.support.vault_tls import mtls, pki  # noqa: F401 - fixtures
 from tests.support.vault_user import provision_token_file
 
 pytestmark = pytest.mark.real
@@ -36,15 +36,6 @@ GOOD = oauth_object("sk-ant-oat01-mtls-good-access", "sk-ant-ort01-mtls-good-ref
 SECRETS = (GOOD["accessToken"], GOOD["refreshToken"])
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def mtls(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[tuple[OpenBaoServer, str]]:
-    with tls_openbao(tmp_path_factory.mktemp("bao-mtls"), pki, require_client_cert=True) as pair:
-        yield pair
 
 
 def box_with_token(bao: OpenBaoServer, tmp_path: Path) -> Sandbox:

@@ -23,7 +23,8 @@ from tests.integration.test_provisioning import make_users, read_token  # noqa: 
 from tests.support.cli import Sandbox, current_user, fp
 from tests.support.diagnose_rows import rows_named
 from tests.support.openbao import OpenBaoServer
-from tests.support.vault_tls import Pki, RecordingProxy, make_pki, recording_proxy, tls_openbao
+from tests.support.vault_tls import Pki, RecordingProxy, recording_proxy, tls_openbao
+from tests.support.vault_tls import pki  # noqa: F401 - fixtures
 from tests.support.vault_user import provision_token_file
 
 pytestmark = pytest.mark.real
@@ -32,10 +33,6 @@ GOOD = oauth_object("sk-ant-oat01-proxy-good-access", "sk-ant-ort01-proxy-good-r
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
                    "NO_PROXY", "no_proxy")
 
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

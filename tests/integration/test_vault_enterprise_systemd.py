@@ -28,7 +28,8 @@ from claude_auth_sync.plugins.backend_vault.settings import VaultSettings
 from tests.integration.test_units_real_systemd import GOOD, GOOD_REFRESH, UnitUser, install_agent, oauth
 from tests.support.nspawn import Container
 from tests.support.openbao import OpenBaoServer, find_bao_binary
-from tests.support.vault_tls import Pki, RecordingProxy, make_pki, recording_proxy, tls_openbao
+from tests.support.vault_tls import Pki, RecordingProxy, recording_proxy
+from tests.support.vault_tls import mtls, pki  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.real
 
@@ -37,15 +38,6 @@ EXAMPLE = REPO / "deploy" / "default" / "claude-auth-sync"
 CA_IN_CONTAINER = "/etc/claude-auth-sync/vault-ca.crt"
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def mtls(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[tuple[OpenBaoServer, str]]:
-    with tls_openbao(tmp_path_factory.mktemp("bao-mtls"), pki, require_client_cert=True) as pair:
-        yield pair
 
 
 @pytest.fixture(scope="module")

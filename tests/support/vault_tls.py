@@ -8,6 +8,8 @@ client certificates), and a loopback HTTP proxy that records what crosses it.
 * :func:`tls_openbao` starts :class:`~tests.support.openbao.OpenBaoServer` with a second listener
   ``https://127.0.0.1:<port>`` declared in its config file (``tls_require_and_verify_client_cert``
   when ``require_client_cert``); the dev listener stays plain http for the test's root client.
+* :func:`pki` and :func:`mtls` are module-scoped pytest fixtures (a test module imports them by
+  name): the private CA, and an OpenBao whose TLS listener requires client certificates.
 * :class:`RecordingProxy` is a real forward proxy on 127.0.0.1: ``CONNECT host:port`` tunnels
   bytes both ways, any other method is answered 502. It records every request line and header
   block it receives, so a test can show what a proxy operator would see.
@@ -26,9 +28,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.support.openbao import OpenBaoServer, free_loopback_port
 
-__all__ = ["Pki", "RecordingProxy", "make_pki", "recording_proxy", "tls_openbao"]
+__all__ = ["Pki", "RecordingProxy", "make_pki", "mtls", "pki", "recording_proxy", "tls_openbao"]
 
 
 @dataclass(frozen=True)
@@ -201,3 +205,16 @@ def recording_proxy() -> Iterator[RecordingProxy]:
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The private CA and its certificates, in root's private temporary directory (0700)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def mtls(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[tuple[OpenBaoServer, str]]:
+    """An OpenBao whose TLS listener requires client certificates: (server, https address)."""
+    with tls_openbao(tmp_path_factory.mktemp("bao-mtls"), pki, require_client_cert=True) as pair:
+        yield pair
