@@ -250,13 +250,15 @@ def _stopped_children(user_uid: int) -> list[int]:
     return found
 
 
-def _catch_stopped_child(sandbox: Sandbox, user: str, attempts: int = 8) -> tuple[int, dict[int, bytes], Any]:
-    """Run the admin provisioner until ``user``'s child is caught stopped; its and its parent's environ."""
+def _catch_stopped_child(sandbox: Sandbox, user: str, attempts: int = 25) -> tuple[int, dict[int, bytes], Any]:
+    """Run the admin provisioner until ``user``'s child is caught stopped; its and its parent's environ.
+    A race by nature (the child lives for milliseconds unless the stop loop hits it): a loaded
+    machine once missed all of 8 runs, so up to 25 (a caught run ends the loop at once)."""
     for _ in range(attempts):
         box: dict[str, Result] = {}
         runner = pinned_run(sandbox, box, admin=True)
         while runner.is_alive():
-            time.sleep(0.02)
+            time.sleep(0.005)
             children = _stopped_children(uid(user))
             if children:
                 child = children[0]
