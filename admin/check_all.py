@@ -53,11 +53,11 @@ class _OutOfTime(Exception):
 def _job(plugins: Plugins, environ: Mapping[str, str], now: float) -> Any:
     """The child's job: as the user, measure their state with root's settings and their paths."""
     from .fleet import NO_USER_FILE
+    from .unit_environ import enter_unit_environ
 
     def job(account: Any, _payload: bytes) -> dict[str, Any]:
         identity = UserIdentity(name=account.name, uid=account.uid, gid=account.gid, home=Path(account.home))
-        os.environ.clear()  # this forked child's copy: the settings read CLAUDE_AUTH_SYNC_* from here too
-        os.environ.update(environ)
+        enter_unit_environ(environ)
         try:
             settings = load_settings(plugins.settings_sections(), identity, user_file=NO_USER_FILE, environ=environ)
         except CasError as err:
@@ -97,11 +97,11 @@ def measure_roster(roster_path: Path, plugins: Plugins, timeout: float, deadline
     each child within half of ``timeout`` at most.
 
     Raises ``_OutOfTime`` when the time is spent, CasError for a missing or invalid roster."""
-    from .fleet import _settings_environ
+    from .fleet import fleet_environ
     from .roster import load_roster
 
     roster = load_roster(roster_path)
-    environ = _settings_environ(os.environ)
+    environ = fleet_environ(plugins).environ
     return [_measure_user(entry.os_user, plugins, environ, deadline, max(1.0, timeout / 2)) for entry in roster]
 
 

@@ -47,9 +47,9 @@ from claude_auth_sync.runner import Runtime
 from claude_auth_sync.settings import load_settings
 from claude_auth_sync.terminal_text import plain, safe_text
 
-from .unit_environ import ENVIRONMENT_FILE, PER_USER_VARIABLES, UnitEnviron, unit_environ
+from .unit_environ import ENVIRONMENT_FILE, UnitEnviron, enter_unit_environ, unit_environ
 
-__all__ = ["ENVIRONMENT_FILE", "PER_USER_VARIABLES", "fleet_rows", "fleet_environ", "command_fleet"]
+__all__ = ["ENVIRONMENT_FILE", "fleet_rows", "fleet_environ", "command_fleet"]
 
 LOG_REL = ".local/state/claude-auth-sync/sync.log"
 NO_USER_FILE = Path("/nonexistent/claude-auth-sync/config.toml")  # the fleet view trusts the system file only
@@ -57,18 +57,11 @@ LOG_TAIL_BYTES = 64 * 1024
 RELOGIN_AS_USER = "as {user}: " + RELOGIN_COMMAND.replace("<enterprise-email>", "{email}")
 
 
-def fleet_environ(environ: Mapping[str, str] | None = None) -> UnitEnviron:
-    """The environment every user's child resolves its settings from (see the module docstring):
-    :data:`ENVIRONMENT_FILE` (trusted, else exit 78) plus root's site-wide settings variables."""
-    from claude_auth_sync.plugin_manager import get_plugin_manager
-
-    sections = get_plugin_manager().settings_sections()
-    return unit_environ(sections, os.environ if environ is None else environ, ENVIRONMENT_FILE)
-
-
-def _settings_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """The child's settings environment (kept for ``check --all``, which shares the fleet's rule)."""
-    return fleet_environ(environ).environ
+def fleet_environ(plugins: Plugins, environ: Mapping[str, str] | None = None) -> UnitEnviron:
+    """The environment every user's child runs with (see the module docstring), for the fleet
+    view and ``check --all`` alike: :data:`ENVIRONMENT_FILE` (trusted, else exit 78) plus root's
+    site-wide settings variables from ``environ`` (default: root's process environment)."""
+    return unit_environ(plugins.settings_sections(), os.environ if environ is None else environ, ENVIRONMENT_FILE)
 
 
 def _user_facts(plugins: Plugins, environ: Mapping[str, str]) -> Any:
@@ -80,8 +73,7 @@ def _user_facts(plugins: Plugins, environ: Mapping[str, str]) -> Any:
     """
 
     def job(account: Any, _payload: bytes) -> dict[str, Any]:
-        os.environ.clear()  # this forked child's copy: the settings read CLAUDE_AUTH_SYNC_* from here
-        os.environ.update(environ)
+        enter_unit_environ(environ)
         home = Path(account.home)
         facts: dict[str, Any] = {"ok": True}
         lines, facts["log_error"] = _log_tail(home / LOG_REL)
@@ -196,7 +188,7 @@ def fleet_rows(roster_path: Path, plugins: Plugins, systemd_root: Path = Path("/
         raise ConfigurationError("diagnose --all reads every roster user's state: run it as root",
                                  reason="not_root", remedy="sudo claude-auth-sync diagnose --all")
     roster = load_roster(roster_path)
-    child_environ = dict(fleet_environ().environ if environ is None else environ)
+    child_environ = dict(fleet_environ(plugins).environ if environ is None else environ)
     now = time.time()
     rows = []
     for entry in roster:
@@ -223,7 +215,7 @@ def command_fleet(*, roster: Path, json_output: bool, systemd_root: Path = Path(
 
     check_trusted(SYSTEM_CONFIG_FILE)  # its vault.addr receives every user's token
     runtime = build_runtime(user=UserIdentity.current())  # validates the settings and the plugins
-    unit = unit_environ(runtime.plugins.settings_sections(), os.environ, ENVIRONMENT_FILE)  # trusted, else 78
+    unit = fleet_environ(runtime.plugins)  # the file trusted, else 78
     _explain_environ(unit)
     rows = fleet_rows(roster, runtime.plugins, systemd_root, environ=unit.environ)
     if json_output:

@@ -42,6 +42,7 @@ reported by number and reason, never by value.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from claude_auth_sync.hookspecs import SettingsSection
 from claude_auth_sync.settings import ENV_PREFIX, Settings
 
 __all__ = ["CA_VARIABLES", "ENVIRONMENT_FILE", "MAX_ENVIRONMENT_BYTES", "PER_USER_VARIABLES", "PROXY_VARIABLES",
-           "UnitEnviron", "is_transport", "parse_environment_file", "read_environment_file", "settings_variables",
+           "UnitEnviron", "enter_unit_environ", "is_transport", "parse_environment_file", "read_environment_file", "settings_variables",
            "unit_environ"]
 
 ENVIRONMENT_FILE = Path("/etc/default/claude-auth-sync")
@@ -273,3 +274,12 @@ def unit_environ(sections: Sequence[SettingsSection], root_environ: Mapping[str,
             overrides.append(name)
         environ[name] = value
     return UnitEnviron(environ, sorted(overrides), sorted(dropped), problems)
+
+
+def enter_unit_environ(environ: Mapping[str, str]) -> None:
+    """In a forked child running as the user: make ``environ`` (:attr:`UnitEnviron.environ`) its
+    whole process environment. Not only the settings' mapping: pydantic reads ``CLAUDE_AUTH_SYNC_*``
+    and requests reads the proxy and CA-bundle variables straight from ``os.environ``, so nothing
+    of root's shell may be left there. Never call it in the parent (root's own process)."""
+    os.environ.clear()
+    os.environ.update(environ)
