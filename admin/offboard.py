@@ -289,14 +289,15 @@ class Offboarding:
         unconfirmed: list[str] = []
         for accessor in recorded:
             place = self.state.placement(accessor, vault_id, self._known_here)  # the provisioner's rule
-            vault = self.state.vault_of(accessor)
             if place == "here":
                 here.append(accessor)
             elif place == "unconfirmed":
                 unconfirmed.append(accessor)
-            elif place == "unknown" or vault is None:
+            elif place == "unknown":
                 unknown.append(accessor)
-            else:
+            else:  # "elsewhere": recorded at another Vault
+                vault = self.state.vault_of(accessor)
+                assert vault is not None  # placement says "elsewhere" only for a recorded Vault
                 elsewhere.append(accessor)
                 step.fail(ExitCode.CONFIG, f"a token minted at another Vault ({vault_label(vault)}) is not revoked here")
                 self._next(f"VAULT_ADDR={safe_text(vault['addr'], 200)} {OFFBOARD_COMMAND} {self.user}")

@@ -302,15 +302,16 @@ class TokenPhases:
         place = self.state.placement(accessor, self.vault_id, self._known_here)
         if place == "here":
             return True
-        vault = self.state.vault_of(accessor)
         if place == "unconfirmed":  # a token that may be valid is left: never an exit 0
             report.flag(ExitCode.TEMPFAIL, "could not tell whether this Vault knows a recorded token (lookup-accessor "
                                            "failed, or this Vault did not tell its cluster_id and does not know it): "
                                            "not revoked, kept; the next admin run asks again")
-        elif vault is None or place == "unknown":
+        elif place == "unknown":
             report.notes.append("a recorded token is unknown to this Vault (already gone, or minted at another "
                                 "Vault that answered at this address): not revoked here, kept in the state file")
-        else:
+        else:  # "elsewhere": recorded at another Vault
+            vault = self.state.vault_of(accessor)
+            assert vault is not None  # placement says "elsewhere" only for a recorded Vault
             report.flag(NEEDS_ADMIN, f"a token minted at another Vault ({vault_label(vault)}) is not revoked here",
                         f"revoke it there: VAULT_ADDR={vault['addr']} {PROVISION_COMMAND} --prune")
         return False
