@@ -58,6 +58,15 @@ def give_client_pair(user: str, pki: Pki) -> None:
                        input=source.read_bytes(), check=True)
 
 
+def provisioned(tmp_path: Path, server: OpenBaoServer, users: list[str]) -> ProvisionSandbox:
+    """``users`` provisioned by the real provisioner through the dev listener (plain http)."""
+    prov = ProvisionSandbox(tmp_path, server)
+    prov.write_roster(users)
+    minted = prov.run("--apply-policies", admin=True)
+    assert minted.rc in (0, 1), minted.stderr
+    return prov
+
+
 def unit_environment_file(path: Path, ca: Path) -> Path:
     """The site's /etc/default/claude-auth-sync as the shipped example suggests (root, 0644)."""
     path.write_text("# site settings for the claude-auth-sync units\n"
@@ -82,10 +91,7 @@ def test_roots_own_client_certificate_never_reaches_a_users_row(
 ) -> None:
     server, https_addr = mtls
     alice, bob = make_users("mtlsa", "mtlsb")
-    prov = ProvisionSandbox(tmp_path, server)
-    prov.write_roster([alice, bob])
-    minted = prov.run("--apply-policies", admin=True)  # through the dev listener (plain http)
-    assert minted.rc in (0, 1), minted.stderr
+    prov = provisioned(tmp_path, server, [alice, bob])
     give_client_pair(alice, pki)
 
     # Root's shell: the admin chose the mTLS address explicitly; root's own certificate is set too.
@@ -117,9 +123,7 @@ def test_the_environment_file_is_the_units_not_roots_shell(
     the rows show the listener's demand (what the unit would show), not root's unreadable file."""
     server, https_addr = mtls
     (alice,) = make_users("mtlsc")
-    prov = ProvisionSandbox(tmp_path, server)
-    prov.write_roster([alice])
-    assert prov.run("--apply-policies", admin=True).rc in (0, 1)
+    prov = provisioned(tmp_path, server, [alice])
     give_client_pair(alice, pki)
     monkeypatch.setenv("VAULT_ADDR", https_addr)
     monkeypatch.setenv("VAULT_CACERT", str(public_ca))

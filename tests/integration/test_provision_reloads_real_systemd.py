@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_units_real_systemd import PROVISION_STATE, PROVISIONER, ROSTER, install_agent, run_provisioner
+from tests.integration.test_units_real_systemd import (
+    PROVISION_STATE,
+    PROVISIONER,
+    ROSTER,
+    install_agent,
+    provisioner_report,
+    run_provisioner,
+)
 from tests.support.nspawn import Container
 from tests.support.openbao import OpenBaoServer
 
@@ -109,13 +116,7 @@ def hourly_run(box: Container, *, dry_run: bool = False) -> dict[str, Any]:
     result = box.run(["env", "-u", "VAULT_TOKEN", str(PROVISIONER), "--json", *(["--dry-run"] if dry_run else []),
                       "--roster", ROSTER, "--config", "/etc/claude-auth-sync/config.toml",
                       "--state-dir", PROVISION_STATE], check=False, timeout=300)
-    try:
-        report: dict[str, Any] = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"t3-provision-users exited {result.returncode} without a JSON report:\n"
-                    f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    report["rc"] = result.returncode
-    return report
+    return provisioner_report(result)
 
 
 def active_state(box: Container, units: list[str]) -> dict[str, tuple[str, str]]:

@@ -16,9 +16,8 @@ import pytest
 from claude_auth_sync.admin import fleet, unit_environ
 from claude_auth_sync.plugin_manager import get_plugin_manager
 from tests.integration.test_fleet_unit_environ import (  # noqa: F401 - fixtures
-    give_client_pair, mtls, pki, public_ca, unit_environment_file,
+    give_client_pair, mtls, pki, provisioned, public_ca, unit_environment_file,
 )
-from tests.integration.test_provisioning import Sandbox as ProvisionSandbox
 from tests.integration.test_provisioning import bao, make_users  # noqa: F401 - fixtures
 from tests.support.openbao import OpenBaoServer, free_loopback_port
 from tests.support.vault_tls import Pki
@@ -33,9 +32,7 @@ def test_roots_mixed_case_proxy_never_reaches_a_users_row(
 ) -> None:
     server, https_addr = mtls
     (alice,) = make_users("proxya")
-    prov = ProvisionSandbox(tmp_path, server)
-    prov.write_roster([alice])
-    assert prov.run("--apply-policies", admin=True).rc in (0, 1)
+    prov = provisioned(tmp_path, server, [alice])
     give_client_pair(alice, pki)
     for name in ("VAULT_CACERT", "VAULT_TOKEN", "VAULT_CLIENT_CERT", "VAULT_CLIENT_KEY"):
         monkeypatch.delenv(name, raising=False)

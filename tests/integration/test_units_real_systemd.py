@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -520,13 +521,20 @@ def run_provisioner(box: Container, bao: OpenBaoServer, users: list[str]) -> dic
                       "--state-dir", PROVISION_STATE],
                      input=bao.root_token + "\n", check=False, timeout=300)
     assert bao.root_token not in result.stdout + result.stderr
+    report = provisioner_report(result)
+    report["stderr"] = result.stderr
+    return report
+
+
+def provisioner_report(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The JSON report of a ``t3-provision-users --json`` run (``rc`` added); a run that printed
+    none fails the test with its output."""
     try:
         report: dict[str, Any] = json.loads(result.stdout)
     except json.JSONDecodeError:
         pytest.fail(f"t3-provision-users exited {result.returncode} without a JSON report:\n"
                     f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     report["rc"] = result.returncode
-    report["stderr"] = result.stderr
     return report
 
 
