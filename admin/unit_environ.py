@@ -51,7 +51,7 @@ from pathlib import Path
 from claude_auth_sync.hookspecs import SettingsSection
 from claude_auth_sync.settings import ENV_PREFIX, Settings
 
-__all__ = ["CA_VARIABLES", "ENVIRONMENT_FILE", "MAX_ENVIRONMENT_BYTES", "PER_USER_VARIABLES", "PROXY_VARIABLES",
+__all__ = ["CA_VARIABLES", "ENVIRONMENT_FILE", "MAX_ENVIRONMENT_BYTES", "PER_USER_VARIABLES",
            "UnitEnviron", "enter_unit_environ", "is_transport", "parse_environment_file", "read_environment_file", "settings_variables",
            "unit_environ"]
 
@@ -63,19 +63,15 @@ PER_USER_VARIABLES = frozenset({
     "CLAUDE_AUTH_SYNC_CLAUDE_CONFIG_DIR", "CLAUDE_AUTH_SYNC_STATE_DIR", "CLAUDE_AUTH_SYNC_CONFIG_DIR",
     "CLAUDE_AUTH_SYNC_VAULT__TOKEN_FILE", "CLAUDE_AUTH_SYNC_VAULT__CLIENT_CERT", "CLAUDE_AUTH_SYNC_VAULT__CLIENT_KEY",
 })
-#: The proxy variables requests (the agent's Vault client) reads: the unit gets them from the file
-#: only, never from the administrator's shell, so the fleet view's child does the same.
-PROXY_VARIABLES = frozenset({"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
-                             "NO_PROXY", "no_proxy"})
 #: The CA bundle variables requests (and OpenSSL's default paths) read: like the proxies, the unit's.
 CA_VARIABLES = frozenset({"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"})
 
 
 def is_transport(name: str) -> bool:
     """A variable the agent's Vault client reads for its connection, taken from the unit's file
-    only: :data:`PROXY_VARIABLES` in **any** case and any other ``*_proxy`` (urllib's
-    ``getproxies_environment``, which requests uses, lower-cases the name: ``Https_Proxy``,
-    ``socks_proxy``), and :data:`CA_VARIABLES`."""
+    only (the unit never sees the administrator's shell): every ``*_proxy`` in **any** case
+    (``HTTPS_PROXY``, ``no_proxy``, ``Https_Proxy``, ``socks_proxy``: urllib's
+    ``getproxies_environment``, which requests uses, lower-cases the name), and :data:`CA_VARIABLES`."""
     return name.lower().endswith("_proxy") or name in CA_VARIABLES
 
 
@@ -254,6 +250,7 @@ def unit_environ(sections: Sequence[SettingsSection], root_environ: Mapping[str,
     """The environment a user's fleet child resolves settings from (see the module docstring)."""
     known = settings_variables(sections)
     from_file, problems = read_environment_file(path)
+
     def taken(name: str) -> bool:
         return known.knows(name) or is_transport(name)
 

@@ -4,7 +4,7 @@ its environment is the unit's, never root's shell.
 requests (the agent's session trusts its environment) takes a proxy from any variable whose name
 ends in ``_proxy`` in any case (``Https_Proxy``: urllib's getproxies_environment lower-cases the
 name) and a CA bundle from ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` when ``vault.cacert`` is unset.
-Only the exact spellings of :data:`PROXY_VARIABLES` were handled, so root's ``Https_Proxy`` or
+Only the exact spellings of the proxy variables (HTTPS_PROXY, https_proxy, ...) were handled, so root's ``Https_Proxy`` or
 ``REQUESTS_CA_BUNDLE=/root/ca.pem`` reached every user's fleet child (a proxy or an unreadable
 bundle the unit never has), and the file's ``Https_Proxy`` (which the unit gets) was not applied.
 """
