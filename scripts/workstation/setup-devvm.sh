@@ -418,13 +418,18 @@ PY
     return "$status"
 }
 
+# Does the provisioner's state file record a token (a token that may still have to be revoked)?
+tokens_recorded() {
+    [ -s "$state_dir/tokens.json" ] && grep -q '"accessor"' "$state_dir/tokens.json"
+}
+
 uninstall() {
     local list=() unit purge_status=0
     mapfile -d '' -t list < <(instances)
     if [ "$purge" -eq 1 ]; then
         if [ -x "$venv/bin/t3-provision-users" ]; then
             offboard_all || purge_status=$?
-        elif [ ${#list[@]} -gt 0 ] || { [ -s "$state_dir/tokens.json" ] && grep -q '"accessor"' "$state_dir/tokens.json"; }; then
+        elif [ ${#list[@]} -gt 0 ] || tokens_recorded; then
             die "--purge needs the installed package to revoke the recorded tokens and remove the users' files" \
                 "safely (as each user): install it again ($0), then $0 --uninstall --purge"
         else  # a purge finished before, or a plain uninstall of a host that never minted a token
@@ -491,7 +496,7 @@ uninstall() {
             do_ "remove $env_file (the unchanged example)" rm -f -- "$env_file"
         fi
     fi
-    if [ "$purge" -eq 0 ] && [ -s "$state_dir/tokens.json" ] && grep -q '"accessor"' "$state_dir/tokens.json"; then
+    if [ "$purge" -eq 0 ] && tokens_recorded; then
         log "tokens recorded in $state_dir/tokens.json stay valid until their period (768h) runs out;" \
             "offboard users before uninstalling to revoke them: t3-provision-users --offboard USER"
     fi
